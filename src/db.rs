@@ -1,0 +1,459 @@
+//! The public handle.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{self, WriteBatch};
+use crate::io::{Kind, Runtime};
+use crate::keydir::{Entry, KeyDir};
+use crate::lock::DirLock;
+use crate::reader::{self, ReadReq};
+use crate::record;
+use crate::stats::{FileStats, Shared, Stats};
+use crate::writer::{Op, Request, WriteMsg, Writer};
+use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
+
+/// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
+///
+/// Every clone refers to the same store. The store closes when [`Db::close`] is called on any
+/// clone, or when the last clone is dropped (which syncs, writes the active file's hint and
+/// releases the directory lock before `drop` returns).
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish()
+    }
+}
+
+// Field order matters: the channels drop (stopping the io threads) before `threads` joins them.
+struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    keydir: Arc<KeyDir>,
+    shared: Arc<Shared>,
+    kind: Kind,
+    fallback_reason: Option<String>,
+    write_tx: mpsc::Sender<WriteMsg>,
+    readers: Vec<mpsc::Sender<ReadReq>>,
+    next_reader: AtomicUsize,
+    closed: AtomicBool,
+    /// Set once any key with a TTL exists, so that `len` knows whether it must count.
+    has_ttl: AtomicBool,
+    /// Joined on drop, after the channels above have closed.
+    _threads: Threads,
+}
+
+struct Threads(Vec<JoinHandle<()>>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for t in self.0.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a ringcask io thread panicked");
+            }
+        }
+    }
+}
+
+type Ready = Result<(Kind, Option<String>)>;
+
+/// Body of the writer thread: lock, recover, then serve writes.
+fn writer_main(
+    dir: PathBuf,
+    opts: Options,
+    keydir: Arc<KeyDir>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<WriteMsg>,
+    ready: oneshot::Sender<Ready>,
+) {
+    let (rt, kind, reason) = match Runtime::choose(opts.io_backend) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    let prepared = DirLock::acquire(&dir).and_then(|lock| {
+        let rec = recovery::recover(&dir, &opts, &keydir)?;
+        Ok((lock, rec))
+    });
+    let (lock, rec) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    shared.with_usage(|u| *u = rec.usage);
+    *shared.recovery.lock().unwrap_or_else(|p| p.into_inner()) = rec.report;
+    rt.block_on(async move {
+        let w = Writer::start(
+            dir,
+            kind,
+            opts,
+            keydir,
+            shared,
+            rec.next_seq,
+            rec.next_file_id,
+            lock,
+        )
+        .await;
+        match w {
+            Ok(w) => {
+                let _ = ready.send(Ok((kind, reason)));
+                w.write_recovery_hints(rec.hints_to_write).await;
+                w.run(rx).await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+    });
+}
+
+impl Db {
+    /// Opens the store in `path`, creating the directory if needed, and recovers its contents.
+    ///
+    /// Works from any async runtime: the engine runs its own io threads.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another handle (in this or another process) has the directory open;
+    /// [`Error::Corrupt`] / [`Error::UnsupportedVersion`] for damaged or foreign files;
+    /// [`Error::InvalidOptions`]; [`Error::Io`].
+    pub async fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        opts.validate()?;
+        let dir = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let keydir = Arc::new(KeyDir::new());
+        let shared = Arc::new(Shared::default());
+        let (write_tx, write_rx) = mpsc::channel(opts.write_queue_depth);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let writer = {
+            let (dir, opts, keydir, shared) =
+                (dir.clone(), opts.clone(), keydir.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("ringcask-writer".into())
+                .spawn(move || writer_main(dir, opts, keydir, shared, write_rx, ready_tx))?
+        };
+        let ready = ready_rx.await;
+        let (kind, fallback_reason) = match ready {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                let _ = writer.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = writer.join();
+                return Err(Error::Io(std::io::Error::other(
+                    "the writer thread stopped during open",
+                )));
+            }
+        };
+        let mut threads = Threads(vec![writer]);
+        let mut readers = Vec::with_capacity(opts.read_threads);
+        for i in 0..opts.read_threads {
+            let (tx, rx) = mpsc::channel(opts.write_queue_depth);
+            threads.0.push(reader::spawn(
+                i,
+                kind,
+                dir.clone(),
+                opts.fault_injector.clone(),
+                rx,
+            )?);
+            readers.push(tx);
+        }
+        let has_ttl = AtomicBool::new(false);
+        keydir.for_each(|_, e| {
+            if e.expiry_ms != 0 {
+                has_ttl.store(true, Ordering::Relaxed);
+            }
+        });
+        Ok(Db {
+            inner: Arc::new(Inner {
+                dir,
+                opts,
+                keydir,
+                shared,
+                kind,
+                fallback_reason,
+                write_tx,
+                readers,
+                next_reader: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+                has_ttl,
+                _threads: threads,
+            }),
+        })
+    }
+
+    fn live(&self) -> Result<&Inner> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(&self.inner)
+    }
+
+    /// The value of `key`, or `None` if it is absent, deleted or expired.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the record on disk fails its checksum; [`Error::Io`];
+    /// [`Error::Closed`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let inner = self.live()?;
+        Shared::add(&inner.shared.gets, 1);
+        let Some(e) = inner.keydir.get(key) else {
+            return Ok(None);
+        };
+        if e.is_expired(now_ms()) {
+            return Ok(None);
+        }
+        inner.read_value(key, e).await.map(Some)
+    }
+
+    /// Whether `key` has a live (present, unexpired) value. Answered from memory.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.inner
+            .keydir
+            .get(key)
+            .is_some_and(|e| !e.is_expired(now_ms()))
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        let kd = &self.inner.keydir;
+        if !self.inner.has_ttl.load(Ordering::Relaxed) {
+            return kd.len();
+        }
+        let now = now_ms();
+        let mut n = 0;
+        kd.for_each(|_, e| n += usize::from(!e.is_expired(now)));
+        n
+    }
+
+    /// Whether the store holds no live key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All live keys, in no particular order.
+    pub fn keys(&self) -> Vec<Bytes> {
+        self.keys_with_prefix(&[])
+    }
+
+    /// All live keys starting with `prefix`, in no particular order.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Bytes> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        self.inner.keydir.for_each(|k, e| {
+            if k.starts_with(prefix) && !e.is_expired(now) {
+                out.push(Bytes::copy_from_slice(k));
+            }
+        });
+        out
+    }
+
+    /// Stores `value` under `key`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyKey`], [`Error::KeyTooLarge`], [`Error::ValueTooLarge`];
+    /// [`Error::Io`] / [`Error::Poisoned`] if the append or sync fails; [`Error::Closed`].
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
+        self.submit_one(Op::Put {
+            key: key.into(),
+            value: value.into(),
+            expiry_ms: 0,
+        })
+        .await
+    }
+
+    /// Stores `value` under `key`; it reads as absent once `ttl` has passed.
+    ///
+    /// # Errors
+    /// As [`Db::put`].
+    pub async fn put_with_ttl(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.inner.has_ttl.store(true, Ordering::Relaxed);
+        self.submit_one(Op::Put {
+            key: key.into(),
+            value: value.into(),
+            expiry_ms: expiry_after(ttl),
+        })
+        .await
+    }
+
+    /// Deletes `key` (writes a tombstone). Deleting an absent key is not an error.
+    ///
+    /// # Errors
+    /// As [`Db::put`].
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<()> {
+        self.submit_one(Op::Delete { key: key.into() }).await
+    }
+
+    /// Applies every operation of `batch` atomically: after a crash, all or none are found.
+    ///
+    /// # Errors
+    /// As [`Db::put`] for any operation (then nothing is applied), and
+    /// [`Error::BatchTooLarge`] if the batch does not fit in one datafile.
+    pub async fn write(&self, batch: WriteBatch) -> Result<()> {
+        let inner = self.live()?;
+        for op in &batch.ops {
+            batch::validate(op, &inner.opts)?;
+            if let Op::Put { expiry_ms, .. } = op {
+                if *expiry_ms != 0 {
+                    inner.has_ttl.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        inner.submit(Request::Batch(batch.ops)).await
+    }
+
+    async fn submit_one(&self, op: Op) -> Result<()> {
+        let inner = self.live()?;
+        batch::validate(&op, &inner.opts)?;
+        inner.submit(Request::Single(op)).await
+    }
+
+    /// Forces everything acknowledged so far to stable storage (`fdatasync`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Poisoned`]; [`Error::Closed`].
+    pub async fn sync(&self) -> Result<()> {
+        let inner = self.live()?;
+        let (reply, rx) = oneshot::channel();
+        inner
+            .write_tx
+            .send(WriteMsg::Sync { reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// A snapshot of counters, space accounting and the last recovery report.
+    pub fn stats(&self) -> Stats {
+        let s = &self.inner.shared;
+        let files: Vec<FileStats> = s.with_usage(|u| u.values().copied().collect());
+        let total_bytes = files.iter().map(|f| f.total_bytes).sum::<u64>();
+        let dead_bytes = files.iter().map(|f| f.dead_bytes).sum::<u64>();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            keys: self.inner.keydir.len(),
+            io_backend: self.inner.kind.into(),
+            io_fallback_reason: self.inner.fallback_reason.clone(),
+            active_file_id: s.active_file_id.load(Ordering::Relaxed),
+            files,
+            total_bytes,
+            dead_bytes,
+            fragmentation: if total_bytes == 0 {
+                0.0
+            } else {
+                dead_bytes as f64 / total_bytes as f64
+            },
+            puts: load(&s.puts),
+            deletes: load(&s.deletes),
+            batches: load(&s.batches),
+            gets: load(&s.gets),
+            group_commits: load(&s.group_commits),
+            syncs: load(&s.syncs),
+            bytes_written: load(&s.bytes_written),
+            recovery: s
+                .recovery
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Syncs, seals the active datafile (writing its hint file) and releases the directory lock.
+    /// Every clone of this handle is closed; their calls return [`Error::Closed`]. Calling it
+    /// again is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Poisoned`] if the final sync or seal fails.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .write_tx
+            .send(WriteMsg::Close { reply })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Inner {
+    async fn submit(&self, ops: Request) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.write_tx
+            .send(WriteMsg::Write { ops, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Reads and verifies the record `e` points at; returns its value.
+    async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
+        let n = self.readers.len();
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        let (reply, rx) = oneshot::channel();
+        let req = ReadReq {
+            file_id: e.file_id,
+            offset: u64::from(e.offset),
+            len: e.len as usize,
+            reply,
+        };
+        self.readers[i].send(req).await.map_err(|_| Error::Closed)?;
+        let file = || datafile::data_path(&self.dir, e.file_id);
+        let buf = match rx.await.map_err(|_| Error::Closed)? {
+            Ok(b) => b,
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Error::Corrupt {
+                    file: file(),
+                    offset: u64::from(e.offset),
+                    reason: "datafile is shorter than the record the keydir points at".into(),
+                })
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            file: file(),
+            offset: u64::from(e.offset),
+            reason,
+        };
+        let rec = record::decode_record(&buf).map_err(|d| corrupt(d.to_string()))?;
+        if rec.key != key || rec.header.seq != e.seq || rec.header.is_tombstone() {
+            return Err(corrupt("record does not match the keydir entry".into()));
+        }
+        let start = record::RECORD_HEADER_LEN + key.len();
+        let end = start + rec.value.len();
+        Ok(Bytes::from(buf).slice(start..end))
+    }
+}

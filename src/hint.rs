@@ -1,0 +1,129 @@
+//! Hint files: the keys and record locations of one sealed datafile, so that open does not have
+//! to read values. Written under a temporary name, synced, renamed, and the directory synced.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::datafile::{hint_path, TEMP_SUFFIX};
+use crate::io::{self, FaultInjector, IoFile, Kind};
+use crate::record::{
+    self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN,
+};
+
+/// Hint records of one datafile, accumulated while it is written or scanned.
+#[derive(Debug, Default)]
+pub(crate) struct HintBuilder {
+    records: Vec<u8>,
+    count: u64,
+}
+
+impl HintBuilder {
+    /// Adds the hint of one record.
+    pub(crate) fn push(&mut self, h: &HintRecord<'_>) {
+        record::encode_hint(&mut self.records, h);
+        self.count += 1;
+    }
+
+    /// Number of hint records so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The complete hint file for datafile `file_id` of exactly `data_len` bytes.
+    pub(crate) fn finish(&self, file_id: u32, data_len: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FILE_HEADER_LEN + self.records.len() + HINT_FOOTER_LEN);
+        record::encode_file_header(&mut out, FileKind::Hint, file_id);
+        out.extend_from_slice(&self.records);
+        record::encode_hint_footer(
+            &mut out,
+            &HintFooter {
+                record_count: self.count,
+                data_len,
+            },
+        );
+        out
+    }
+}
+
+/// Writes the hint file of datafile `file_id` atomically: temp file, sync, rename, sync dir.
+pub(crate) async fn write(
+    kind: Kind,
+    dir: &Path,
+    file_id: u32,
+    bytes: Vec<u8>,
+    fault: Option<&Arc<FaultInjector>>,
+) -> std::io::Result<()> {
+    let final_path = hint_path(dir, file_id);
+    let mut tmp = final_path.clone().into_os_string();
+    tmp.push(TEMP_SUFFIX);
+    let tmp = std::path::PathBuf::from(tmp);
+    let res = async {
+        let f = IoFile::create_new(kind, &tmp, fault.cloned())?;
+        let (r, _) = f.write_all_at(bytes, 0).await;
+        r?;
+        f.sync_all().await?;
+        drop(f);
+        io::rename(fault.map(|f| &**f), &tmp, &final_path)?;
+        io::sync_dir(fault.map(|f| &**f), dir)
+    }
+    .await;
+    if res.is_err() {
+        // Best effort: a leftover temp file is removed at the next open anyway.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Loads the hint file at `path` for datafile `file_id` whose current length is `data_len`,
+/// calling `apply` for each record. `Err` carries why the hint cannot be trusted (the caller
+/// then scans the datafile); nothing is applied in that case.
+pub(crate) fn load(
+    path: &Path,
+    file_id: u32,
+    data_len: u64,
+    mut apply: impl FnMut(&HintRecord<'_>),
+) -> Result<u64, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let id = record::decode_file_header(&bytes, FileKind::Hint).map_err(|e| e.to_string())?;
+    if id != file_id {
+        return Err(format!("names file {id}, expected {file_id}"));
+    }
+    if bytes.len() < FILE_HEADER_LEN + HINT_FOOTER_LEN {
+        return Err("too short for a footer".into());
+    }
+    let body_end = bytes.len() - HINT_FOOTER_LEN;
+    let footer = record::decode_hint_footer(&bytes[body_end..]).map_err(|e| e.to_string())?;
+    if footer.data_len != data_len {
+        return Err(format!(
+            "describes {} datafile bytes, the datafile has {data_len}",
+            footer.data_len
+        ));
+    }
+    // Validate everything before applying anything.
+    let body = &bytes[FILE_HEADER_LEN..body_end];
+    let mut off = 0usize;
+    let mut count = 0u64;
+    while off < body.len() {
+        let (h, n) = record::decode_hint(&body[off..]).map_err(|e| format!("record {count}: {e}"))?;
+        if h.offset + u64::from(h.record_len) > data_len {
+            return Err(format!("record {count} points past the datafile end"));
+        }
+        off += n;
+        count += 1;
+    }
+    if count != footer.record_count {
+        return Err(format!(
+            "holds {count} records, footer says {}",
+            footer.record_count
+        ));
+    }
+    let mut off = 0usize;
+    while off < body.len() {
+        let Ok((h, n)) = record::decode_hint(&body[off..]) else {
+            break; // unreachable: validated above
+        };
+        apply(&h);
+        off += n;
+    }
+    Ok(count)
+}

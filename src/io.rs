@@ -1,0 +1,317 @@
+//! The IO seam: every datafile and hint-file operation of the running engine goes through
+//! [`IoFile`] and the helpers here. Two backends sit behind it — io_uring (tokio-uring, the
+//! default) and plain `pread`/`pwrite` (chosen automatically when io_uring cannot be set up) —
+//! and an optional [`FaultInjector`] that tests use to fail, tear or "crash" IO.
+//!
+//! All functions here run on the engine's own io threads, inside their single-threaded runtime.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which IO backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// Use io_uring when the kernel allows it, else fall back to `pread`/`pwrite` (default).
+    Auto,
+    /// io_uring only; opening fails if it cannot be set up.
+    IoUring,
+    /// Plain positioned `pread`/`pwrite` system calls on the io threads.
+    Pread,
+}
+
+/// Injects faults into the engine's IO, for crash-safety tests.
+///
+/// Every state-changing operation (write, sync, preallocate, truncate, create, rename, remove,
+/// directory sync) counts as one operation. After [`FaultInjector::crash_after`]`(n)`, the first
+/// `n` operations succeed and every later one fails without touching the disk, as if the process
+/// had died at that instant; with [`FaultInjector::tear_writes`] the write that crosses the limit
+/// first writes the leading half of its bytes. Reads are never failed.
+#[derive(Debug)]
+pub struct FaultInjector {
+    ops: AtomicU64,
+    limit: AtomicU64,
+    tear: AtomicBool,
+    crashed: AtomicBool,
+}
+
+impl FaultInjector {
+    /// A new injector that lets every operation through.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultInjector {
+            ops: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            tear: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+        })
+    }
+
+    /// Lets `n` more operations succeed (counted from now), then fails all later ones.
+    pub fn crash_after(&self, n: u64) {
+        let now = self.ops.load(Ordering::SeqCst);
+        self.limit.store(now.saturating_add(n), Ordering::SeqCst);
+    }
+
+    /// Makes the first failing write write half of its bytes before failing.
+    pub fn tear_writes(&self, tear: bool) {
+        self.tear.store(tear, Ordering::SeqCst);
+    }
+
+    /// Number of state-changing operations seen so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    /// Whether the crash point has been reached.
+    pub fn has_crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write".
+    fn check(&self) -> io::Result<bool> {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst);
+        if n < self.limit.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let first = !self.crashed.swap(true, Ordering::SeqCst);
+        if first && self.tear.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        Err(injected())
+    }
+}
+
+fn injected() -> io::Error {
+    io::Error::other("injected fault: simulated crash")
+}
+
+/// Counts one state-changing operation against an optional injector.
+pub(crate) fn fault_point(fault: Option<&FaultInjector>) -> io::Result<()> {
+    match fault {
+        Some(f) => f.check().map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// The backend the engine actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Uring,
+    Pread,
+}
+
+enum Handle {
+    Uring(tokio_uring::fs::File),
+    Pread(std::fs::File),
+}
+
+/// One open file on an io thread.
+pub(crate) struct IoFile {
+    handle: Handle,
+    /// A second descriptor of a writable file, for the calls io_uring has no op for here
+    /// (`ftruncate`, and `fallocate` without an await point).
+    meta: Option<std::fs::File>,
+    fault: Option<Arc<FaultInjector>>,
+}
+
+impl IoFile {
+    /// Opens an existing file for reading.
+    pub(crate) fn open_read(
+        kind: Kind,
+        path: &Path,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> io::Result<IoFile> {
+        let f = OpenOptions::new()
+            .read(true)
+            .open(path)?;
+        Ok(IoFile::wrap(kind, f, None, fault))
+    }
+
+    /// Creates a new file for reading and writing; fails if it exists.
+    pub(crate) fn create_new(
+        kind: Kind,
+        path: &Path,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> io::Result<IoFile> {
+        fault_point(fault.as_deref())?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let meta = f.try_clone()?;
+        Ok(IoFile::wrap(kind, f, Some(meta), fault))
+    }
+
+    fn wrap(
+        kind: Kind,
+        f: std::fs::File,
+        meta: Option<std::fs::File>,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> IoFile {
+        let handle = match kind {
+            Kind::Uring => Handle::Uring(tokio_uring::fs::File::from_std(f)),
+            Kind::Pread => Handle::Pread(f),
+        };
+        IoFile {
+            handle,
+            meta,
+            fault,
+        }
+    }
+
+    fn meta(&self) -> io::Result<&std::fs::File> {
+        self.meta
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
+    }
+
+    /// Reads exactly `len` bytes at `offset`. A short file is `UnexpectedEof`.
+    pub(crate) async fn read_exact_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let buf = vec![0u8; len];
+        match &self.handle {
+            Handle::Uring(f) => {
+                let (res, buf) = f.read_exact_at(buf, offset).await;
+                res.map(|()| buf)
+            }
+            Handle::Pread(f) => {
+                let mut buf = buf;
+                f.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Writes all of `buf` at `offset`, returning the buffer for reuse.
+    pub(crate) async fn write_all_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let mut torn = false;
+        if let Some(f) = self.fault.as_deref() {
+            match f.check() {
+                Ok(t) => torn = t,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        if torn {
+            let half = buf.len() / 2;
+            let res = match &self.handle {
+                Handle::Uring(f) => {
+                    let (r, _) = f.write_all_at(buf[..half].to_vec(), offset).await;
+                    r
+                }
+                Handle::Pread(f) => f.write_all_at(&buf[..half], offset),
+            };
+            return (res.and(Err(injected())), buf);
+        }
+        match &self.handle {
+            Handle::Uring(f) => f.write_all_at(buf, offset).await,
+            Handle::Pread(f) => {
+                let r = f.write_all_at(&buf, offset);
+                (r, buf)
+            }
+        }
+    }
+
+    /// `fdatasync`.
+    pub(crate) async fn sync_data(&self) -> io::Result<()> {
+        fault_point(self.fault.as_deref())?;
+        match &self.handle {
+            Handle::Uring(f) => f.sync_data().await,
+            Handle::Pread(f) => f.sync_data(),
+        }
+    }
+
+    /// `fsync` (data and metadata, e.g. after a truncation).
+    pub(crate) async fn sync_all(&self) -> io::Result<()> {
+        fault_point(self.fault.as_deref())?;
+        match &self.handle {
+            Handle::Uring(f) => f.sync_all().await,
+            Handle::Pread(f) => f.sync_all(),
+        }
+    }
+
+    /// Allocates `[offset, offset + len)` and extends the file size over it (mode 0).
+    pub(crate) fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        fault_point(self.fault.as_deref())?;
+        rustix::fs::fallocate(self.meta()?, rustix::fs::FallocateFlags::empty(), offset, len)
+            .map_err(io::Error::from)
+    }
+
+    /// Sets the file length (used to trim preallocated space when a file is sealed).
+    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
+        fault_point(self.fault.as_deref())?;
+        self.meta()?.set_len(len)
+    }
+}
+
+/// `rename(from, to)` through the fault seam.
+pub(crate) fn rename(fault: Option<&FaultInjector>, from: &Path, to: &Path) -> io::Result<()> {
+    fault_point(fault)?;
+    std::fs::rename(from, to)
+}
+
+/// `unlink(path)` through the fault seam.
+pub(crate) fn remove_file(fault: Option<&FaultInjector>, path: &Path) -> io::Result<()> {
+    fault_point(fault)?;
+    std::fs::remove_file(path)
+}
+
+/// `fsync` of a directory, so that creations, renames and deletions in it are durable.
+pub(crate) fn sync_dir(fault: Option<&FaultInjector>, dir: &Path) -> io::Result<()> {
+    fault_point(fault)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A runtime built for an io thread.
+pub(crate) enum Runtime {
+    Uring(Box<tokio_uring::Runtime>),
+    Pread(tokio::runtime::Runtime),
+}
+
+impl Runtime {
+    /// Runs `fut` to completion on this runtime, on the calling (dedicated io) thread. The
+    /// future may spawn local tasks with `tokio::task::spawn_local`.
+    pub(crate) fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match self {
+            Runtime::Uring(rt) => rt.block_on(fut),
+            Runtime::Pread(rt) => {
+                let local = tokio::task::LocalSet::new();
+                rt.block_on(local.run_until(fut))
+            }
+        }
+    }
+
+    /// Builds the runtime for `kind` on the current thread.
+    pub(crate) fn new(kind: Kind) -> io::Result<Runtime> {
+        match kind {
+            Kind::Uring => Ok(Runtime::Uring(Box::new(tokio_uring::Runtime::new(
+                &tokio_uring::builder(),
+            )?))),
+            Kind::Pread => Ok(Runtime::Pread(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()?,
+            )),
+        }
+    }
+
+    /// Builds the runtime the options ask for; under [`IoBackend::Auto`] an io_uring failure falls
+    /// back to `pread`/`pwrite` and the reason is returned.
+    pub(crate) fn choose(want: IoBackend) -> io::Result<(Runtime, Kind, Option<String>)> {
+        match want {
+            IoBackend::IoUring => Ok((Runtime::new(Kind::Uring)?, Kind::Uring, None)),
+            IoBackend::Pread => Ok((Runtime::new(Kind::Pread)?, Kind::Pread, None)),
+            _ => match Runtime::new(Kind::Uring) {
+                Ok(rt) => Ok((rt, Kind::Uring, None)),
+                Err(e) => {
+                    let reason = format!("io_uring unavailable ({e}); using pread/pwrite");
+                    tracing::warn!("{reason}");
+                    Ok((Runtime::new(Kind::Pread)?, Kind::Pread, Some(reason)))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The in-memory index: key → location of the newest record for it.
+//!
+//! Every update is a compare-and-swap by sequence number: an entry is only ever replaced by one
+//! with a larger seq, so the order in which the writer, recovery threads (and later merge) apply
+//! their updates does not matter. Callers copy the small `Copy` entry out; no map guard ever
+//! lives across an `.await`.
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+
+/// Location and metadata of a key's newest record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Sequence number of the record.
+    pub seq: u64,
+    /// Absolute expiry in Unix milliseconds; 0 = never.
+    pub expiry_ms: u64,
+    /// Datafile holding the record.
+    pub file_id: u32,
+    /// Offset of the record (its header) in that file.
+    pub offset: u32,
+    /// Length of the whole record. 0 marks a recovery-time tombstone (see [`Entry::marker`]).
+    pub len: u32,
+}
+
+impl Entry {
+    /// A placeholder that recovery installs for a tombstone or an expired record, so that it
+    /// still wins over older records of its key whatever order files load in. Swept before the
+    /// store opens.
+    pub(crate) fn marker(seq: u64) -> Entry {
+        Entry {
+            seq,
+            expiry_ms: 0,
+            file_id: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+
+    /// Whether this is a recovery-time marker rather than a live value.
+    pub(crate) fn is_marker(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the entry has expired at `now_ms`.
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        self.expiry_ms != 0 && now_ms >= self.expiry_ms
+    }
+}
+
+type Hasher = foldhash::fast::RandomState;
+
+/// What an [`KeyDir::install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Installed {
+    /// The key was absent.
+    New,
+    /// An older entry was replaced; it is returned.
+    Replaced(Entry),
+    /// The map already held an entry with an equal or larger seq; nothing changed.
+    Stale,
+}
+
+/// The concurrent key directory.
+pub(crate) struct KeyDir {
+    map: DashMap<Box<[u8]>, Entry, Hasher>,
+}
+
+impl KeyDir {
+    /// An empty keydir.
+    pub(crate) fn new() -> KeyDir {
+        KeyDir {
+            map: DashMap::with_hasher(Hasher::default()),
+        }
+    }
+
+    /// A copy of the entry for `key`, if any.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Entry> {
+        self.map.get(key).map(|r| *r.value())
+    }
+
+    /// Installs `entry` for `key` unless the map holds an entry with an equal or larger seq.
+    pub(crate) fn install(&self, key: &[u8], entry: Entry) -> Installed {
+        if let Some(mut cur) = self.map.get_mut(key) {
+            return Self::swap_if_newer(cur.value_mut(), entry);
+        }
+        match self.map.entry(Box::from(key)) {
+            MapEntry::Occupied(mut o) => Self::swap_if_newer(o.get_mut(), entry),
+            MapEntry::Vacant(v) => {
+                v.insert(entry);
+                Installed::New
+            }
+        }
+    }
+
+    fn swap_if_newer(cur: &mut Entry, entry: Entry) -> Installed {
+        if cur.seq >= entry.seq {
+            return Installed::Stale;
+        }
+        Installed::Replaced(std::mem::replace(cur, entry))
+    }
+
+    /// Removes `key` if its entry is older than `seq` (a delete with that seq); returns it.
+    pub(crate) fn remove_older(&self, key: &[u8], seq: u64) -> Option<Entry> {
+        self.map
+            .remove_if(key, |_, e| e.seq < seq)
+            .map(|(_, e)| e)
+    }
+
+    /// Number of entries (live or expired-but-not-yet-reclaimed).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Calls `f` for every entry. Holds one shard's read lock at a time.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&[u8], &Entry)) {
+        for r in self.map.iter() {
+            f(r.key(), r.value());
+        }
+    }
+
+    /// Drops recovery markers and entries expired at `now_ms`; returns how many were dropped.
+    pub(crate) fn sweep(&self, now_ms: u64) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|_, e| !e.is_marker() && !e.is_expired(now_ms));
+        before - self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(seq: u64) -> Entry {
+        Entry {
+            seq,
+            expiry_ms: 0,
+            file_id: 1,
+            offset: 20,
+            len: 40,
+        }
+    }
+
+    #[test]
+    fn install_keeps_the_highest_seq_whatever_the_order() {
+        let k = KeyDir::new();
+        assert_eq!(k.install(b"a", e(5)), Installed::New);
+        assert_eq!(k.install(b"a", e(3)), Installed::Stale);
+        assert_eq!(k.install(b"a", e(5)), Installed::Stale);
+        assert_eq!(k.install(b"a", e(9)), Installed::Replaced(e(5)));
+        assert_eq!(k.get(b"a"), Some(e(9)));
+    }
+
+    #[test]
+    fn remove_only_when_older() {
+        let k = KeyDir::new();
+        k.install(b"a", e(5));
+        assert_eq!(k.remove_older(b"a", 4), None);
+        assert_eq!(k.get(b"a"), Some(e(5)));
+        assert_eq!(k.remove_older(b"a", 6), Some(e(5)));
+        assert_eq!(k.get(b"a"), None);
+    }
+
+    #[test]
+    fn markers_win_then_get_swept() {
+        let k = KeyDir::new();
+        k.install(b"a", Entry::marker(10));
+        assert_eq!(k.install(b"a", e(4)), Installed::Stale);
+        k.install(b"b", e(4));
+        let mut exp = e(7);
+        exp.expiry_ms = 100;
+        k.install(b"c", exp);
+        assert_eq!(k.sweep(100), 2);
+        assert_eq!(k.len(), 1);
+        assert_eq!(k.get(b"b"), Some(e(4)));
+    }
+}

@@ -1,0 +1,211 @@
+//! Store configuration.
+
+use std::sync::Arc;
+
+use crate::io::{FaultInjector, IoBackend};
+use crate::record::{FILE_HEADER_LEN, KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
+use crate::{Error, Result};
+
+/// When appended data is forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Acknowledge a write only after `fdatasync` (shared by every write of a group commit).
+    /// An acknowledged write survives power loss.
+    Always,
+    /// `fdatasync` in the background at most this many milliseconds after a write. A process
+    /// crash loses nothing acknowledged; power loss can lose up to that window.
+    IntervalMs(u64),
+    /// Never sync explicitly (the OS writes back when it likes); sealing a file and closing the
+    /// store still sync. A process crash loses nothing acknowledged; power loss can lose any
+    /// unsynced tail.
+    Never,
+}
+
+/// Largest allowed `max_file_bytes` (offsets inside a file are kept in 32 bits in memory).
+pub const MAX_FILE_BYTES_LIMIT: u64 = 2 << 30;
+/// Smallest allowed `max_file_bytes`.
+pub const MIN_FILE_BYTES: u64 = 4096;
+
+/// Options for [`crate::Db::open`], built with consuming setters from [`Options::default`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) sync: SyncPolicy,
+    pub(crate) max_file_bytes: u64,
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) read_threads: usize,
+    pub(crate) io_backend: IoBackend,
+    pub(crate) skip_damaged_records: bool,
+    pub(crate) preallocate_bytes: u64,
+    pub(crate) write_queue_depth: usize,
+    pub(crate) max_group_bytes: usize,
+    pub(crate) fault_injector: Option<Arc<FaultInjector>>,
+}
+
+impl Default for Options {
+    /// `sync(SyncPolicy::Always)`, `max_file_bytes(256 MiB)`, `max_key_bytes(64 KiB)`,
+    /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `io_backend(IoBackend::Auto)`,
+    /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
+    /// `max_group_bytes(4 MiB)`.
+    fn default() -> Self {
+        Options {
+            sync: SyncPolicy::Always,
+            max_file_bytes: 256 << 20,
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 64 << 20,
+            read_threads: 1,
+            io_backend: IoBackend::Auto,
+            skip_damaged_records: false,
+            preallocate_bytes: 64 << 20,
+            write_queue_depth: 4096,
+            max_group_bytes: 4 << 20,
+            fault_injector: None,
+        }
+    }
+}
+
+impl Options {
+    /// Durability policy (default [`SyncPolicy::Always`]).
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+
+    /// Size at which the active datafile is sealed and a new one started (default 256 MiB,
+    /// allowed 4 KiB ..= 2 GiB). A single record larger than this gets a file of its own.
+    pub fn max_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_bytes = bytes;
+        self
+    }
+
+    /// Longest accepted key (default 64 KiB, at most 1 MiB).
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
+    }
+
+    /// Longest accepted value (default 64 MiB, at most 1 GiB).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// Number of io threads serving value reads (default 1, at most 64).
+    pub fn read_threads(mut self, n: usize) -> Self {
+        self.read_threads = n;
+        self
+    }
+
+    /// IO backend (default [`IoBackend::Auto`]: io_uring, or `pread`/`pwrite` when the kernel or
+    /// a seccomp profile refuses io_uring; `Db::stats` reports which one runs).
+    pub fn io_backend(mut self, backend: IoBackend) -> Self {
+        self.io_backend = backend;
+        self
+    }
+
+    /// On open, skip damaged records inside sealed datafiles (reporting the bytes skipped in
+    /// `Stats::recovery`) instead of failing with [`Error::Corrupt`] (default `false`).
+    pub fn skip_damaged_records(mut self, skip: bool) -> Self {
+        self.skip_damaged_records = skip;
+        self
+    }
+
+    /// Space reserved ahead of the active datafile's end with `fallocate`, so that a synced
+    /// append does not also have to commit a file-size change (default 64 MiB; 0 disables).
+    /// Trimmed when the file is sealed.
+    pub fn preallocate_bytes(mut self, bytes: u64) -> Self {
+        self.preallocate_bytes = bytes;
+        self
+    }
+
+    /// Writes that may wait for the writer before callers are held back (default 4096).
+    pub fn write_queue_depth(mut self, n: usize) -> Self {
+        self.write_queue_depth = n;
+        self
+    }
+
+    /// Most bytes one group commit gathers before it is written (default 4 MiB).
+    pub fn max_group_bytes(mut self, bytes: usize) -> Self {
+        self.max_group_bytes = bytes;
+        self
+    }
+
+    /// Routes the engine's IO through a fault injector (for crash-safety tests).
+    pub fn fault_injector(mut self, injector: Arc<FaultInjector>) -> Self {
+        self.fault_injector = Some(injector);
+        self
+    }
+
+    /// Checks every option against its allowed range.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidOptions(m));
+        if !(MIN_FILE_BYTES..=MAX_FILE_BYTES_LIMIT).contains(&self.max_file_bytes) {
+            return bad(format!(
+                "max_file_bytes {} outside {MIN_FILE_BYTES}..={MAX_FILE_BYTES_LIMIT}",
+                self.max_file_bytes
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > KEY_LEN_LIMIT as usize {
+            return bad(format!(
+                "max_key_bytes {} outside 1..={KEY_LEN_LIMIT}",
+                self.max_key_bytes
+            ));
+        }
+        if self.max_value_bytes > VALUE_LEN_LIMIT as usize {
+            return bad(format!(
+                "max_value_bytes {} over {VALUE_LEN_LIMIT}",
+                self.max_value_bytes
+            ));
+        }
+        if self.read_threads == 0 || self.read_threads > 64 {
+            return bad(format!("read_threads {} outside 1..=64", self.read_threads));
+        }
+        if self.write_queue_depth == 0 {
+            return bad("write_queue_depth must be at least 1".into());
+        }
+        if self.max_group_bytes < FILE_HEADER_LEN {
+            return bad(format!("max_group_bytes {} too small", self.max_group_bytes));
+        }
+        if let SyncPolicy::IntervalMs(0) = self.sync {
+            return bad("SyncPolicy::IntervalMs needs a positive interval".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let o = Options::default();
+        o.validate().expect("defaults validate");
+        assert_eq!(o.sync, SyncPolicy::Always);
+        assert_eq!(o.max_file_bytes, 256 << 20);
+        assert_eq!(o.max_key_bytes, 64 << 10);
+        assert_eq!(o.max_value_bytes, 64 << 20);
+        assert_eq!(o.read_threads, 1);
+        assert_eq!(o.io_backend, IoBackend::Auto);
+        assert!(!o.skip_damaged_records);
+        assert_eq!(o.preallocate_bytes, 64 << 20);
+        assert_eq!(o.write_queue_depth, 4096);
+        assert_eq!(o.max_group_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn out_of_range_options_are_rejected() {
+        for o in [
+            Options::default().max_file_bytes(10),
+            Options::default().max_file_bytes(MAX_FILE_BYTES_LIMIT + 1),
+            Options::default().max_key_bytes(0),
+            Options::default().max_key_bytes(KEY_LEN_LIMIT as usize + 1),
+            Options::default().max_value_bytes(VALUE_LEN_LIMIT as usize + 1),
+            Options::default().read_threads(0),
+            Options::default().write_queue_depth(0),
+            Options::default().sync(SyncPolicy::IntervalMs(0)),
+        ] {
+            assert!(matches!(o.validate(), Err(Error::InvalidOptions(_))), "{o:?}");
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The on-disk format, version 1: every byte layout ringcask writes lives here.
+//!
+//! All integers are little-endian. No `usize` is ever written. Every structure carries a CRC-32
+//! (crc32fast, IEEE polynomial) that is XORed with [`CRC_MASK`] before it is stored, so that an
+//! all-zero region (a preallocated or zeroed tail) never passes the check.
+//!
+//! ```text
+//! File header (first bytes of every datafile and every hint file), FILE_HEADER_LEN = 20
+//!  0        8          12         16        20
+//!  +--------+----------+----------+---------+
+//!  | magic  | version  | file id  | crc     |
+//!  | 8 B    | u32      | u32      | u32     |
+//!  +--------+----------+----------+---------+
+//!  magic = "RCASKDAT" (datafile) or "RCASKHNT" (hint file); crc covers bytes [0, 16).
+//!
+//! Data record, RECORD_HEADER_LEN = 29, followed by key and value
+//!  0      4      12         20        24          28      29        29+k
+//!  +------+------+----------+---------+-----------+-------+---------+---------+
+//!  | crc  | seq  | expiry   | key len | value len | flags | key     | value   |
+//!  | u32  | u64  | u64 (ms) | u32 (k) | u32 (v)   | u8    | k bytes | v bytes |
+//!  +------+------+----------+---------+-----------+-------+---------+---------+
+//!  crc covers bytes [4, 29 + k + v). expiry: Unix time in milliseconds, 0 = never.
+//!  flags: bit 0 TOMBSTONE (v must be 0), bit 1 BATCH (member of an atomic batch),
+//!         bit 2 BATCH_END (last member of its batch; requires BATCH). Other bits: corrupt.
+//!  key length is at least 1.
+//!
+//! Hint record (one per record of the datafile), HINT_RECORD_HEADER_LEN = 37, followed by the key
+//!  0      4      12         20             28           32        36      37
+//!  +------+------+----------+--------------+------------+---------+-------+---------+
+//!  | crc  | seq  | expiry   | rec. offset  | rec. len   | key len | flags | key     |
+//!  | u32  | u64  | u64 (ms) | u64          | u32        | u32 (k) | u8    | k bytes |
+//!  +------+------+----------+--------------+------------+---------+-------+---------+
+//!  crc covers bytes [4, 37 + k). The offset and length locate the whole data record
+//!  (header included) in the datafile with the same file id. flags: TOMBSTONE only.
+//!
+//! Hint footer (last bytes of a hint file), HINT_FOOTER_LEN = 28
+//!  0        8              16               24     28
+//!  +--------+--------------+----------------+------+
+//!  | magic  | record count | datafile bytes | crc  |
+//!  | 8 B    | u64          | u64            | u32  |
+//!  +--------+--------------+----------------+------+
+//!  magic = "RCASKEND"; crc covers bytes [0, 24). "datafile bytes" is the exact length of the
+//!  sealed datafile the hint describes; a mismatch means the hint is stale and is not used.
+//! ```
+//!
+//! A hint file is: file header, hint records, footer — nothing else.
+
+use std::mem::size_of;
+
+/// Format version written by this build.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// XOR mask applied to every stored CRC, so that all-zero bytes never verify.
+pub(crate) const CRC_MASK: u32 = 0xA282_EAD8;
+
+/// Magic of a datafile header.
+pub(crate) const DATA_MAGIC: [u8; 8] = *b"RCASKDAT";
+/// Magic of a hint file header.
+pub(crate) const HINT_MAGIC: [u8; 8] = *b"RCASKHNT";
+/// Magic of a hint file footer.
+pub(crate) const FOOTER_MAGIC: [u8; 8] = *b"RCASKEND";
+
+// ---- file header -------------------------------------------------------------------------
+const FH_MAGIC_OFFSET: usize = 0;
+const FH_VERSION_OFFSET: usize = FH_MAGIC_OFFSET + DATA_MAGIC.len();
+const FH_FILE_ID_OFFSET: usize = FH_VERSION_OFFSET + size_of::<u32>();
+const FH_CRC_OFFSET: usize = FH_FILE_ID_OFFSET + size_of::<u32>();
+/// Length of the header at the start of every datafile and hint file.
+pub(crate) const FILE_HEADER_LEN: usize = FH_CRC_OFFSET + size_of::<u32>();
+
+// ---- data record -------------------------------------------------------------------------
+const REC_CRC_OFFSET: usize = 0;
+const REC_SEQ_OFFSET: usize = REC_CRC_OFFSET + size_of::<u32>();
+const REC_EXPIRY_OFFSET: usize = REC_SEQ_OFFSET + size_of::<u64>();
+const REC_KEY_LEN_OFFSET: usize = REC_EXPIRY_OFFSET + size_of::<u64>();
+const REC_VALUE_LEN_OFFSET: usize = REC_KEY_LEN_OFFSET + size_of::<u32>();
+const REC_FLAGS_OFFSET: usize = REC_VALUE_LEN_OFFSET + size_of::<u32>();
+/// Length of a data record's fixed header (the key follows it, then the value).
+pub(crate) const RECORD_HEADER_LEN: usize = REC_FLAGS_OFFSET + size_of::<u8>();
+
+// ---- hint record -------------------------------------------------------------------------
+const HINT_CRC_OFFSET: usize = 0;
+const HINT_SEQ_OFFSET: usize = HINT_CRC_OFFSET + size_of::<u32>();
+const HINT_EXPIRY_OFFSET: usize = HINT_SEQ_OFFSET + size_of::<u64>();
+const HINT_REC_OFFSET_OFFSET: usize = HINT_EXPIRY_OFFSET + size_of::<u64>();
+const HINT_REC_LEN_OFFSET: usize = HINT_REC_OFFSET_OFFSET + size_of::<u64>();
+const HINT_KEY_LEN_OFFSET: usize = HINT_REC_LEN_OFFSET + size_of::<u32>();
+const HINT_FLAGS_OFFSET: usize = HINT_KEY_LEN_OFFSET + size_of::<u32>();
+/// Length of a hint record's fixed header (the key follows it).
+pub(crate) const HINT_RECORD_HEADER_LEN: usize = HINT_FLAGS_OFFSET + size_of::<u8>();
+
+// ---- hint footer -------------------------------------------------------------------------
+const FOOT_MAGIC_OFFSET: usize = 0;
+const FOOT_COUNT_OFFSET: usize = FOOT_MAGIC_OFFSET + FOOTER_MAGIC.len();
+const FOOT_DATA_LEN_OFFSET: usize = FOOT_COUNT_OFFSET + size_of::<u64>();
+const FOOT_CRC_OFFSET: usize = FOOT_DATA_LEN_OFFSET + size_of::<u64>();
+/// Length of the footer that ends every hint file.
+pub(crate) const HINT_FOOTER_LEN: usize = FOOT_CRC_OFFSET + size_of::<u32>();
+
+// ---- flags and limits --------------------------------------------------------------------
+/// The record deletes its key.
+pub(crate) const FLAG_TOMBSTONE: u8 = 1 << 0;
+/// The record belongs to an atomic batch.
+pub(crate) const FLAG_BATCH: u8 = 1 << 1;
+/// The record is the last of its atomic batch.
+pub(crate) const FLAG_BATCH_END: u8 = 1 << 2;
+const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_BATCH | FLAG_BATCH_END;
+
+/// Largest key length the format accepts; a larger length read from disk is corruption.
+pub const KEY_LEN_LIMIT: u32 = 1 << 20;
+/// Largest value length the format accepts; a larger length read from disk is corruption.
+pub const VALUE_LEN_LIMIT: u32 = 1 << 30;
+
+/// Why some bytes failed to decode. Turned into [`crate::Error::Corrupt`] with a file and offset
+/// by the caller, or used to find the end of a torn log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Fewer bytes are present than the structure needs.
+    Truncated { needed: u64, available: u64 },
+    /// The stored CRC does not match the bytes.
+    BadCrc,
+    /// Wrong magic bytes.
+    BadMagic,
+    /// A version this build cannot read.
+    UnsupportedVersion(u32),
+    /// A length, flag or field outside what the format allows.
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated { needed, available } => {
+                write!(f, "truncated: need {needed} bytes, {available} present")
+            }
+            DecodeError::BadCrc => f.write_str("checksum mismatch"),
+            DecodeError::BadMagic => f.write_str("bad magic"),
+            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+            DecodeError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+fn crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes) ^ CRC_MASK
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn need(buf: &[u8], needed: usize) -> Result<(), DecodeError> {
+    if buf.len() < needed {
+        return Err(DecodeError::Truncated {
+            needed: needed as u64,
+            available: buf.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+// ---- file header -------------------------------------------------------------------------
+
+/// Which kind of file a header introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// A datafile (`NNNNNNNNNN.data`).
+    Data,
+    /// A hint file (`NNNNNNNNNN.hint`).
+    Hint,
+}
+
+impl FileKind {
+    fn magic(self) -> [u8; 8] {
+        match self {
+            FileKind::Data => DATA_MAGIC,
+            FileKind::Hint => HINT_MAGIC,
+        }
+    }
+}
+
+/// Appends a file header for `kind` and `file_id` to `out`.
+pub(crate) fn encode_file_header(out: &mut Vec<u8>, kind: FileKind, file_id: u32) {
+    let start = out.len();
+    out.extend_from_slice(&kind.magic());
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&file_id.to_le_bytes());
+    let c = crc(&out[start..start + FH_CRC_OFFSET]);
+    out.extend_from_slice(&c.to_le_bytes());
+    debug_assert_eq!(out.len() - start, FILE_HEADER_LEN);
+}
+
+/// Decodes a file header of `kind` and returns the file id it names.
+pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, DecodeError> {
+    need(buf, FILE_HEADER_LEN)?;
+    if buf[FH_MAGIC_OFFSET..FH_VERSION_OFFSET] != kind.magic() {
+        return Err(DecodeError::BadMagic);
+    }
+    if u32_at(buf, FH_CRC_OFFSET) != crc(&buf[..FH_CRC_OFFSET]) {
+        return Err(DecodeError::BadCrc);
+    }
+    let version = u32_at(buf, FH_VERSION_OFFSET);
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    Ok(u32_at(buf, FH_FILE_ID_OFFSET))
+}
+
+// ---- data record -------------------------------------------------------------------------
+
+/// The fixed fields of a data record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordHeader {
+    pub seq: u64,
+    pub expiry_ms: u64,
+    pub key_len: u32,
+    pub value_len: u32,
+    pub flags: u8,
+}
+
+impl RecordHeader {
+    /// Whole record length: header, key and value.
+    pub(crate) fn record_len(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + u64::from(self.key_len) + u64::from(self.value_len)
+    }
+
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.flags & FLAG_TOMBSTONE != 0
+    }
+}
+
+/// Length of a record with the given key and value lengths.
+pub(crate) fn record_len(key_len: usize, value_len: usize) -> usize {
+    RECORD_HEADER_LEN + key_len + value_len
+}
+
+/// Appends one data record to `out`. The caller has checked the lengths against its limits;
+/// they are asserted here again (the write side of the pair assertion).
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    expiry_ms: u64,
+    flags: u8,
+    key: &[u8],
+    value: &[u8],
+) {
+    assert!(!key.is_empty() && key.len() <= KEY_LEN_LIMIT as usize);
+    assert!(value.len() <= VALUE_LEN_LIMIT as usize);
+    assert_eq!(flags & !KNOWN_FLAGS, 0);
+    let start = out.len();
+    out.reserve(record_len(key.len(), value.len()));
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&expiry_ms.to_le_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.push(flags);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let c = crc(&out[start + REC_SEQ_OFFSET..]);
+    out[start..start + REC_SEQ_OFFSET].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Decodes and validates the fixed header of a record (not its CRC, which covers the body).
+pub(crate) fn decode_record_header(buf: &[u8]) -> Result<RecordHeader, DecodeError> {
+    need(buf, RECORD_HEADER_LEN)?;
+    let h = RecordHeader {
+        seq: u64_at(buf, REC_SEQ_OFFSET),
+        expiry_ms: u64_at(buf, REC_EXPIRY_OFFSET),
+        key_len: u32_at(buf, REC_KEY_LEN_OFFSET),
+        value_len: u32_at(buf, REC_VALUE_LEN_OFFSET),
+        flags: buf[REC_FLAGS_OFFSET],
+    };
+    if h.key_len == 0 {
+        return Err(DecodeError::Invalid("empty key"));
+    }
+    if h.key_len > KEY_LEN_LIMIT {
+        return Err(DecodeError::Invalid("key length over the format limit"));
+    }
+    if h.value_len > VALUE_LEN_LIMIT {
+        return Err(DecodeError::Invalid("value length over the format limit"));
+    }
+    if h.flags & !KNOWN_FLAGS != 0 {
+        return Err(DecodeError::Invalid("unknown record flags"));
+    }
+    if h.flags & FLAG_BATCH_END != 0 && h.flags & FLAG_BATCH == 0 {
+        return Err(DecodeError::Invalid("batch end outside a batch"));
+    }
+    if h.is_tombstone() && h.value_len != 0 {
+        return Err(DecodeError::Invalid("tombstone with a value"));
+    }
+    Ok(h)
+}
+
+/// A fully verified record borrowed from a buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub header: RecordHeader,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Decodes and CRC-checks the record at the start of `buf` (which may hold more bytes after it).
+pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let header = decode_record_header(buf)?;
+    let len = header.record_len();
+    if (buf.len() as u64) < len {
+        return Err(DecodeError::Truncated {
+            needed: len,
+            available: buf.len() as u64,
+        });
+    }
+    let len = len as usize;
+    if u32_at(buf, REC_CRC_OFFSET) != crc(&buf[REC_SEQ_OFFSET..len]) {
+        return Err(DecodeError::BadCrc);
+    }
+    let key_end = RECORD_HEADER_LEN + header.key_len as usize;
+    Ok(Record {
+        header,
+        key: &buf[RECORD_HEADER_LEN..key_end],
+        value: &buf[key_end..len],
+    })
+}
+
+// ---- hint record -------------------------------------------------------------------------
+
+/// One decoded hint record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HintRecord<'a> {
+    pub seq: u64,
+    pub expiry_ms: u64,
+    pub offset: u64,
+    pub record_len: u32,
+    pub tombstone: bool,
+    pub key: &'a [u8],
+}
+
+/// Appends one hint record to `out`.
+pub(crate) fn encode_hint(out: &mut Vec<u8>, h: &HintRecord<'_>) {
+    assert!(!h.key.is_empty() && h.key.len() <= KEY_LEN_LIMIT as usize);
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&h.seq.to_le_bytes());
+    out.extend_from_slice(&h.expiry_ms.to_le_bytes());
+    out.extend_from_slice(&h.offset.to_le_bytes());
+    out.extend_from_slice(&h.record_len.to_le_bytes());
+    out.extend_from_slice(&(h.key.len() as u32).to_le_bytes());
+    out.push(if h.tombstone { FLAG_TOMBSTONE } else { 0 });
+    out.extend_from_slice(h.key);
+    let c = crc(&out[start + HINT_SEQ_OFFSET..]);
+    out[start..start + HINT_SEQ_OFFSET].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Decodes the hint record at the start of `buf`; returns it and its encoded length.
+pub(crate) fn decode_hint(buf: &[u8]) -> Result<(HintRecord<'_>, usize), DecodeError> {
+    need(buf, HINT_RECORD_HEADER_LEN)?;
+    let key_len = u32_at(buf, HINT_KEY_LEN_OFFSET);
+    if key_len == 0 || key_len > KEY_LEN_LIMIT {
+        return Err(DecodeError::Invalid("hint key length out of range"));
+    }
+    let flags = buf[HINT_FLAGS_OFFSET];
+    if flags & !FLAG_TOMBSTONE != 0 {
+        return Err(DecodeError::Invalid("unknown hint flags"));
+    }
+    let len = HINT_RECORD_HEADER_LEN + key_len as usize;
+    need(buf, len)?;
+    if u32_at(buf, HINT_CRC_OFFSET) != crc(&buf[HINT_SEQ_OFFSET..len]) {
+        return Err(DecodeError::BadCrc);
+    }
+    let h = HintRecord {
+        seq: u64_at(buf, HINT_SEQ_OFFSET),
+        expiry_ms: u64_at(buf, HINT_EXPIRY_OFFSET),
+        offset: u64_at(buf, HINT_REC_OFFSET_OFFSET),
+        record_len: u32_at(buf, HINT_REC_LEN_OFFSET),
+        tombstone: flags & FLAG_TOMBSTONE != 0,
+        key: &buf[HINT_RECORD_HEADER_LEN..len],
+    };
+    let min_len = record_len(key_len as usize, 0) as u64;
+    let max_len = min_len + u64::from(VALUE_LEN_LIMIT);
+    let rl = u64::from(h.record_len);
+    if rl < min_len || rl > max_len || (h.tombstone && rl != min_len) {
+        return Err(DecodeError::Invalid("hint record length out of range"));
+    }
+    if h.offset < FILE_HEADER_LEN as u64 {
+        return Err(DecodeError::Invalid("hint offset inside the file header"));
+    }
+    Ok((h, len))
+}
+
+// ---- hint footer -------------------------------------------------------------------------
+
+/// The footer of a hint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HintFooter {
+    pub record_count: u64,
+    pub data_len: u64,
+}
+
+/// Appends a hint footer to `out`.
+pub(crate) fn encode_hint_footer(out: &mut Vec<u8>, f: &HintFooter) {
+    let start = out.len();
+    out.extend_from_slice(&FOOTER_MAGIC);
+    out.extend_from_slice(&f.record_count.to_le_bytes());
+    out.extend_from_slice(&f.data_len.to_le_bytes());
+    let c = crc(&out[start..]);
+    out.extend_from_slice(&c.to_le_bytes());
+    debug_assert_eq!(out.len() - start, HINT_FOOTER_LEN);
+}
+
+/// Decodes a hint footer (exactly [`HINT_FOOTER_LEN`] bytes are looked at).
+pub(crate) fn decode_hint_footer(buf: &[u8]) -> Result<HintFooter, DecodeError> {
+    need(buf, HINT_FOOTER_LEN)?;
+    if buf[FOOT_MAGIC_OFFSET..FOOT_COUNT_OFFSET] != FOOTER_MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if u32_at(buf, FOOT_CRC_OFFSET) != crc(&buf[..FOOT_CRC_OFFSET]) {
+        return Err(DecodeError::BadCrc);
+    }
+    Ok(HintFooter {
+        record_count: u64_at(buf, FOOT_COUNT_OFFSET),
+        data_len: u64_at(buf, FOOT_DATA_LEN_OFFSET),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_constants_match_the_drawing() {
+        assert_eq!(FILE_HEADER_LEN, 20);
+        assert_eq!(RECORD_HEADER_LEN, 29);
+        assert_eq!(HINT_RECORD_HEADER_LEN, 37);
+        assert_eq!(HINT_FOOTER_LEN, 28);
+    }
+
+    #[test]
+    fn file_header_round_trip_and_rejections() {
+        let mut b = Vec::new();
+        encode_file_header(&mut b, FileKind::Data, 42);
+        assert_eq!(decode_file_header(&b, FileKind::Data), Ok(42));
+        assert_eq!(
+            decode_file_header(&b, FileKind::Hint),
+            Err(DecodeError::BadMagic)
+        );
+        assert!(matches!(
+            decode_file_header(&b[..10], FileKind::Data),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut flipped = b.clone();
+        flipped[13] ^= 1;
+        assert_eq!(
+            decode_file_header(&flipped, FileKind::Data),
+            Err(DecodeError::BadCrc)
+        );
+        // A valid header of a future version is reported as such, not as corruption.
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(&DATA_MAGIC);
+        v2.extend_from_slice(&2u32.to_le_bytes());
+        v2.extend_from_slice(&7u32.to_le_bytes());
+        let c = crc(&v2);
+        v2.extend_from_slice(&c.to_le_bytes());
+        assert_eq!(
+            decode_file_header(&v2, FileKind::Data),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let mut b = Vec::new();
+        encode_record(&mut b, 7, 1234, FLAG_BATCH, b"key", b"value");
+        encode_record(&mut b, 8, 0, FLAG_TOMBSTONE, b"k2", b"");
+        let r = decode_record(&b).expect("first");
+        assert_eq!(r.header.seq, 7);
+        assert_eq!(r.header.expiry_ms, 1234);
+        assert_eq!(r.header.flags, FLAG_BATCH);
+        assert_eq!(r.key, b"key");
+        assert_eq!(r.value, b"value");
+        let n = r.header.record_len() as usize;
+        assert_eq!(n, record_len(3, 5));
+        let r2 = decode_record(&b[n..]).expect("second");
+        assert!(r2.header.is_tombstone());
+        assert_eq!(r2.key, b"k2");
+        assert!(r2.value.is_empty());
+    }
+
+    #[test]
+    fn all_zero_record_fails() {
+        let zeros = vec![0u8; 64];
+        assert!(decode_record(&zeros).is_err());
+        // Even with a plausible key length the CRC must reject zeros.
+        let mut z = vec![0u8; 64];
+        z[REC_KEY_LEN_OFFSET] = 1;
+        assert_eq!(decode_record(&z).map(|_| ()), Err(DecodeError::BadCrc));
+        assert!(decode_hint(&zeros).is_err());
+        assert!(decode_hint_footer(&zeros).is_err());
+        assert!(decode_file_header(&zeros, FileKind::Data).is_err());
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let mut b = Vec::new();
+        encode_record(&mut b, 99, 0, 0, b"abc", b"hello world");
+        for i in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(decode_record(&c).is_err(), "flip of bit {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn huge_lengths_are_rejected_without_allocating() {
+        let mut b = Vec::new();
+        encode_record(&mut b, 1, 0, 0, b"k", b"v");
+        b[REC_VALUE_LEN_OFFSET..REC_VALUE_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode_record(&b).map(|_| ()),
+            Err(DecodeError::Invalid("value length over the format limit"))
+        );
+        b[REC_KEY_LEN_OFFSET..REC_KEY_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_record(&b).is_err());
+    }
+
+    #[test]
+    fn truncated_record_is_reported_as_truncated() {
+        let mut b = Vec::new();
+        encode_record(&mut b, 1, 0, 0, b"key", b"value");
+        for cut in 0..b.len() {
+            assert!(
+                matches!(decode_record(&b[..cut]), Err(DecodeError::Truncated { .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        for flags in [0x08u8, FLAG_BATCH_END] {
+            let mut b = Vec::new();
+            encode_record(&mut b, 1, 0, 0, b"k", b"");
+            b[REC_FLAGS_OFFSET] = flags;
+            assert!(matches!(
+                decode_record_header(&b),
+                Err(DecodeError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn hint_round_trip_and_footer() {
+        let mut b = Vec::new();
+        let h = HintRecord {
+            seq: 5,
+            expiry_ms: 9,
+            offset: 20,
+            record_len: record_len(3, 10) as u32,
+            tombstone: false,
+            key: b"abc",
+        };
+        encode_hint(&mut b, &h);
+        let (d, n) = decode_hint(&b).expect("hint");
+        assert_eq!(d, h);
+        assert_eq!(n, b.len());
+        let f = HintFooter {
+            record_count: 1,
+            data_len: 77,
+        };
+        encode_hint_footer(&mut b, &f);
+        assert_eq!(decode_hint_footer(&b[n..]), Ok(f));
+        let mut bad = b.clone();
+        bad[2] ^= 0x10;
+        assert!(decode_hint(&bad).is_err());
+    }
+
+    #[test]
+    fn hint_with_impossible_length_is_rejected() {
+        let mut b = Vec::new();
+        encode_hint(
+            &mut b,
+            &HintRecord {
+                seq: 1,
+                expiry_ms: 0,
+                offset: 20,
+                record_len: 3, // shorter than a record header
+                tombstone: false,
+                key: b"abc",
+            },
+        );
+        assert!(matches!(decode_hint(&b), Err(DecodeError::Invalid(_))));
+    }
+}

@@ -1,0 +1,326 @@
+//! Open-time recovery: rebuild the keydir from hint files and datafile scans.
+//!
+//! 1. (The caller holds the directory lock.) Remove leftover temporary files and hint files
+//!    without a datafile.
+//! 2. Load every datafile, in parallel: from its hint file when that is present and valid,
+//!    else by scanning. Every record goes through the keydir's compare-and-swap by seq;
+//!    tombstones and expired records enter as markers so that they still beat older records
+//!    of their key whatever order the files load in.
+//! 3. The last (highest id) datafile may end in a torn record: it is truncated to the end of
+//!    its last committed record, and the cut is reported. Damage inside any other datafile is
+//!    `Error::Corrupt`, unless `skip_damaged_records` is set. A last file too short for its
+//!    header (a creation cut short) is removed.
+//! 4. Markers and expired entries are swept; per-file live/dead bytes are computed.
+//! 5. Scanned files get their hint written afterwards (by the writer, off the open path).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::datafile::{self, data_path, hint_path, DirEntry, ScanEnd, ScanError, ScanMode};
+use crate::hint::{self, HintBuilder};
+use crate::keydir::{Entry, KeyDir};
+use crate::record::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
+use crate::stats::{FileStats, RecoveryReport};
+use crate::{now_ms, Error, Options, Result};
+
+/// What recovery hands to the writer.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// First sequence number the writer may use.
+    pub next_seq: u64,
+    /// First datafile id the writer may use.
+    pub next_file_id: u32,
+    /// Hint files to write for datafiles that had to be scanned: (file id, hint file bytes).
+    pub hints_to_write: Vec<(u32, Vec<u8>)>,
+    /// Per-file space accounting.
+    pub usage: BTreeMap<u32, FileStats>,
+    /// The report shown in `Stats::recovery`.
+    pub report: RecoveryReport,
+}
+
+/// Outcome of loading one datafile.
+#[derive(Debug, Default)]
+struct Loaded {
+    id: u32,
+    from_hint: bool,
+    removed: bool,
+    records: u64,
+    file_len: u64,
+    truncated_bytes: u64,
+    skipped_bytes: u64,
+    hint: Option<Vec<u8>>,
+}
+
+fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        file,
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Installs one record (from a hint or a scan) of datafile `file_id` into the keydir.
+fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, max_seq: &AtomicU64) {
+    max_seq.fetch_max(h.seq, Ordering::Relaxed);
+    let entry = if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
+        Entry::marker(h.seq)
+    } else {
+        Entry {
+            seq: h.seq,
+            expiry_ms: h.expiry_ms,
+            file_id,
+            // Both fit: `load_file` rejects datafiles of 4 GiB or more, and hint offsets are
+            // checked against the datafile length.
+            offset: h.offset as u32,
+            len: h.record_len,
+        }
+    };
+    keydir.install(h.key, entry);
+}
+
+/// What every file load shares.
+struct Ctx<'a> {
+    dir: &'a Path,
+    opts: &'a Options,
+    keydir: &'a KeyDir,
+    now: u64,
+    max_seq: AtomicU64,
+}
+
+fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
+    let Ctx {
+        dir,
+        opts,
+        keydir,
+        now,
+        ref max_seq,
+    } = *cx;
+    let path = data_path(dir, id);
+    let file_len = std::fs::metadata(&path)?.len();
+    if file_len > u64::from(u32::MAX) {
+        return Err(corrupt(path, 0, "datafile of 4 GiB or more"));
+    }
+    let mut out = Loaded {
+        id,
+        file_len,
+        ..Loaded::default()
+    };
+    if has_hint {
+        let hp = hint_path(dir, id);
+        match hint::load(&hp, id, file_len, |h| apply(keydir, id, h, now, max_seq)) {
+            Ok(n) => {
+                out.from_hint = true;
+                out.records = n;
+                return Ok(out);
+            }
+            Err(why) => tracing::warn!(
+                hint = %hp.display(),
+                "hint file unusable ({why}); scanning the datafile instead"
+            ),
+        }
+    }
+    let mode = if !is_last && opts.skip_damaged_records {
+        ScanMode::Skip
+    } else {
+        ScanMode::Stop
+    };
+    let mut hb = HintBuilder::default();
+    let scanned = datafile::scan(&path, id, mode, |h| {
+        apply(keydir, id, h, now, max_seq);
+        hb.push(h);
+    });
+    let outcome = match scanned {
+        Ok(o) => o,
+        Err(ScanError::Io(e)) => return Err(e.into()),
+        Err(ScanError::Header { err, torn }) => {
+            if is_last && torn {
+                tracing::warn!(
+                    file = %path.display(),
+                    "removing the last datafile: its header is incomplete ({err})"
+                );
+                std::fs::remove_file(&path)?;
+                if has_hint {
+                    std::fs::remove_file(hint_path(dir, id))?;
+                }
+                out.removed = true;
+                return Ok(out);
+            }
+            return Err(match err {
+                DecodeError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+                    file: path,
+                    found,
+                    supported: FORMAT_VERSION,
+                },
+                other => corrupt(path, 0, format!("datafile header: {other}")),
+            });
+        }
+    };
+    out.records = hb.count();
+    out.skipped_bytes = outcome.skipped_bytes;
+    match outcome.end {
+        ScanEnd::Clean => {}
+        ScanEnd::ZeroTail => {}
+        ScanEnd::Damaged { offset, reason } => {
+            if !is_last {
+                return Err(corrupt(path, offset, reason));
+            }
+            out.truncated_bytes = outcome.file_len - outcome.valid_end;
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                cut_bytes = out.truncated_bytes,
+                "torn tail in the last datafile ({reason}); truncating"
+            );
+        }
+    }
+    if outcome.valid_end < outcome.file_len {
+        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+        f.set_len(outcome.valid_end)?;
+        f.sync_all()?;
+        out.file_len = outcome.valid_end;
+    }
+    if is_last && out.records == 0 {
+        tracing::info!(file = %path.display(), "removing the empty last datafile");
+        std::fs::remove_file(&path)?;
+        out.removed = true;
+        return Ok(out);
+    }
+    out.hint = Some(hb.finish(id, out.file_len));
+    Ok(out)
+}
+
+/// Rebuilds `keydir` from the store in `dir`.
+pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
+    let started = Instant::now();
+    let mut report = RecoveryReport::default();
+    let mut data_ids = BTreeSet::new();
+    let mut hint_ids = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match datafile::parse_name(name) {
+            Some(DirEntry::Data(id)) => {
+                data_ids.insert(id);
+            }
+            Some(DirEntry::Hint(id)) => {
+                hint_ids.insert(id);
+            }
+            Some(DirEntry::Temp) => {
+                tracing::info!(file = name, "removing a leftover temporary file");
+                std::fs::remove_file(entry.path())?;
+                report.temp_files_removed += 1;
+            }
+            None => {}
+        }
+    }
+    for &id in hint_ids.difference(&data_ids) {
+        tracing::info!(id, "removing a hint file without its datafile");
+        std::fs::remove_file(hint_path(dir, id))?;
+    }
+    let ids: Vec<u32> = data_ids.iter().copied().collect();
+    let last = ids.last().copied();
+    let cx = Ctx {
+        dir,
+        opts,
+        keydir,
+        now: now_ms(),
+        max_seq: AtomicU64::new(0),
+    };
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Result<Loaded>>> = Mutex::new(Vec::with_capacity(ids.len()));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(ids.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ids.len() || failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let id = ids[i];
+                let r = load_file(&cx, id, Some(id) == last, hint_ids.contains(&id));
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(r);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut loaded = Vec::with_capacity(results.len());
+    for r in results {
+        loaded.push(r?);
+    }
+    loaded.sort_by_key(|l| l.id);
+    keydir.sweep(cx.now);
+
+    let mut usage: BTreeMap<u32, FileStats> = BTreeMap::new();
+    let mut hints_to_write = Vec::new();
+    for l in &mut loaded {
+        report.records_loaded += l.records;
+        report.truncated_bytes += l.truncated_bytes;
+        report.skipped_damaged_bytes += l.skipped_bytes;
+        if l.removed {
+            report.empty_files_removed += 1;
+            continue;
+        }
+        if l.from_hint {
+            report.files_from_hints += 1;
+        } else {
+            report.files_scanned += 1;
+        }
+        if let Some(h) = l.hint.take() {
+            hints_to_write.push((l.id, h));
+        }
+        usage.insert(
+            l.id,
+            FileStats {
+                file_id: l.id,
+                total_bytes: l.file_len,
+                dead_bytes: 0,
+            },
+        );
+    }
+    // Live bytes per file from the keydir; everything else past the header is dead.
+    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    keydir.for_each(|_, e| *live.entry(e.file_id).or_default() += u64::from(e.len));
+    for (id, u) in usage.iter_mut() {
+        let l = live.get(id).copied().unwrap_or(0);
+        u.dead_bytes = u.total_bytes.saturating_sub(FILE_HEADER_LEN as u64 + l);
+    }
+    let max_id = last.unwrap_or(0);
+    let Some(next_file_id) = max_id.checked_add(1) else {
+        return Err(Error::InvalidOptions(
+            "datafile ids are exhausted; merge the store into a new directory".into(),
+        ));
+    };
+    report.keys = keydir.len();
+    report.duration = started.elapsed();
+    tracing::info!(
+        dir = %dir.display(),
+        keys = report.keys,
+        files_from_hints = report.files_from_hints,
+        files_scanned = report.files_scanned,
+        truncated_bytes = report.truncated_bytes,
+        elapsed_ms = report.duration.as_millis() as u64,
+        "recovered store"
+    );
+    Ok(Recovered {
+        next_seq: cx.max_seq.load(Ordering::Relaxed) + 1,
+        next_file_id,
+        hints_to_write,
+        usage,
+        report,
+    })
+}
