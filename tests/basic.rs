@@ -1,0 +1,353 @@
+//! Scenario tests of the public API.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{backends, data_files, hint_files, open, run, small_opts, Rng};
+use ringcask::{Db, Error, IoBackendKind, Options, SyncPolicy, WriteBatch};
+
+#[test]
+fn round_trip_overwrite_delete_on_both_backends() {
+    for backend in backends() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        run(async {
+            let db = open(tmp.path(), small_opts().io_backend(backend)).await;
+            assert_eq!(db.get(b"a").await.expect("get"), None);
+            db.put("a", "1").await.expect("put");
+            db.put("b", "2").await.expect("put");
+            assert_eq!(db.get(b"a").await.expect("get").as_deref(), Some(&b"1"[..]));
+            db.put("a", "one").await.expect("put");
+            assert_eq!(db.get(b"a").await.expect("get").as_deref(), Some(&b"one"[..]));
+            db.delete("a").await.expect("delete");
+            assert_eq!(db.get(b"a").await.expect("get"), None);
+            db.delete("never-existed").await.expect("delete of a missing key");
+            db.put("empty", "").await.expect("empty values are allowed");
+            assert_eq!(db.get(b"empty").await.expect("get").as_deref(), Some(&b""[..]));
+            assert!(db.contains_key(b"b"));
+            assert!(!db.contains_key(b"a"));
+            assert_eq!(db.len(), 2);
+            assert!(!db.is_empty());
+            let st = db.stats();
+            assert_eq!(st.puts, 4);
+            assert_eq!(st.deletes, 2);
+            if backend == ringcask::IoBackend::Pread {
+                assert_eq!(st.io_backend, IoBackendKind::Pread);
+            }
+            db.close().await.expect("close");
+        });
+    }
+}
+
+#[test]
+fn io_uring_is_used_when_available() {
+    // This machine and CI allow io_uring; the fallback is only for sandboxes that forbid it.
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        let st = db.stats();
+        match st.io_fallback_reason {
+            None => assert_eq!(st.io_backend, IoBackendKind::IoUring),
+            Some(reason) => {
+                assert_eq!(st.io_backend, IoBackendKind::Pread);
+                eprintln!("io_uring unavailable here: {reason}");
+            }
+        }
+    });
+}
+
+#[test]
+fn keys_and_prefixes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        for k in ["user/1", "user/2", "order/1", "user/3"] {
+            db.put(k, "x").await.expect("put");
+        }
+        db.delete("user/2").await.expect("delete");
+        let mut all = db.keys();
+        all.sort();
+        assert_eq!(all, vec!["order/1", "user/1", "user/3"]);
+        let mut users = db.keys_with_prefix(b"user/");
+        users.sort();
+        assert_eq!(users, vec!["user/1", "user/3"]);
+        assert!(db.keys_with_prefix(b"nope").is_empty());
+    });
+}
+
+#[test]
+fn ttl_expiry_reads_absent_and_stays_gone_after_reopen() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        db.put("stay", "v").await.expect("put");
+        db.put("old", "v0").await.expect("put");
+        db.put_with_ttl("old", "v1", Duration::from_millis(150))
+            .await
+            .expect("put ttl");
+        db.put_with_ttl("long", "v", Duration::from_secs(3600))
+            .await
+            .expect("put ttl");
+        assert_eq!(db.get(b"old").await.expect("get").as_deref(), Some(&b"v1"[..]));
+        assert_eq!(db.len(), 3);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(db.get(b"old").await.expect("get"), None, "expired key must read absent");
+        assert!(!db.contains_key(b"old"));
+        assert_eq!(db.len(), 2);
+        let mut keys = db.keys();
+        keys.sort();
+        assert_eq!(keys, vec!["long", "stay"]);
+        db.close().await.expect("close");
+        // The expired put superseded "v0": recovery must not bring v0 back.
+        let db = open(tmp.path(), small_opts()).await;
+        assert_eq!(db.get(b"old").await.expect("get"), None);
+        assert_eq!(db.get(b"long").await.expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(db.len(), 2);
+    });
+}
+
+#[test]
+fn rotation_across_many_files_and_reopen_uses_hints() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut model = BTreeMap::new();
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        let mut rng = Rng::new(1);
+        for i in 0..2000u32 {
+            let k = format!("key-{}", rng.below(500));
+            let n = rng.below(200) as usize;
+            let v = rng.bytes(n);
+            if i % 10 == 9 {
+                db.delete(k.clone()).await.expect("delete");
+                model.remove(&k);
+            } else {
+                db.put(k.clone(), v.clone()).await.expect("put");
+                model.insert(k, v);
+            }
+        }
+        let files = data_files(tmp.path()).len();
+        assert!(files > 10, "expected many datafiles, got {files}");
+        for (k, v) in &model {
+            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+        }
+        let st = db.stats();
+        assert!(st.dead_bytes > 0 && st.fragmentation > 0.0);
+        db.close().await.expect("close");
+        assert_eq!(hint_files(tmp.path()).len(), data_files(tmp.path()).len());
+
+        let db = open(tmp.path(), small_opts()).await;
+        let r = db.stats().recovery;
+        assert_eq!(r.files_scanned, 0, "every sealed file has a hint: {r:?}");
+        assert_eq!(r.files_from_hints, files);
+        assert_eq!(db.len(), model.len());
+        for (k, v) in &model {
+            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+        }
+        db.close().await.expect("close");
+
+        // Without hint files, the scan must produce the same contents.
+        for h in hint_files(tmp.path()) {
+            std::fs::remove_file(h).expect("rm hint");
+        }
+        let db = open(tmp.path(), small_opts()).await;
+        let r = db.stats().recovery;
+        assert_eq!(r.files_from_hints, 0);
+        assert!(r.files_scanned >= files);
+        assert_eq!(db.len(), model.len());
+        for (k, v) in &model {
+            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+        }
+    });
+}
+
+#[test]
+fn reopen_after_drop_without_close() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        for i in 0..300u32 {
+            db.put(format!("k{i}"), format!("v{i}")).await.expect("put");
+        }
+        let clone = db.clone();
+        drop(db);
+        clone.put("last", "x").await.expect("a clone keeps the store open");
+        drop(clone);
+        // Drop released the lock before returning.
+        let db = open(tmp.path(), small_opts()).await;
+        assert_eq!(db.len(), 301);
+        assert_eq!(db.get(b"k7").await.expect("get").as_deref(), Some(&b"v7"[..]));
+        assert_eq!(db.get(b"last").await.expect("get").as_deref(), Some(&b"x"[..]));
+    });
+}
+
+#[test]
+fn batches_apply_all_or_nothing_and_survive_reopen() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        db.put("x", "old").await.expect("put");
+        db.write(
+            WriteBatch::new()
+                .put("a", "1")
+                .put("b", "2")
+                .delete("x")
+                .put_with_ttl("t", "3", Duration::from_secs(60)),
+        )
+        .await
+        .expect("batch");
+        db.write(WriteBatch::new()).await.expect("empty batch is a no-op");
+        // An invalid op anywhere rejects the whole batch before anything is written.
+        let bad = WriteBatch::new().put("c", "3").put("", "empty key");
+        assert!(matches!(db.write(bad).await, Err(Error::EmptyKey)));
+        assert_eq!(db.get(b"c").await.expect("get"), None);
+        // A batch larger than a datafile cannot be atomic in one file.
+        let mut big = WriteBatch::new();
+        for i in 0..100 {
+            big = big.put(format!("big{i}"), vec![0u8; 1000]);
+        }
+        assert!(matches!(db.write(big).await, Err(Error::BatchTooLarge { .. })));
+        assert_eq!(db.get(b"big0").await.expect("get"), None);
+        assert_eq!(db.stats().batches, 1);
+        db.close().await.expect("close");
+
+        let db = open(tmp.path(), small_opts()).await;
+        assert_eq!(db.get(b"a").await.expect("get").as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get(b"b").await.expect("get").as_deref(), Some(&b"2"[..]));
+        assert_eq!(db.get(b"t").await.expect("get").as_deref(), Some(&b"3"[..]));
+        assert_eq!(db.get(b"x").await.expect("get"), None);
+    });
+}
+
+#[test]
+fn second_open_is_locked_and_close_releases() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        let second = Db::open(tmp.path(), small_opts()).await;
+        assert!(matches!(second, Err(Error::Locked { .. })), "{second:?}");
+        db.close().await.expect("close");
+        assert!(matches!(db.put("k", "v").await, Err(Error::Closed)));
+        assert!(matches!(db.get(b"k").await, Err(Error::Closed)));
+        assert!(matches!(db.sync().await, Err(Error::Closed)));
+        db.close().await.expect("second close is a no-op");
+        let again = Db::open(tmp.path(), small_opts()).await.expect("reopen after close");
+        drop(again);
+    });
+}
+
+#[test]
+fn oversized_and_empty_inputs_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let opts = small_opts().max_key_bytes(8).max_value_bytes(100);
+        let db = open(tmp.path(), opts).await;
+        assert!(matches!(db.put("", "v").await, Err(Error::EmptyKey)));
+        assert!(matches!(db.delete("").await, Err(Error::EmptyKey)));
+        assert!(matches!(
+            db.put("123456789", "v").await,
+            Err(Error::KeyTooLarge { len: 9, max: 8 })
+        ));
+        assert!(matches!(
+            db.put("k", vec![0u8; 101]).await,
+            Err(Error::ValueTooLarge { len: 101, max: 100 })
+        ));
+        db.put("k", vec![7u8; 100]).await.expect("at the limit is fine");
+        assert_eq!(db.len(), 1);
+        let bad = Db::open(tmp.path().join("other"), Options::default().max_file_bytes(1)).await;
+        assert!(matches!(bad, Err(Error::InvalidOptions(_))));
+    });
+}
+
+#[test]
+fn a_value_larger_than_a_file_gets_a_file_of_its_own() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        db.put("small", "s").await.expect("put");
+        let big = vec![42u8; 100_000];
+        db.put("big", big.clone()).await.expect("put big");
+        db.put("after", "a").await.expect("put");
+        assert_eq!(db.get(b"big").await.expect("get").as_deref(), Some(&big[..]));
+        db.close().await.expect("close");
+        let db = open(tmp.path(), small_opts()).await;
+        assert_eq!(db.get(b"big").await.expect("get").as_deref(), Some(&big[..]));
+        assert_eq!(db.get(b"after").await.expect("get").as_deref(), Some(&b"a"[..]));
+    });
+}
+
+#[test]
+fn many_tasks_on_a_multi_threaded_runtime() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let db = Db::open(
+            tmp.path(),
+            small_opts().max_file_bytes(256 * 1024).sync(SyncPolicy::Always).read_threads(2),
+        )
+        .await
+        .expect("open");
+        let mut tasks = Vec::new();
+        for t in 0..64u32 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50u32 {
+                    let k = format!("t{t}-k{i}");
+                    db.put(k.clone(), format!("{t}:{i}")).await.expect("put");
+                    let v = db.get(k.as_bytes()).await.expect("get");
+                    assert_eq!(v, Some(Bytes::from(format!("{t}:{i}"))), "read-your-write");
+                    if i % 5 == 0 {
+                        db.delete(k.clone()).await.expect("delete");
+                        assert_eq!(db.get(k.as_bytes()).await.expect("get"), None);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(db.len(), 64 * 40);
+        let st = db.stats();
+        assert_eq!(st.puts, 64 * 50);
+        // Group commit: concurrent durable writers share syncs.
+        assert!(
+            st.syncs < st.puts + st.deletes,
+            "expected shared fsyncs, got {} syncs for {} writes",
+            st.syncs,
+            st.puts + st.deletes
+        );
+        db.close().await.expect("close");
+    });
+}
+
+#[test]
+fn usable_from_a_plain_executor_and_sync_policies() {
+    for policy in [SyncPolicy::Always, SyncPolicy::IntervalMs(5), SyncPolicy::Never] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        futures::executor::block_on(async {
+            let db = Db::open(tmp.path(), Options::default().sync(policy))
+                .await
+                .expect("open");
+            for i in 0..20u32 {
+                db.put(format!("k{i}"), "v").await.expect("put");
+            }
+            db.sync().await.expect("sync");
+            if policy == SyncPolicy::Always {
+                assert!(db.stats().syncs >= 20);
+            }
+            if let SyncPolicy::IntervalMs(_) = policy {
+                std::thread::sleep(Duration::from_millis(50));
+                db.put("one-more", "v").await.expect("put");
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(db.stats().syncs >= 2, "the interval sync should have run");
+            }
+            assert_eq!(db.get(b"k3").await.expect("get").as_deref(), Some(&b"v"[..]));
+            db.close().await.expect("close");
+        });
+    }
+}
