@@ -133,7 +133,7 @@ impl<'f> Window<'f> {
 }
 
 /// Reads and checks the header of datafile `id`.
-fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), ScanError> {
+pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), ScanError> {
     let mut hdr = vec![0u8; FILE_HEADER_LEN.min(file_len as usize)];
     file.read_exact_at(&mut hdr, 0)?;
     match record::decode_file_header(&hdr, FileKind::Data) {

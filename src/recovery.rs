@@ -99,7 +99,8 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         ref max_seq,
     } = *cx;
     let path = data_path(dir, id);
-    let file_len = std::fs::metadata(&path)?.len();
+    let file = std::fs::File::open(&path)?;
+    let file_len = file.metadata()?.len();
     if file_len > u64::from(u32::MAX) {
         return Err(corrupt(path, 0, "datafile of 4 GiB or more"));
     }
@@ -108,6 +109,34 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         file_len,
         ..Loaded::default()
     };
+    match datafile::check_header(&file, file_len, id) {
+        Ok(()) => {}
+        Err(ScanError::Io(e)) => return Err(e.into()),
+        Err(ScanError::Header { err, torn }) => {
+            if is_last && torn {
+                tracing::warn!(
+                    file = %path.display(),
+                    "removing the last datafile: its header is incomplete ({err})"
+                );
+                drop(file);
+                std::fs::remove_file(&path)?;
+                if has_hint {
+                    std::fs::remove_file(hint_path(dir, id))?;
+                }
+                out.removed = true;
+                return Ok(out);
+            }
+            return Err(match err {
+                DecodeError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+                    file: path,
+                    found,
+                    supported: FORMAT_VERSION,
+                },
+                other => corrupt(path, 0, format!("datafile header: {other}")),
+            });
+        }
+    }
+    drop(file);
     if has_hint {
         let hp = hint_path(dir, id);
         match hint::load(&hp, id, file_len, |h| apply(keydir, id, h, now, max_seq)) {
@@ -135,27 +164,9 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     let outcome = match scanned {
         Ok(o) => o,
         Err(ScanError::Io(e)) => return Err(e.into()),
-        Err(ScanError::Header { err, torn }) => {
-            if is_last && torn {
-                tracing::warn!(
-                    file = %path.display(),
-                    "removing the last datafile: its header is incomplete ({err})"
-                );
-                std::fs::remove_file(&path)?;
-                if has_hint {
-                    std::fs::remove_file(hint_path(dir, id))?;
-                }
-                out.removed = true;
-                return Ok(out);
-            }
-            return Err(match err {
-                DecodeError::UnsupportedVersion(found) => Error::UnsupportedVersion {
-                    file: path,
-                    found,
-                    supported: FORMAT_VERSION,
-                },
-                other => corrupt(path, 0, format!("datafile header: {other}")),
-            });
+        Err(ScanError::Header { err, .. }) => {
+            // Checked above; only a file changed under our feet gets here.
+            return Err(corrupt(path, 0, format!("datafile header: {err}")));
         }
     };
     out.records = hb.count();
