@@ -87,7 +87,10 @@ pub(crate) enum ScanError {
     Io(io::Error),
     /// The file header is unusable. `torn` means the file is shorter than a header or its
     /// header bytes are all zero (a creation cut short).
-    Header { err: DecodeError, torn: bool },
+    Header {
+        err: DecodeError,
+        torn: bool,
+    },
 }
 
 impl From<io::Error> for ScanError {
@@ -121,7 +124,9 @@ impl<'f> Window<'f> {
         let want_end = off.saturating_add(len as u64).min(self.file_len);
         let have_end = self.start + self.buf.len() as u64;
         if off < self.start || want_end > have_end {
-            let n = (want_end - off).max(CHUNK_BYTES as u64).min(self.file_len - off) as usize;
+            let n = (want_end - off)
+                .max(CHUNK_BYTES as u64)
+                .min(self.file_len - off) as usize;
             self.buf.resize(n, 0);
             self.file.read_exact_at(&mut self.buf, off)?;
             self.start = off;

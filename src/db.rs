@@ -372,11 +372,7 @@ impl Db {
             group_commits: load(&s.group_commits),
             syncs: load(&s.syncs),
             bytes_written: load(&s.bytes_written),
-            recovery: s
-                .recovery
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            recovery: s.recovery.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 

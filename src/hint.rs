@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use crate::datafile::{hint_path, TEMP_SUFFIX};
 use crate::io::{self, FaultInjector, IoFile, Kind};
-use crate::record::{
-    self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN,
-};
+use crate::record::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
 
 /// Hint records of one datafile, accumulated while it is written or scanned.
 #[derive(Debug, Default)]
@@ -104,7 +102,8 @@ pub(crate) fn load(
     let mut off = 0usize;
     let mut count = 0u64;
     while off < body.len() {
-        let (h, n) = record::decode_hint(&body[off..]).map_err(|e| format!("record {count}: {e}"))?;
+        let (h, n) =
+            record::decode_hint(&body[off..]).map_err(|e| format!("record {count}: {e}"))?;
         if h.offset + u64::from(h.record_len) > data_len {
             return Err(format!("record {count} points past the datafile end"));
         }

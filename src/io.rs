@@ -125,9 +125,7 @@ impl IoFile {
         path: &Path,
         fault: Option<Arc<FaultInjector>>,
     ) -> io::Result<IoFile> {
-        let f = OpenOptions::new()
-            .read(true)
-            .open(path)?;
+        let f = OpenOptions::new().read(true).open(path)?;
         Ok(IoFile::wrap(kind, f, None, fault))
     }
 
@@ -187,7 +185,11 @@ impl IoFile {
     }
 
     /// Writes all of `buf` at `offset`, returning the buffer for reuse.
-    pub(crate) async fn write_all_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+    pub(crate) async fn write_all_at(
+        &self,
+        buf: Vec<u8>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<u8>) {
         let mut torn = false;
         if let Some(f) = self.fault.as_deref() {
             match f.check() {
@@ -236,8 +238,13 @@ impl IoFile {
     /// Allocates `[offset, offset + len)` and extends the file size over it (mode 0).
     pub(crate) fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         fault_point(self.fault.as_deref())?;
-        rustix::fs::fallocate(self.meta()?, rustix::fs::FallocateFlags::empty(), offset, len)
-            .map_err(io::Error::from)
+        rustix::fs::fallocate(
+            self.meta()?,
+            rustix::fs::FallocateFlags::empty(),
+            offset,
+            len,
+        )
+        .map_err(io::Error::from)
     }
 
     /// Sets the file length (used to trim preallocated space when a file is sealed).

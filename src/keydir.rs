@@ -102,9 +102,7 @@ impl KeyDir {
 
     /// Removes `key` if its entry is older than `seq` (a delete with that seq); returns it.
     pub(crate) fn remove_older(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map
-            .remove_if(key, |_, e| e.seq < seq)
-            .map(|(_, e)| e)
+        self.map.remove_if(key, |_, e| e.seq < seq).map(|(_, e)| e)
     }
 
     /// Number of entries (live or expired-but-not-yet-reclaimed).

@@ -164,7 +164,10 @@ impl Options {
             return bad("write_queue_depth must be at least 1".into());
         }
         if self.max_group_bytes < FILE_HEADER_LEN {
-            return bad(format!("max_group_bytes {} too small", self.max_group_bytes));
+            return bad(format!(
+                "max_group_bytes {} too small",
+                self.max_group_bytes
+            ));
         }
         if let SyncPolicy::IntervalMs(0) = self.sync {
             return bad("SyncPolicy::IntervalMs needs a positive interval".into());
@@ -205,7 +208,10 @@ mod tests {
             Options::default().write_queue_depth(0),
             Options::default().sync(SyncPolicy::IntervalMs(0)),
         ] {
-            assert!(matches!(o.validate(), Err(Error::InvalidOptions(_))), "{o:?}");
+            assert!(
+                matches!(o.validate(), Err(Error::InvalidOptions(_))),
+                "{o:?}"
+            );
         }
     }
 }

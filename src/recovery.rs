@@ -261,10 +261,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
-                results
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(r);
+                results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
             });
         }
     });

@@ -158,7 +158,12 @@ impl Writer {
         })
     }
 
-    async fn create_active(dir: &std::path::Path, kind: Kind, opts: &Options, id: u32) -> Result<Active> {
+    async fn create_active(
+        dir: &std::path::Path,
+        kind: Kind,
+        opts: &Options,
+        id: u32,
+    ) -> Result<Active> {
         let path = data_path(dir, id);
         let file = IoFile::create_new(kind, &path, opts.fault_injector.clone())?;
         let mut header = Vec::with_capacity(FILE_HEADER_LEN);
@@ -184,10 +189,11 @@ impl Writer {
         if opts.preallocate_bytes == 0 || active.len + need <= active.allocated {
             return;
         }
-        let step = opts
-            .preallocate_bytes
-            .max(need)
-            .min(opts.max_file_bytes.saturating_sub(active.allocated).max(need));
+        let step = opts.preallocate_bytes.max(need).min(
+            opts.max_file_bytes
+                .saturating_sub(active.allocated)
+                .max(need),
+        );
         match active.file.allocate(active.allocated, step) {
             Ok(()) => active.allocated += step,
             Err(e) => {
@@ -203,7 +209,10 @@ impl Writer {
         for (id, bytes) in hints {
             let fault = self.opts.fault_injector.as_ref();
             if let Err(e) = hint::write(self.kind, &self.dir, id, bytes, fault).await {
-                tracing::warn!(id, "could not write the hint file of a scanned datafile: {e}");
+                tracing::warn!(
+                    id,
+                    "could not write the hint file of a scanned datafile: {e}"
+                );
             }
         }
     }
@@ -301,7 +310,8 @@ impl Writer {
                 WriteMsg::Close { reply } => close = Some(reply),
             }
         }
-        let want_sync = self.opts.sync == SyncPolicy::Always || !syncs.is_empty() || close.is_some();
+        let want_sync =
+            self.opts.sync == SyncPolicy::Always || !syncs.is_empty() || close.is_some();
         let res = if let Some(p) = &self.poisoned {
             Err(Error::Poisoned(p.clone()))
         } else {
@@ -465,7 +475,8 @@ impl Writer {
         self.shared.with_usage(|usage| {
             for p in pending.drain(..) {
                 let old = if p.tombstone {
-                    Shared::usage_entry(usage, p.entry.file_id).dead_bytes += u64::from(p.entry.len);
+                    Shared::usage_entry(usage, p.entry.file_id).dead_bytes +=
+                        u64::from(p.entry.len);
                     keydir.remove_older(&p.key, p.entry.seq)
                 } else {
                     match keydir.install(&p.key, p.entry) {
@@ -564,7 +575,10 @@ impl Counts {
             Request::Single(op) => std::slice::from_ref(op),
             Request::Batch(ops) => ops,
         };
-        let deletes = ops.iter().filter(|o| matches!(o, Op::Delete { .. })).count() as u64;
+        let deletes = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Delete { .. }))
+            .count() as u64;
         Counts {
             puts: ops.len() as u64 - deletes,
             deletes,

@@ -22,7 +22,9 @@ fn make_store(dir: &Path) -> usize {
     run(async {
         let db = open(dir, small_opts()).await;
         for i in 0..600u32 {
-            db.put(format!("k{i}"), format!("value-{i:0>40}")).await.expect("put");
+            db.put(format!("k{i}"), format!("value-{i:0>40}"))
+                .await
+                .expect("put");
         }
         db.close().await.expect("close");
     });
@@ -32,7 +34,10 @@ fn make_store(dir: &Path) -> usize {
 }
 
 fn patch(path: &Path, at: u64, bytes: &[u8]) {
-    let f = OpenOptions::new().write(true).open(path).expect("open for patch");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for patch");
     f.write_all_at(bytes, at).expect("patch");
 }
 
@@ -41,7 +46,11 @@ fn hint_of(data: &Path) -> PathBuf {
 }
 
 fn open_err(dir: &Path) -> Error {
-    run(async { Db::open(dir, small_opts()).await.expect_err("open must fail") })
+    run(async {
+        Db::open(dir, small_opts())
+            .await
+            .expect_err("open must fail")
+    })
 }
 
 #[test]
@@ -117,14 +126,25 @@ fn flipped_byte_in_a_sealed_file_is_corrupt_unless_skipping() {
     std::fs::remove_file(hint_of(&first)).expect("rm hint");
     let len = std::fs::metadata(&first).expect("meta").len();
     let mid = len / 2;
-    let f = OpenOptions::new().read(true).write(true).open(&first).expect("open");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&first)
+        .expect("open");
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, mid).expect("read");
     f.write_all_at(&[b[0] ^ 0x40], mid).expect("flip");
     match open_err(tmp.path()) {
-        Error::Corrupt { file, offset, reason } => {
+        Error::Corrupt {
+            file,
+            offset,
+            reason,
+        } => {
             assert_eq!(file, first);
-            assert!(offset <= mid && offset > FILE_HEADER, "offset {offset} for a flip at {mid}");
+            assert!(
+                offset <= mid && offset > FILE_HEADER,
+                "offset {offset} for a flip at {mid}"
+            );
             assert!(!reason.is_empty());
         }
         other => panic!("expected Corrupt, got {other:?}"),
@@ -239,7 +259,10 @@ fn foreign_bytes_in_the_last_file_are_an_error_not_deleted() {
     let n = make_store(tmp.path());
     let next = tmp.path().join(format!("{:010}.data", n + 1));
     std::fs::write(&next, vec![0x5Au8; 100]).expect("write");
-    assert!(matches!(open_err(tmp.path()), Error::Corrupt { offset: 0, .. }));
+    assert!(matches!(
+        open_err(tmp.path()),
+        Error::Corrupt { offset: 0, .. }
+    ));
     assert!(next.exists(), "user data must not be deleted");
 }
 
@@ -260,7 +283,11 @@ fn value_damaged_on_disk_is_detected_on_read() {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        assert!(db.get(b"k1").await.expect("other keys still read").is_some());
+        assert!(db
+            .get(b"k1")
+            .await
+            .expect("other keys still read")
+            .is_some());
     });
 }
 
@@ -279,13 +306,21 @@ fn second_process_gets_locked() {
     run(async {
         let db = open(tmp.path(), small_opts()).await;
         let out = Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "second_process_gets_locked", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "second_process_gets_locked",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("RINGCASK_LOCK_CHILD_DIR", tmp.path())
             .output()
             .expect("spawn child");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "child failed: {stdout}");
-        assert!(stdout.contains("CHILD-SAW-LOCKED"), "child output: {stdout}");
+        assert!(
+            stdout.contains("CHILD-SAW-LOCKED"),
+            "child output: {stdout}"
+        );
         drop(db);
     });
 }

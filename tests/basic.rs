@@ -20,12 +20,20 @@ fn round_trip_overwrite_delete_on_both_backends() {
             db.put("b", "2").await.expect("put");
             assert_eq!(db.get(b"a").await.expect("get").as_deref(), Some(&b"1"[..]));
             db.put("a", "one").await.expect("put");
-            assert_eq!(db.get(b"a").await.expect("get").as_deref(), Some(&b"one"[..]));
+            assert_eq!(
+                db.get(b"a").await.expect("get").as_deref(),
+                Some(&b"one"[..])
+            );
             db.delete("a").await.expect("delete");
             assert_eq!(db.get(b"a").await.expect("get"), None);
-            db.delete("never-existed").await.expect("delete of a missing key");
+            db.delete("never-existed")
+                .await
+                .expect("delete of a missing key");
             db.put("empty", "").await.expect("empty values are allowed");
-            assert_eq!(db.get(b"empty").await.expect("get").as_deref(), Some(&b""[..]));
+            assert_eq!(
+                db.get(b"empty").await.expect("get").as_deref(),
+                Some(&b""[..])
+            );
             assert!(db.contains_key(b"b"));
             assert!(!db.contains_key(b"a"));
             assert_eq!(db.len(), 2);
@@ -90,10 +98,17 @@ fn ttl_expiry_reads_absent_and_stays_gone_after_reopen() {
         db.put_with_ttl("long", "v", Duration::from_secs(3600))
             .await
             .expect("put ttl");
-        assert_eq!(db.get(b"old").await.expect("get").as_deref(), Some(&b"v1"[..]));
+        assert_eq!(
+            db.get(b"old").await.expect("get").as_deref(),
+            Some(&b"v1"[..])
+        );
         assert_eq!(db.len(), 3);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(db.get(b"old").await.expect("get"), None, "expired key must read absent");
+        assert_eq!(
+            db.get(b"old").await.expect("get"),
+            None,
+            "expired key must read absent"
+        );
         assert!(!db.contains_key(b"old"));
         assert_eq!(db.len(), 2);
         let mut keys = db.keys();
@@ -103,7 +118,10 @@ fn ttl_expiry_reads_absent_and_stays_gone_after_reopen() {
         // The expired put superseded "v0": recovery must not bring v0 back.
         let db = open(tmp.path(), small_opts()).await;
         assert_eq!(db.get(b"old").await.expect("get"), None);
-        assert_eq!(db.get(b"long").await.expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            db.get(b"long").await.expect("get").as_deref(),
+            Some(&b"v"[..])
+        );
         assert_eq!(db.len(), 2);
     });
 }
@@ -130,7 +148,10 @@ fn rotation_across_many_files_and_reopen_uses_hints() {
         let files = data_files(tmp.path()).len();
         assert!(files > 10, "expected many datafiles, got {files}");
         for (k, v) in &model {
-            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+            assert_eq!(
+                db.get(k.as_bytes()).await.expect("get").as_deref(),
+                Some(&v[..])
+            );
         }
         let st = db.stats();
         assert!(st.dead_bytes > 0 && st.fragmentation > 0.0);
@@ -143,7 +164,10 @@ fn rotation_across_many_files_and_reopen_uses_hints() {
         assert_eq!(r.files_from_hints, files);
         assert_eq!(db.len(), model.len());
         for (k, v) in &model {
-            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+            assert_eq!(
+                db.get(k.as_bytes()).await.expect("get").as_deref(),
+                Some(&v[..])
+            );
         }
         db.close().await.expect("close");
 
@@ -157,7 +181,10 @@ fn rotation_across_many_files_and_reopen_uses_hints() {
         assert!(r.files_scanned >= files);
         assert_eq!(db.len(), model.len());
         for (k, v) in &model {
-            assert_eq!(db.get(k.as_bytes()).await.expect("get").as_deref(), Some(&v[..]));
+            assert_eq!(
+                db.get(k.as_bytes()).await.expect("get").as_deref(),
+                Some(&v[..])
+            );
         }
     });
 }
@@ -172,13 +199,22 @@ fn reopen_after_drop_without_close() {
         }
         let clone = db.clone();
         drop(db);
-        clone.put("last", "x").await.expect("a clone keeps the store open");
+        clone
+            .put("last", "x")
+            .await
+            .expect("a clone keeps the store open");
         drop(clone);
         // Drop released the lock before returning.
         let db = open(tmp.path(), small_opts()).await;
         assert_eq!(db.len(), 301);
-        assert_eq!(db.get(b"k7").await.expect("get").as_deref(), Some(&b"v7"[..]));
-        assert_eq!(db.get(b"last").await.expect("get").as_deref(), Some(&b"x"[..]));
+        assert_eq!(
+            db.get(b"k7").await.expect("get").as_deref(),
+            Some(&b"v7"[..])
+        );
+        assert_eq!(
+            db.get(b"last").await.expect("get").as_deref(),
+            Some(&b"x"[..])
+        );
     });
 }
 
@@ -197,7 +233,9 @@ fn batches_apply_all_or_nothing_and_survive_reopen() {
         )
         .await
         .expect("batch");
-        db.write(WriteBatch::new()).await.expect("empty batch is a no-op");
+        db.write(WriteBatch::new())
+            .await
+            .expect("empty batch is a no-op");
         // An invalid op anywhere rejects the whole batch before anything is written.
         let bad = WriteBatch::new().put("c", "3").put("", "empty key");
         assert!(matches!(db.write(bad).await, Err(Error::EmptyKey)));
@@ -207,7 +245,10 @@ fn batches_apply_all_or_nothing_and_survive_reopen() {
         for i in 0..100 {
             big = big.put(format!("big{i}"), vec![0u8; 1000]);
         }
-        assert!(matches!(db.write(big).await, Err(Error::BatchTooLarge { .. })));
+        assert!(matches!(
+            db.write(big).await,
+            Err(Error::BatchTooLarge { .. })
+        ));
         assert_eq!(db.get(b"big0").await.expect("get"), None);
         assert_eq!(db.stats().batches, 1);
         db.close().await.expect("close");
@@ -232,7 +273,9 @@ fn second_open_is_locked_and_close_releases() {
         assert!(matches!(db.get(b"k").await, Err(Error::Closed)));
         assert!(matches!(db.sync().await, Err(Error::Closed)));
         db.close().await.expect("second close is a no-op");
-        let again = Db::open(tmp.path(), small_opts()).await.expect("reopen after close");
+        let again = Db::open(tmp.path(), small_opts())
+            .await
+            .expect("reopen after close");
         drop(again);
     });
 }
@@ -253,9 +296,15 @@ fn oversized_and_empty_inputs_are_clear_errors() {
             db.put("k", vec![0u8; 101]).await,
             Err(Error::ValueTooLarge { len: 101, max: 100 })
         ));
-        db.put("k", vec![7u8; 100]).await.expect("at the limit is fine");
+        db.put("k", vec![7u8; 100])
+            .await
+            .expect("at the limit is fine");
         assert_eq!(db.len(), 1);
-        let bad = Db::open(tmp.path().join("other"), Options::default().max_file_bytes(1)).await;
+        let bad = Db::open(
+            tmp.path().join("other"),
+            Options::default().max_file_bytes(1),
+        )
+        .await;
         assert!(matches!(bad, Err(Error::InvalidOptions(_))));
     });
 }
@@ -269,11 +318,20 @@ fn a_value_larger_than_a_file_gets_a_file_of_its_own() {
         let big = vec![42u8; 100_000];
         db.put("big", big.clone()).await.expect("put big");
         db.put("after", "a").await.expect("put");
-        assert_eq!(db.get(b"big").await.expect("get").as_deref(), Some(&big[..]));
+        assert_eq!(
+            db.get(b"big").await.expect("get").as_deref(),
+            Some(&big[..])
+        );
         db.close().await.expect("close");
         let db = open(tmp.path(), small_opts()).await;
-        assert_eq!(db.get(b"big").await.expect("get").as_deref(), Some(&big[..]));
-        assert_eq!(db.get(b"after").await.expect("get").as_deref(), Some(&b"a"[..]));
+        assert_eq!(
+            db.get(b"big").await.expect("get").as_deref(),
+            Some(&big[..])
+        );
+        assert_eq!(
+            db.get(b"after").await.expect("get").as_deref(),
+            Some(&b"a"[..])
+        );
     });
 }
 
@@ -288,7 +346,10 @@ fn many_tasks_on_a_multi_threaded_runtime() {
     rt.block_on(async {
         let db = Db::open(
             tmp.path(),
-            small_opts().max_file_bytes(256 * 1024).sync(SyncPolicy::Always).read_threads(2),
+            small_opts()
+                .max_file_bytes(256 * 1024)
+                .sync(SyncPolicy::Always)
+                .read_threads(2),
         )
         .await
         .expect("open");
@@ -327,7 +388,11 @@ fn many_tasks_on_a_multi_threaded_runtime() {
 
 #[test]
 fn usable_from_a_plain_executor_and_sync_policies() {
-    for policy in [SyncPolicy::Always, SyncPolicy::IntervalMs(5), SyncPolicy::Never] {
+    for policy in [
+        SyncPolicy::Always,
+        SyncPolicy::IntervalMs(5),
+        SyncPolicy::Never,
+    ] {
         let tmp = tempfile::tempdir().expect("tmp");
         futures::executor::block_on(async {
             let db = Db::open(tmp.path(), Options::default().sync(policy))
@@ -346,7 +411,10 @@ fn usable_from_a_plain_executor_and_sync_policies() {
                 std::thread::sleep(Duration::from_millis(50));
                 assert!(db.stats().syncs >= 2, "the interval sync should have run");
             }
-            assert_eq!(db.get(b"k3").await.expect("get").as_deref(), Some(&b"v"[..]));
+            assert_eq!(
+                db.get(b"k3").await.expect("get").as_deref(),
+                Some(&b"v"[..])
+            );
             db.close().await.expect("close");
         });
     }

@@ -120,7 +120,11 @@ fn child(dir: &str, round: u64) {
 async fn contents(db: &Db, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     let mut m = BTreeMap::new();
     for k in db.keys_with_prefix(prefix.as_bytes()) {
-        let v = db.get(&k).await.expect("get").expect("listed key has a value");
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("listed key has a value");
         m.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
     }
     m
@@ -147,7 +151,9 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
         let acked = run_child_and_kill(tmp.path(), round, 20 + rng.below(300));
         total_acks += acked.iter().map(|&n| n).sum::<u64>();
         common::run(async {
-            let db = Db::open(tmp.path(), opts()).await.expect("reopen after kill");
+            let db = Db::open(tmp.path(), opts())
+                .await
+                .expect("reopen after kill");
             // Earlier rounds: exactly as verified before (nothing lost, nothing resurrected).
             for old in 0..round {
                 let prefix = format!("r{old}-");
@@ -156,7 +162,11 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
                     .filter(|(k, _)| k.starts_with(&prefix))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                assert_eq!(contents(&db, &prefix).await, want, "round {old} changed after round {round}");
+                assert_eq!(
+                    contents(&db, &prefix).await,
+                    want,
+                    "round {old} changed after round {round}"
+                );
             }
             // This round: every acknowledged op applied; the one in flight per task may be.
             for t in 0..TASKS {
@@ -178,7 +188,10 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
             assert_eq!(db.len(), expected.len(), "unexpected keys in the store");
         });
     }
-    assert!(total_acks > 100, "the children acknowledged only {total_acks} writes");
+    assert!(
+        total_acks > 100,
+        "the children acknowledged only {total_acks} writes"
+    );
 }
 
 /// Runs one child round, kills it `delay_ms` after it is ready; returns acked op counts per task.

@@ -1,0 +1,253 @@
+//! Model-based test: random operations against the store and a `BTreeMap`, including reopen
+//! (by close and by drop) and crashes injected through the IO layer (a write fails, possibly
+//! torn, and every later IO fails as if the process had died).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{run, Rng};
+use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    /// A put whose TTL has already passed: reads as absent and hides older values.
+    PutExpired(Vec<u8>, Vec<u8>),
+    PutLongTtl(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+}
+
+impl Op {
+    fn keys(&self) -> Vec<Vec<u8>> {
+        match self {
+            Op::Put(k, _) | Op::PutExpired(k, _) | Op::PutLongTtl(k, _) | Op::Delete(k) => {
+                vec![k.clone()]
+            }
+            Op::Batch(ops) => ops.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+
+    fn apply(&self, m: &mut Model) {
+        match self {
+            Op::Put(k, v) | Op::PutLongTtl(k, v) => {
+                m.insert(k.clone(), v.clone());
+            }
+            Op::PutExpired(k, _) | Op::Delete(k) => {
+                m.remove(k);
+            }
+            Op::Batch(ops) => {
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => m.insert(k.clone(), v.clone()),
+                        None => m.remove(k),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn run(&self, db: &Db) -> ringcask::Result<()> {
+        match self.clone() {
+            Op::Put(k, v) => db.put(k, v).await,
+            Op::PutExpired(k, v) => db.put_with_ttl(k, v, Duration::ZERO).await,
+            Op::PutLongTtl(k, v) => db.put_with_ttl(k, v, Duration::from_secs(3600)).await,
+            Op::Delete(k) => db.delete(k).await,
+            Op::Batch(ops) => {
+                let mut b = WriteBatch::new();
+                for (k, v) in ops {
+                    b = match v {
+                        Some(v) => b.put(k, v),
+                        None => b.delete(k),
+                    };
+                }
+                db.write(b).await
+            }
+        }
+    }
+}
+
+fn random_key(rng: &mut Rng) -> Vec<u8> {
+    format!("key{}", rng.below(40)).into_bytes()
+}
+
+fn random_value(rng: &mut Rng) -> Vec<u8> {
+    let n = rng.below(300) as usize;
+    rng.bytes(n)
+}
+
+fn random_op(rng: &mut Rng) -> Op {
+    let k = random_key(rng);
+    match rng.below(20) {
+        0..=8 => Op::Put(k, random_value(rng)),
+        9 => Op::PutExpired(k, random_value(rng)),
+        10 => Op::PutLongTtl(k, random_value(rng)),
+        11..=14 => Op::Delete(k),
+        _ => {
+            let n = 1 + rng.below(5);
+            Op::Batch(
+                (0..n)
+                    .map(|_| {
+                        let k = random_key(rng);
+                        let v = (rng.below(3) != 0).then(|| random_value(rng));
+                        (k, v)
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
+    let sync = match seed % 3 {
+        0 => SyncPolicy::Always,
+        1 => SyncPolicy::Never,
+        _ => SyncPolicy::IntervalMs(2),
+    };
+    let o = Options::default()
+        .sync(sync)
+        .max_file_bytes(8 * 1024)
+        .preallocate_bytes(if seed % 2 == 0 { 4096 } else { 0 });
+    match fault {
+        Some(f) => o.fault_injector(f),
+        None => o,
+    }
+}
+
+async fn check_all(db: &Db, model: &Model, ctx: &str) {
+    assert_eq!(db.len(), model.len(), "{ctx}: len");
+    for (k, v) in model {
+        let got = db.get(k).await.expect("get");
+        assert_eq!(
+            got.as_deref(),
+            Some(&v[..]),
+            "{ctx}: key {}",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
+fn run_seed(seed: u64, steps: usize) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut rng = Rng::new(seed);
+    let mut model = Model::new();
+    let (mut crashes, mut reopens) = (0, 0);
+    run(async {
+        let mut fault = FaultInjector::new();
+        let mut db = Db::open(dir, opts(seed, Some(fault.clone())))
+            .await
+            .expect("open");
+        let mut step = 0;
+        while step < steps {
+            step += 1;
+            match rng.below(100) {
+                0..=1 => {
+                    reopens += 1;
+                    if rng.below(2) == 0 {
+                        db.close().await.expect("close");
+                    }
+                    drop(db);
+                    fault = FaultInjector::new();
+                    db = Db::open(dir, opts(seed, Some(fault.clone())))
+                        .await
+                        .expect("reopen");
+                    check_all(
+                        &db,
+                        &model,
+                        &format!("seed {seed} step {step} after reopen"),
+                    )
+                    .await;
+                }
+                2..=3 => {
+                    // Crash after a few more IO operations, somewhere in the next writes.
+                    crashes += 1;
+                    fault.tear_writes(rng.below(2) == 0);
+                    fault.crash_after(rng.below(6));
+                    let mut uncertain: Option<(Op, Model)> = None;
+                    for _ in 0..20 {
+                        let op = random_op(&mut rng);
+                        let before = model.clone();
+                        match op.run(&db).await {
+                            Ok(()) => op.apply(&mut model),
+                            Err(_) => {
+                                // The first failed op may or may not have reached the disk;
+                                // later ones are refused before any IO.
+                                if uncertain.is_none() {
+                                    uncertain = Some((op, before));
+                                }
+                            }
+                        }
+                        if uncertain.is_some() {
+                            break;
+                        }
+                    }
+                    drop(db);
+                    fault = FaultInjector::new();
+                    db = Db::open(dir, opts(seed, Some(fault.clone())))
+                        .await
+                        .expect("reopen after crash");
+                    if let Some((op, before)) = uncertain {
+                        let mut after = before.clone();
+                        op.apply(&mut after);
+                        let mut applied = None;
+                        for k in op.keys() {
+                            let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
+                            let is_before = got.as_ref() == before.get(&k);
+                            let is_after = got.as_ref() == after.get(&k);
+                            assert!(
+                                is_before || is_after,
+                                "seed {seed} step {step}: key neither old nor new"
+                            );
+                            if is_before != is_after {
+                                assert!(
+                                    applied.is_none() || applied == Some(is_after),
+                                    "seed {seed} step {step}: batch applied partially"
+                                );
+                                applied = Some(is_after);
+                            }
+                        }
+                        if applied == Some(true) {
+                            model = after;
+                        }
+                    }
+                    check_all(&db, &model, &format!("seed {seed} step {step} after crash")).await;
+                }
+                4..=30 => {
+                    let k = random_key(&mut rng);
+                    let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
+                    assert_eq!(got.as_ref(), model.get(&k), "seed {seed} step {step}: get");
+                    assert_eq!(db.contains_key(&k), model.contains_key(&k));
+                }
+                _ => {
+                    let op = random_op(&mut rng);
+                    op.run(&db).await.expect("write");
+                    op.apply(&mut model);
+                }
+            }
+        }
+        check_all(&db, &model, &format!("seed {seed} end")).await;
+        let mut keys: Vec<Vec<u8>> = db.keys().into_iter().map(|k| k.to_vec()).collect();
+        keys.sort();
+        assert_eq!(keys, model.keys().cloned().collect::<Vec<_>>());
+    });
+    assert!(
+        crashes > 0 && reopens > 0,
+        "seed {seed}: {crashes} crashes, {reopens} reopens"
+    );
+}
+
+#[test]
+fn random_operations_match_a_btreemap() {
+    let seeds: u64 = std::env::var("RINGCASK_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    for seed in 0..seeds {
+        run_seed(seed, 1500);
+    }
+}
