@@ -111,7 +111,7 @@ fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
     let o = Options::default()
         .sync(sync)
         .max_file_bytes(8 * 1024)
-        .preallocate_bytes(if seed % 2 == 0 { 4096 } else { 0 });
+        .preallocate_bytes(if seed.is_multiple_of(2) { 4096 } else { 0 });
     match fault {
         Some(f) => o.fault_injector(f),
         None => o,
