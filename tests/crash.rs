@@ -149,7 +149,7 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
     let mut total_acks = 0u64;
     for round in 0..rounds {
         let acked = run_child_and_kill(tmp.path(), round, 20 + rng.below(300));
-        total_acks += acked.iter().map(|&n| n).sum::<u64>();
+        total_acks += acked.iter().sum::<u64>();
         common::run(async {
             let db = Db::open(tmp.path(), opts())
                 .await
