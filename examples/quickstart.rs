@@ -45,10 +45,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let v = db.get(b"user:07:0042").await?;
-    println!("get user:07:0042 -> {:?}", v.as_deref().map(String::from_utf8_lossy));
+    println!(
+        "get user:07:0042 -> {:?}",
+        v.as_deref().map(String::from_utf8_lossy)
+    );
     db.delete("user:07:0042").await?;
     println!("after delete -> {:?}", db.get(b"user:07:0042").await?);
-    db.put_with_ttl("session:abc", "token", Duration::from_millis(50)).await?;
+    db.put_with_ttl("session:abc", "token", Duration::from_millis(50))
+        .await?;
     db.write(
         WriteBatch::new()
             .put("account:1", "90")
@@ -56,7 +60,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(60)).await;
-    println!("session:abc after its TTL -> {:?}", db.get(b"session:abc").await?);
+    println!(
+        "session:abc after its TTL -> {:?}",
+        db.get(b"session:abc").await?
+    );
 
     let st = db.stats();
     println!(
@@ -84,7 +91,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.truncated_bytes
     );
     assert_eq!(db.len(), 64 * 200 - 1 + 2);
-    println!("account:2 -> {:?}", db.get(b"account:2").await?.as_deref().map(String::from_utf8_lossy));
+    println!(
+        "account:2 -> {:?}",
+        db.get(b"account:2")
+            .await?
+            .as_deref()
+            .map(String::from_utf8_lossy)
+    );
     db.close().await?;
     Ok(())
 }

@@ -122,5 +122,8 @@ fn damaged_directories_never_panic() {
     }
     let _ = std::panic::take_hook();
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a thread panicked");
-    assert!(opened > 10 && refused > 10, "opened {opened}, refused {refused}");
+    assert!(
+        opened > 10 && refused > 10,
+        "opened {opened}, refused {refused}"
+    );
 }
