@@ -11,9 +11,9 @@
 //! within one run, not absolute numbers across runs.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ringcask::{Db, Options, SyncPolicy};
+use ringcask::{Db, IoBackend, Options, SyncPolicy};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -35,9 +35,9 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-async fn put_rate(dir: &Path, policy: SyncPolicy, tasks: u64, per_task: u64, value: usize) -> f64 {
+async fn put_rate(dir: &Path, opts: Options, tasks: u64, per_task: u64, value: usize) -> f64 {
     let _ = std::fs::remove_dir_all(dir);
-    let db = Db::open(dir, Options::default().sync(policy)).await.expect("open");
+    let db = Db::open(dir, opts).await.expect("open");
     let v = bytes::Bytes::from(vec![7u8; value]);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -80,7 +80,26 @@ async fn get_rate(db: &Db, keys: u64, tasks: u64, per_task: u64) -> f64 {
     (tasks * per_task) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Child mode of the memory figure: print the RSS growth caused by opening the store.
+fn memory_probe(dir: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let before = rss_bytes();
+        let db = Db::open(dir, Options::default()).await.expect("open");
+        let after = rss_bytes();
+        println!("{}", after.saturating_sub(before));
+        db.close().await.expect("close");
+    });
+}
+
 fn main() {
+    if let Ok(dir) = std::env::var("RINGCASK_BENCH_MEM_DIR") {
+        memory_probe(&dir);
+        return;
+    }
     // `cargo bench` passes `--bench`; ignore arguments.
     let n: u64 = std::env::var("RINGCASK_BENCH_KEYS")
         .ok()
@@ -105,12 +124,21 @@ fn main() {
             let mut one = Vec::new();
             let mut sixty_four = Vec::new();
             for _ in 0..3 {
-                one.push(put_rate(&dir, policy, 1, single, 100).await);
-                sixty_four.push(put_rate(&dir, policy, 64, many, 100).await);
+                let o = Options::default().sync(policy);
+                one.push(put_rate(&dir, o.clone(), 1, single, 100).await);
+                sixty_four.push(put_rate(&dir, o, 64, many, 100).await);
             }
             println!("| put, 1 task, {name} | {:.0} |", median(one));
             println!("| put, 64 tasks, {name} | {:.0} |", median(sixty_four));
         }
+        let mut pread = Vec::new();
+        for _ in 0..3 {
+            let o = Options::default()
+                .sync(SyncPolicy::Never)
+                .io_backend(IoBackend::Pread);
+            pread.push(put_rate(&dir, o, 1, 100_000, 100).await);
+        }
+        println!("| put, 1 task, Never, pread backend | {:.0} |", median(pread));
 
         // Fill N keys (Never + one final sync), then measure gets, open and memory.
         let _ = std::fs::remove_dir_all(&dir);
@@ -141,6 +169,15 @@ fn main() {
         }
         println!("| get hot, 1 task | {:.0} |", median(g1));
         println!("| get hot, 64 tasks | {:.0} |", median(g64));
+        db.close().await.expect("close");
+        let db = Db::open(&dir, Options::default().io_backend(IoBackend::Pread))
+            .await
+            .expect("open");
+        let mut gp = Vec::new();
+        for _ in 0..3 {
+            gp.push(get_rate(&db, n, 1, 100_000).await);
+        }
+        println!("| get hot, 1 task, pread backend | {:.0} |", median(gp));
         db.close().await.expect("close");
 
         let mut with_hints = Vec::new();
@@ -173,16 +210,23 @@ fn main() {
         println!("| scanning datafiles | {:.0} |", s * 1e3);
         println!("| ratio scan / hints | {:.2}x |", s / h);
 
-        // Memory: RSS before and after opening the store (recovery fills the keydir).
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let before = rss_bytes();
-        let db = Db::open(&dir, Options::default()).await.expect("open");
-        let after = rss_bytes();
-        let per_key = (after.saturating_sub(before)) as f64 / n as f64;
+        // Memory: in a fresh process (the allocator keeps what earlier phases freed), RSS
+        // before and after opening the store (recovery fills the keydir from the hints).
+        let out = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .env("RINGCASK_BENCH_MEM_DIR", &dir)
+            .output()
+            .expect("spawn memory probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let delta: u64 = text.trim().parse().unwrap_or(0);
         println!("\n| keydir memory | value |");
         println!("|---|---:|");
-        println!("| RSS delta for {n} keys of 16 B | {:.1} MiB |", (after - before) as f64 / (1 << 20) as f64);
-        println!("| per key | {per_key:.1} B (goal: 16 + 48 = 64 B) |");
-        db.close().await.expect("close");
+        println!(
+            "| RSS delta after open, {n} keys of 16 B | {:.1} MiB |",
+            delta as f64 / (1 << 20) as f64
+        );
+        println!(
+            "| per key | {:.1} B (goal: 16 + 48 = 64 B) |",
+            delta as f64 / n as f64
+        );
     });
 }
