@@ -118,7 +118,12 @@ fn main() {
         println!("|---|---:|");
         for (name, policy, single, many) in [
             ("Always", SyncPolicy::Always, 2_000u64, 300u64),
-            ("IntervalMs(100)", SyncPolicy::IntervalMs(100), 100_000, 3_000),
+            (
+                "IntervalMs(100)",
+                SyncPolicy::IntervalMs(100),
+                100_000,
+                3_000,
+            ),
             ("Never", SyncPolicy::Never, 100_000, 3_000),
         ] {
             let mut one = Vec::new();
@@ -138,7 +143,10 @@ fn main() {
                 .io_backend(IoBackend::Pread);
             pread.push(put_rate(&dir, o, 1, 100_000, 100).await);
         }
-        println!("| put, 1 task, Never, pread backend | {:.0} |", median(pread));
+        println!(
+            "| put, 1 task, Never, pread backend | {:.0} |",
+            median(pread)
+        );
 
         // Fill N keys (Never + one final sync), then measure gets, open and memory.
         let _ = std::fs::remove_dir_all(&dir);

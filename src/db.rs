@@ -65,16 +65,20 @@ impl Drop for Threads {
     }
 }
 
-type Ready = Result<(Kind, Option<String>)>;
+/// What the writer thread reports once the store is open.
+struct Ready {
+    kind: Kind,
+    fallback_reason: Option<String>,
+    keydir: Arc<KeyDir>,
+}
 
 /// Body of the writer thread: lock, recover, then serve writes.
 fn writer_main(
     dir: PathBuf,
     opts: Options,
-    keydir: Arc<KeyDir>,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<WriteMsg>,
-    ready: oneshot::Sender<Ready>,
+    ready: oneshot::Sender<Result<Ready>>,
 ) {
     let (rt, kind, reason) = match Runtime::choose(opts.io_backend) {
         Ok(x) => x,
@@ -84,10 +88,11 @@ fn writer_main(
         }
     };
     let prepared = DirLock::acquire(&dir).and_then(|lock| {
+        let keydir = Arc::new(recovery::sized_keydir(&dir));
         let rec = recovery::recover(&dir, &opts, &keydir)?;
-        Ok((lock, rec))
+        Ok((lock, rec, keydir))
     });
-    let (lock, rec) = match prepared {
+    let (lock, rec, keydir) = match prepared {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -101,7 +106,7 @@ fn writer_main(
             dir,
             kind,
             opts,
-            keydir,
+            keydir.clone(),
             shared,
             rec.next_seq,
             rec.next_file_id,
@@ -110,7 +115,11 @@ fn writer_main(
         .await;
         match w {
             Ok(w) => {
-                let _ = ready.send(Ok((kind, reason)));
+                let _ = ready.send(Ok(Ready {
+                    kind,
+                    fallback_reason: reason,
+                    keydir,
+                }));
                 w.write_recovery_hints(rec.hints_to_write).await;
                 w.run(rx).await;
             }
@@ -134,19 +143,21 @@ impl Db {
         opts.validate()?;
         let dir = path.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        let keydir = Arc::new(KeyDir::new());
         let shared = Arc::new(Shared::default());
         let (write_tx, write_rx) = mpsc::channel(opts.write_queue_depth);
         let (ready_tx, ready_rx) = oneshot::channel();
         let writer = {
-            let (dir, opts, keydir, shared) =
-                (dir.clone(), opts.clone(), keydir.clone(), shared.clone());
+            let (dir, opts, shared) = (dir.clone(), opts.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("ringcask-writer".into())
-                .spawn(move || writer_main(dir, opts, keydir, shared, write_rx, ready_tx))?
+                .spawn(move || writer_main(dir, opts, shared, write_rx, ready_tx))?
         };
         let ready = ready_rx.await;
-        let (kind, fallback_reason) = match ready {
+        let Ready {
+            kind,
+            fallback_reason,
+            keydir,
+        } = match ready {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 let _ = writer.join();

@@ -68,9 +68,27 @@ pub(crate) struct KeyDir {
 
 impl KeyDir {
     /// An empty keydir.
+    #[cfg(test)]
     pub(crate) fn new() -> KeyDir {
+        KeyDir::with_capacity(0)
+    }
+
+    /// An empty keydir with room for about `n` keys.
+    pub(crate) fn with_capacity(n: usize) -> KeyDir {
         KeyDir {
-            map: DashMap::with_hasher(Hasher::default()),
+            map: DashMap::with_capacity_and_hasher(n, Hasher::default()),
+        }
+    }
+
+    /// [`KeyDir::install`] for recovery, where most keys are new: one hash and one lookup.
+    pub(crate) fn install_new(&self, key: &[u8], entry: Entry) {
+        match self.map.entry(Box::from(key)) {
+            MapEntry::Occupied(mut o) => {
+                Self::swap_if_newer(o.get_mut(), entry);
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(entry);
+            }
         }
     }
 

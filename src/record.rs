@@ -362,6 +362,15 @@ pub(crate) fn encode_hint(out: &mut Vec<u8>, h: &HintRecord<'_>) {
 
 /// Decodes the hint record at the start of `buf`; returns it and its encoded length.
 pub(crate) fn decode_hint(buf: &[u8]) -> Result<(HintRecord<'_>, usize), DecodeError> {
+    decode_hint_with(buf, true)
+}
+
+/// [`decode_hint`], optionally without the CRC check: for a second pass over bytes whose every
+/// record was already verified.
+pub(crate) fn decode_hint_with(
+    buf: &[u8],
+    verify_crc: bool,
+) -> Result<(HintRecord<'_>, usize), DecodeError> {
     need(buf, HINT_RECORD_HEADER_LEN)?;
     let key_len = u32_at(buf, HINT_KEY_LEN_OFFSET);
     if key_len == 0 || key_len > KEY_LEN_LIMIT {
@@ -373,7 +382,7 @@ pub(crate) fn decode_hint(buf: &[u8]) -> Result<(HintRecord<'_>, usize), DecodeE
     }
     let len = HINT_RECORD_HEADER_LEN + key_len as usize;
     need(buf, len)?;
-    if u32_at(buf, HINT_CRC_OFFSET) != crc(&buf[HINT_SEQ_OFFSET..len]) {
+    if verify_crc && u32_at(buf, HINT_CRC_OFFSET) != crc(&buf[HINT_SEQ_OFFSET..len]) {
         return Err(DecodeError::BadCrc);
     }
     let h = HintRecord {

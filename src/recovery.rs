@@ -78,7 +78,7 @@ fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, max_seq: &
             len: h.record_len,
         }
     };
-    keydir.install(h.key, entry);
+    keydir.install_new(h.key, entry);
 }
 
 /// What every file load shares.
@@ -201,6 +201,26 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     }
     out.hint = Some(hb.finish(id, out.file_len));
     Ok(out)
+}
+
+/// A keydir sized for the store in `dir`: the record counts of its hint files, plus an estimate
+/// for datafiles without one. Saves the rehashing of a growing map during recovery.
+pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
+    let mut n = 0u64;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            match name.to_str().and_then(datafile::parse_name) {
+                Some(DirEntry::Hint(_)) => n += hint::footer_count(&e.path()).unwrap_or(0),
+                Some(DirEntry::Data(id)) if !hint_path(dir, id).exists() => {
+                    n += e.metadata().map(|m| m.len() / 64).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    // Hints count records, not keys (overwrites, tombstones): cap the guess.
+    KeyDir::with_capacity(n.min(1 << 28) as usize)
 }
 
 /// Rebuilds `keydir` from the store in `dir`.
