@@ -23,6 +23,13 @@ pub(crate) fn hint_path(dir: &Path, id: u32) -> PathBuf {
 /// Suffix of every file written under a temporary name.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
+/// `path` with [`TEMP_SUFFIX`] appended.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(TEMP_SUFFIX);
+    PathBuf::from(p)
+}
+
 /// The kinds of file a store directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DirEntry {

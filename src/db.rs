@@ -13,7 +13,8 @@ use crate::batch::{self, WriteBatch};
 use crate::io::{Kind, Runtime};
 use crate::keydir::{Entry, KeyDir};
 use crate::lock::DirLock;
-use crate::reader::{self, ReadReq};
+use crate::merge::{self, MergeMsg, MergeReport, Merger};
+use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
 use crate::stats::{FileStats, Shared, Stats};
 use crate::writer::{Op, Request, WriteMsg, Writer};
@@ -44,7 +45,8 @@ struct Inner {
     kind: Kind,
     fallback_reason: Option<String>,
     write_tx: mpsc::Sender<WriteMsg>,
-    readers: Vec<mpsc::Sender<ReadReq>>,
+    merge_tx: mpsc::Sender<MergeMsg>,
+    readers: Vec<mpsc::Sender<ReaderMsg>>,
     next_reader: AtomicUsize,
     closed: AtomicBool,
     /// Set once any key with a TTL exists, so that `len` knows whether it must count.
@@ -53,10 +55,12 @@ struct Inner {
     _threads: Threads,
 }
 
-struct Threads(Vec<JoinHandle<()>>);
+struct Threads(Vec<JoinHandle<()>>, Arc<Shared>);
 
 impl Drop for Threads {
     fn drop(&mut self) {
+        // A merge in progress stops at its next step.
+        self.1.stopping.store(true, Ordering::SeqCst);
         for t in self.0.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a ringcask io thread panicked");
@@ -70,6 +74,7 @@ struct Ready {
     kind: Kind,
     fallback_reason: Option<String>,
     keydir: Arc<KeyDir>,
+    lock: Arc<DirLock>,
 }
 
 /// Body of the writer thread: lock, recover, then serve writes.
@@ -88,6 +93,7 @@ fn writer_main(
         }
     };
     let prepared = DirLock::acquire(&dir).and_then(|lock| {
+        let lock = Arc::new(lock);
         let keydir = Arc::new(recovery::sized_keydir(&dir));
         let rec = recovery::recover(&dir, &opts, &keydir)?;
         Ok((lock, rec, keydir))
@@ -100,6 +106,9 @@ fn writer_main(
         }
     };
     shared.with_usage(|u| *u = rec.usage);
+    shared
+        .next_file_id
+        .store(rec.next_file_id, Ordering::SeqCst);
     *shared.recovery.lock().unwrap_or_else(|p| p.into_inner()) = rec.report;
     rt.block_on(async move {
         let w = Writer::start(
@@ -109,8 +118,7 @@ fn writer_main(
             keydir.clone(),
             shared,
             rec.next_seq,
-            rec.next_file_id,
-            lock,
+            lock.clone(),
         )
         .await;
         match w {
@@ -119,6 +127,7 @@ fn writer_main(
                     kind,
                     fallback_reason: reason,
                     keydir,
+                    lock,
                 }));
                 w.write_recovery_hints(rec.hints_to_write).await;
                 w.run(rx).await;
@@ -157,6 +166,7 @@ impl Db {
             kind,
             fallback_reason,
             keydir,
+            lock,
         } = match ready {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
@@ -170,7 +180,7 @@ impl Db {
                 )));
             }
         };
-        let mut threads = Threads(vec![writer]);
+        let mut threads = Threads(vec![writer], shared.clone());
         let mut readers = Vec::with_capacity(opts.read_threads);
         for i in 0..opts.read_threads {
             let (tx, rx) = mpsc::channel(opts.write_queue_depth);
@@ -183,6 +193,17 @@ impl Db {
             )?);
             readers.push(tx);
         }
+        let (merge_tx, merge_rx) = mpsc::channel(16);
+        let merger = Merger {
+            dir: dir.clone(),
+            kind,
+            opts: opts.clone(),
+            keydir: keydir.clone(),
+            shared: shared.clone(),
+            readers: readers.clone(),
+            broken: None,
+        };
+        threads.0.push(merge::spawn(merger, lock, merge_rx)?);
         let has_ttl = AtomicBool::new(false);
         keydir.for_each(|_, e| {
             if e.expiry_ms != 0 {
@@ -198,6 +219,7 @@ impl Db {
                 kind,
                 fallback_reason,
                 write_tx,
+                merge_tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
@@ -228,7 +250,26 @@ impl Db {
         if e.is_expired(now_ms()) {
             return Ok(None);
         }
-        inner.read_value(key, e).await.map(Some)
+        Self::read_current(inner, key, e).await
+    }
+
+    /// Retries a read whose file a merge deleted meanwhile: the keydir then points elsewhere.
+    async fn read_current(inner: &Inner, key: &[u8], mut e: Entry) -> Result<Option<Bytes>> {
+        for _ in 0..8 {
+            match inner.read_value(key, e).await {
+                Err(Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+                    match inner.keydir.get(key) {
+                        None => return Ok(None),
+                        Some(now) if now != e => e = now,
+                        Some(_) => return Err(Error::Io(err)),
+                    }
+                }
+                other => return other.map(Some),
+            }
+        }
+        Err(Error::Io(std::io::Error::other(
+            "the record kept moving during a read",
+        )))
     }
 
     /// Whether `key` has a live (present, unexpired) value. Answered from memory.
@@ -356,6 +397,24 @@ impl Db {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// Merges every sealed datafile now: live records are rewritten into new files (with hint
+    /// files) and the old files deleted, reclaiming the space of overwritten, deleted and expired
+    /// records. Reads and writes continue meanwhile. Crash-safe at every step.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if an input is damaged (nothing is changed then); [`Error::Io`];
+    /// [`Error::Closed`] if the store closes meanwhile.
+    pub async fn merge(&self) -> Result<MergeReport> {
+        let inner = self.live()?;
+        let (reply, rx) = oneshot::channel();
+        inner
+            .merge_tx
+            .send(MergeMsg::Run { reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
     /// A snapshot of counters, space accounting and the last recovery report.
     pub fn stats(&self) -> Stats {
         let s = &self.inner.shared;
@@ -383,6 +442,8 @@ impl Db {
             group_commits: load(&s.group_commits),
             syncs: load(&s.syncs),
             bytes_written: load(&s.bytes_written),
+            merges: load(&s.merges),
+            merge_reclaimed_bytes: load(&s.merge_reclaimed_bytes),
             recovery: s.recovery.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
@@ -401,6 +462,18 @@ impl Db {
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        // Stop merging first: the merge thread holds the directory lock too.
+        self.inner.shared.stopping.store(true, Ordering::SeqCst);
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .merge_tx
+            .send(MergeMsg::Stop { reply })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
         }
         let (reply, rx) = oneshot::channel();
         if self
@@ -437,7 +510,10 @@ impl Inner {
             len: e.len as usize,
             reply,
         };
-        self.readers[i].send(req).await.map_err(|_| Error::Closed)?;
+        self.readers[i]
+            .send(ReaderMsg::Read(req))
+            .await
+            .map_err(|_| Error::Closed)?;
         let file = || datafile::data_path(&self.dir, e.file_id);
         let buf = match rx.await.map_err(|_| Error::Closed)? {
             Ok(b) => b,

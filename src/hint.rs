@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::datafile::{hint_path, TEMP_SUFFIX};
+use crate::datafile::{hint_path, temp_path};
 use crate::io::{self, FaultInjector, IoFile, Kind};
 use crate::record::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
 
@@ -52,15 +52,9 @@ pub(crate) async fn write(
     fault: Option<&Arc<FaultInjector>>,
 ) -> std::io::Result<()> {
     let final_path = hint_path(dir, file_id);
-    let mut tmp = final_path.clone().into_os_string();
-    tmp.push(TEMP_SUFFIX);
-    let tmp = std::path::PathBuf::from(tmp);
+    let tmp = temp_path(&final_path);
     let res = async {
-        let f = IoFile::create_new(kind, &tmp, fault.cloned())?;
-        let (r, _) = f.write_all_at(bytes, 0).await;
-        r?;
-        f.sync_all().await?;
-        drop(f);
+        write_temp(kind, &tmp, bytes, fault).await?;
         io::rename(fault.map(|f| &**f), &tmp, &final_path)?;
         io::sync_dir(fault.map(|f| &**f), dir)
     }
@@ -70,6 +64,19 @@ pub(crate) async fn write(
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Creates `path` (a temporary name), writes `bytes` and syncs it.
+pub(crate) async fn write_temp(
+    kind: Kind,
+    path: &Path,
+    bytes: Vec<u8>,
+    fault: Option<&Arc<FaultInjector>>,
+) -> std::io::Result<()> {
+    let f = IoFile::create_new(kind, path, fault.cloned())?;
+    let (r, _) = f.write_all_at(bytes, 0).await;
+    r?;
+    f.sync_all().await
 }
 
 /// The record count a hint file's footer announces, if it has a readable footer (used to size

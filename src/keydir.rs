@@ -123,6 +123,27 @@ impl KeyDir {
         self.map.remove_if(key, |_, e| e.seq < seq).map(|(_, e)| e)
     }
 
+    /// Points `key` at a merged copy of its record: only if the entry still has `seq` and still
+    /// lives in `from_file` (a put or delete that raced the merge wins).
+    pub(crate) fn repoint(&self, key: &[u8], seq: u64, from_file: u32, to: Entry) -> bool {
+        debug_assert_eq!(to.seq, seq);
+        match self.map.get_mut(key) {
+            Some(mut e) if e.seq == seq && e.file_id == from_file => {
+                *e = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes `key` if its entry has exactly `seq` (an expired record a merge turned into a
+    /// tombstone); returns it.
+    pub(crate) fn remove_if_seq(&self, key: &[u8], seq: u64) -> Option<Entry> {
+        self.map
+            .remove_if(key, |_, e| e.seq == seq)
+            .map(|(_, e)| e)
+    }
+
     /// Number of entries (live or expired-but-not-yet-reclaimed).
     pub(crate) fn len(&self) -> usize {
         self.map.len()
@@ -176,6 +197,31 @@ mod tests {
         assert_eq!(k.get(b"a"), Some(e(5)));
         assert_eq!(k.remove_older(b"a", 6), Some(e(5)));
         assert_eq!(k.get(b"a"), None);
+    }
+
+    #[test]
+    fn repoint_only_when_seq_and_file_still_match() {
+        let k = KeyDir::new();
+        k.install(b"a", e(5));
+        let moved = Entry {
+            file_id: 9,
+            offset: 100,
+            ..e(5)
+        };
+        assert!(!k.repoint(b"a", 5, 2, moved), "wrong source file");
+        assert!(k.repoint(b"a", 5, 1, moved));
+        assert_eq!(k.get(b"a"), Some(moved));
+        // A newer put wins over a late repoint.
+        k.install(b"a", e(6));
+        assert!(!k.repoint(b"a", 5, 9, moved));
+        assert_eq!(k.get(b"a"), Some(e(6)));
+        // A delete wins too.
+        k.remove_older(b"a", 7);
+        assert!(!k.repoint(b"a", 6, 1, Entry { seq: 6, ..moved }));
+        assert_eq!(k.get(b"a"), None);
+        k.install(b"b", e(3));
+        assert_eq!(k.remove_if_seq(b"b", 2), None);
+        assert_eq!(k.remove_if_seq(b"b", 3), Some(e(3)));
     }
 
     #[test]

@@ -40,13 +40,21 @@ pub struct Options {
     pub(crate) write_queue_depth: usize,
     pub(crate) max_group_bytes: usize,
     pub(crate) fault_injector: Option<Arc<FaultInjector>>,
+    pub(crate) auto_merge: bool,
+    pub(crate) merge_trigger_ratio: f64,
+    pub(crate) merge_trigger_bytes: u64,
+    pub(crate) merge_file_ratio: f64,
+    pub(crate) merge_check_interval_ms: u64,
+    pub(crate) merge_bytes_per_sec: u64,
 }
 
 impl Default for Options {
     /// `sync(SyncPolicy::Always)`, `max_file_bytes(256 MiB)`, `max_key_bytes(64 KiB)`,
     /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `io_backend(IoBackend::Auto)`,
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
-    /// `max_group_bytes(4 MiB)`.
+    /// `max_group_bytes(4 MiB)`, `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
+    /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
+    /// `merge_bytes_per_sec(64 MiB)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -60,6 +68,12 @@ impl Default for Options {
             write_queue_depth: 4096,
             max_group_bytes: 4 << 20,
             fault_injector: None,
+            auto_merge: true,
+            merge_trigger_ratio: 0.5,
+            merge_trigger_bytes: 1 << 30,
+            merge_file_ratio: 0.4,
+            merge_check_interval_ms: 10_000,
+            merge_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -136,6 +150,46 @@ impl Options {
         self
     }
 
+    /// Whether a background task merges fragmented sealed files on its own (default `true`).
+    /// [`crate::Db::merge`] works either way.
+    pub fn auto_merge(mut self, on: bool) -> Self {
+        self.auto_merge = on;
+        self
+    }
+
+    /// Automatic merging starts when dead bytes reach this share of the sealed files' bytes
+    /// (default 0.5) ...
+    pub fn merge_trigger_ratio(mut self, ratio: f64) -> Self {
+        self.merge_trigger_ratio = ratio;
+        self
+    }
+
+    /// ... or this many dead bytes (default 1 GiB).
+    pub fn merge_trigger_bytes(mut self, bytes: u64) -> Self {
+        self.merge_trigger_bytes = bytes;
+        self
+    }
+
+    /// An automatic merge takes the sealed files whose own dead share is at least this
+    /// (default 0.4), plus small files (under a quarter of `max_file_bytes`).
+    pub fn merge_file_ratio(mut self, ratio: f64) -> Self {
+        self.merge_file_ratio = ratio;
+        self
+    }
+
+    /// How often the automatic merge checks the store's fragmentation (default 10 000 ms).
+    pub fn merge_check_interval_ms(mut self, ms: u64) -> Self {
+        self.merge_check_interval_ms = ms;
+        self
+    }
+
+    /// Cap on a merge's IO (bytes read plus written per second), so that foreground reads and
+    /// writes keep their latency (default 64 MiB/s; 0 = unlimited).
+    pub fn merge_bytes_per_sec(mut self, bytes: u64) -> Self {
+        self.merge_bytes_per_sec = bytes;
+        self
+    }
+
     /// Checks every option against its allowed range.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOptions(m));
@@ -169,6 +223,17 @@ impl Options {
                 self.max_group_bytes
             ));
         }
+        for (name, r) in [
+            ("merge_trigger_ratio", self.merge_trigger_ratio),
+            ("merge_file_ratio", self.merge_file_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return bad(format!("{name} {r} outside 0.0..=1.0"));
+            }
+        }
+        if self.merge_check_interval_ms == 0 {
+            return bad("merge_check_interval_ms must be positive".into());
+        }
         if let SyncPolicy::IntervalMs(0) = self.sync {
             return bad("SyncPolicy::IntervalMs needs a positive interval".into());
         }
@@ -194,6 +259,12 @@ mod tests {
         assert_eq!(o.preallocate_bytes, 64 << 20);
         assert_eq!(o.write_queue_depth, 4096);
         assert_eq!(o.max_group_bytes, 4 << 20);
+        assert!(o.auto_merge);
+        assert_eq!(o.merge_trigger_ratio, 0.5);
+        assert_eq!(o.merge_trigger_bytes, 1 << 30);
+        assert_eq!(o.merge_file_ratio, 0.4);
+        assert_eq!(o.merge_check_interval_ms, 10_000);
+        assert_eq!(o.merge_bytes_per_sec, 64 << 20);
     }
 
     #[test]
@@ -207,6 +278,9 @@ mod tests {
             Options::default().read_threads(0),
             Options::default().write_queue_depth(0),
             Options::default().sync(SyncPolicy::IntervalMs(0)),
+            Options::default().merge_trigger_ratio(1.5),
+            Options::default().merge_file_ratio(-0.1),
+            Options::default().merge_check_interval_ms(0),
         ] {
             assert!(
                 matches!(o.validate(), Err(Error::InvalidOptions(_))),

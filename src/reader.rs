@@ -22,13 +22,24 @@ pub(crate) struct ReadReq {
     pub reply: oneshot::Sender<std::io::Result<Vec<u8>>>,
 }
 
+/// What read threads serve.
+pub(crate) enum ReaderMsg {
+    Read(ReadReq),
+    /// Close the handles of these datafiles (a merge is about to delete them) once the reads
+    /// in flight have finished, then acknowledge.
+    Retire {
+        file_ids: Vec<u32>,
+        ack: oneshot::Sender<()>,
+    },
+}
+
 /// Starts read thread `index`; it stops when every sender of `rx` is gone.
 pub(crate) fn spawn(
     index: usize,
     kind: Kind,
     dir: PathBuf,
     fault: Option<Arc<FaultInjector>>,
-    rx: mpsc::Receiver<ReadReq>,
+    rx: mpsc::Receiver<ReaderMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("ringcask-read-{index}"))
@@ -54,11 +65,25 @@ async fn serve(
     kind: Kind,
     dir: PathBuf,
     fault: Option<Arc<FaultInjector>>,
-    mut rx: mpsc::Receiver<ReadReq>,
+    mut rx: mpsc::Receiver<ReaderMsg>,
 ) {
     let mut files: HashMap<u32, Rc<IoFile>> = HashMap::new();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(req) = rx.recv().await {
+    while let Some(msg) = rx.recv().await {
+        let req = match msg {
+            ReaderMsg::Read(req) => req,
+            ReaderMsg::Retire { file_ids, ack } => {
+                for id in &file_ids {
+                    files.remove(id);
+                }
+                // Reads in flight hold their own handle; wait until they are all done.
+                if let Ok(all) = slots.acquire_many(MAX_IN_FLIGHT as u32).await {
+                    drop(all);
+                }
+                let _ = ack.send(());
+                continue;
+            }
+        };
         let file = match files.get(&req.file_id) {
             Some(f) => f.clone(),
             None => match IoFile::open_read(kind, &data_path(&dir, req.file_id), fault.clone()) {

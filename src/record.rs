@@ -11,7 +11,8 @@
 //!  | magic  | version  | file id  | crc     |
 //!  | 8 B    | u32      | u32      | u32     |
 //!  +--------+----------+----------+---------+
-//!  magic = "RCASKDAT" (datafile) or "RCASKHNT" (hint file); crc covers bytes [0, 16).
+//!  magic = "RCASKDAT" (datafile written by the writer), "RCASKMRG" (datafile written by a
+//!  merge) or "RCASKHNT" (hint file); crc covers bytes [0, 16).
 //!
 //! Data record, RECORD_HEADER_LEN = 29, followed by key and value
 //!  0      4      12         20        24          28      29        29+k
@@ -41,9 +42,16 @@
 //!  +--------+--------------+----------------+------+
 //!  magic = "RCASKEND"; crc covers bytes [0, 24). "datafile bytes" is the exact length of the
 //!  sealed datafile the hint describes; a mismatch means the hint is stale and is not used.
-//! ```
+//!  A hint file is: file header, hint records, footer — nothing else.
 //!
-//! A hint file is: file header, hint records, footer — nothing else.
+//! Merge manifest (the file `MERGE`; its rename into place commits a merge)
+//!  0        8          12          16                 16+4i       20+4i       20+4i+4o
+//!  +--------+----------+-----------+------------------+-----------+-----------+------+
+//!  | magic  | version  | inputs i  | input ids        | outputs o | output ids| crc  |
+//!  | 8 B    | u32      | u32       | i × u32          | u32       | o × u32   | u32  |
+//!  +--------+----------+-----------+------------------+-----------+-----------+------+
+//!  magic = "RCASKMAN"; crc covers every byte before it. At most MANIFEST_MAX_IDS ids each.
+//! ```
 
 use std::mem::size_of;
 
@@ -54,6 +62,12 @@ pub(crate) const CRC_MASK: u32 = 0xA282_EAD8;
 
 /// Magic of a datafile header.
 pub(crate) const DATA_MAGIC: [u8; 8] = *b"RCASKDAT";
+/// Magic of a datafile written by a merge (never the log's active file, never torn).
+pub(crate) const MERGED_MAGIC: [u8; 8] = *b"RCASKMRG";
+/// Magic of the merge manifest.
+pub(crate) const MANIFEST_MAGIC: [u8; 8] = *b"RCASKMAN";
+/// Most input or output ids one manifest may list.
+pub(crate) const MANIFEST_MAX_IDS: u32 = 1 << 20;
 /// Magic of a hint file header.
 pub(crate) const HINT_MAGIC: [u8; 8] = *b"RCASKHNT";
 /// Magic of a hint file footer.
@@ -171,8 +185,10 @@ fn need(buf: &[u8], needed: usize) -> Result<(), DecodeError> {
 /// Which kind of file a header introduces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
-    /// A datafile (`NNNNNNNNNN.data`).
+    /// A datafile written by the writer (`NNNNNNNNNN.data`).
     Data,
+    /// A datafile written by a merge (`NNNNNNNNNN.data`).
+    Merged,
     /// A hint file (`NNNNNNNNNN.hint`).
     Hint,
 }
@@ -181,6 +197,7 @@ impl FileKind {
     fn magic(self) -> [u8; 8] {
         match self {
             FileKind::Data => DATA_MAGIC,
+            FileKind::Merged => MERGED_MAGIC,
             FileKind::Hint => HINT_MAGIC,
         }
     }
@@ -199,10 +216,22 @@ pub(crate) fn encode_file_header(out: &mut Vec<u8>, kind: FileKind, file_id: u32
 
 /// Decodes a file header of `kind` and returns the file id it names.
 pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, DecodeError> {
-    need(buf, FILE_HEADER_LEN)?;
-    if buf[FH_MAGIC_OFFSET..FH_VERSION_OFFSET] != kind.magic() {
-        return Err(DecodeError::BadMagic);
+    match decode_any_file_header(buf)? {
+        (id, k) if k == kind => Ok(id),
+        // A merged datafile is a datafile.
+        (id, FileKind::Merged) if kind == FileKind::Data => Ok(id),
+        _ => Err(DecodeError::BadMagic),
     }
+}
+
+/// Decodes a file header of any kind; returns the file id and the kind.
+pub(crate) fn decode_any_file_header(buf: &[u8]) -> Result<(u32, FileKind), DecodeError> {
+    need(buf, FILE_HEADER_LEN)?;
+    let magic = &buf[FH_MAGIC_OFFSET..FH_VERSION_OFFSET];
+    let kind = [FileKind::Data, FileKind::Merged, FileKind::Hint]
+        .into_iter()
+        .find(|k| k.magic() == magic)
+        .ok_or(DecodeError::BadMagic)?;
     // The version comes before the CRC: a later version may lay out (and check) its header
     // differently, and must be reported as such rather than as corruption.
     let version = u32_at(buf, FH_VERSION_OFFSET);
@@ -212,7 +241,7 @@ pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, Deco
     if u32_at(buf, FH_CRC_OFFSET) != crc(&buf[..FH_CRC_OFFSET]) {
         return Err(DecodeError::BadCrc);
     }
-    Ok(u32_at(buf, FH_FILE_ID_OFFSET))
+    Ok((u32_at(buf, FH_FILE_ID_OFFSET), kind))
 }
 
 // ---- data record -------------------------------------------------------------------------
@@ -440,6 +469,72 @@ pub(crate) fn decode_hint_footer(buf: &[u8]) -> Result<HintFooter, DecodeError> 
     })
 }
 
+// ---- merge manifest ----------------------------------------------------------------------
+
+const MAN_MAGIC_OFFSET: usize = 0;
+const MAN_VERSION_OFFSET: usize = MAN_MAGIC_OFFSET + MANIFEST_MAGIC.len();
+const MAN_INPUTS_OFFSET: usize = MAN_VERSION_OFFSET + size_of::<u32>();
+
+/// The inputs and outputs of a committed merge.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Manifest {
+    pub inputs: Vec<u32>,
+    pub outputs: Vec<u32>,
+}
+
+/// Encodes a merge manifest.
+pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    assert!(m.inputs.len() as u64 <= u64::from(MANIFEST_MAX_IDS));
+    assert!(m.outputs.len() as u64 <= u64::from(MANIFEST_MAX_IDS));
+    let mut out = Vec::with_capacity(24 + 4 * (m.inputs.len() + m.outputs.len()));
+    out.extend_from_slice(&MANIFEST_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    for ids in [&m.inputs, &m.outputs] {
+        out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in ids.iter() {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    let c = crc(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out
+}
+
+/// Decodes a merge manifest (the whole file).
+pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
+    need(buf, MAN_INPUTS_OFFSET + 2 * size_of::<u32>() + size_of::<u32>())?;
+    if buf[MAN_MAGIC_OFFSET..MAN_VERSION_OFFSET] != MANIFEST_MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = u32_at(buf, MAN_VERSION_OFFSET);
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let body_len = buf.len() - size_of::<u32>();
+    if u32_at(buf, body_len) != crc(&buf[..body_len]) {
+        return Err(DecodeError::BadCrc);
+    }
+    let mut at = MAN_INPUTS_OFFSET;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in lists.iter_mut() {
+        need(&buf[..body_len], at + size_of::<u32>())?;
+        let n = u32_at(buf, at);
+        if n > MANIFEST_MAX_IDS {
+            return Err(DecodeError::Invalid("manifest lists too many files"));
+        }
+        at += size_of::<u32>();
+        let end = at + n as usize * size_of::<u32>();
+        need(&buf[..body_len], end)?;
+        list.extend((at..end).step_by(size_of::<u32>()).map(|i| u32_at(buf, i)));
+        at = end;
+    }
+    if at != body_len {
+        return Err(DecodeError::Invalid("trailing bytes in the manifest"));
+    }
+    let [inputs, outputs] = lists;
+    Ok(Manifest { inputs, outputs })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,6 +680,42 @@ mod tests {
         let mut bad = b.clone();
         bad[2] ^= 0x10;
         assert!(decode_hint(&bad).is_err());
+    }
+
+    #[test]
+    fn merged_datafile_header_is_a_datafile() {
+        let mut b = Vec::new();
+        encode_file_header(&mut b, FileKind::Merged, 9);
+        assert_eq!(decode_any_file_header(&b), Ok((9, FileKind::Merged)));
+        assert_eq!(decode_file_header(&b, FileKind::Data), Ok(9));
+        assert_eq!(
+            decode_file_header(&b, FileKind::Hint),
+            Err(DecodeError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn manifest_round_trip_and_damage() {
+        let m = Manifest {
+            inputs: vec![1, 2, 5],
+            outputs: vec![9],
+        };
+        let b = encode_manifest(&m);
+        assert_eq!(decode_manifest(&b), Ok(m.clone()));
+        let empty = Manifest::default();
+        assert_eq!(decode_manifest(&encode_manifest(&empty)), Ok(empty));
+        for cut in 0..b.len() {
+            assert!(decode_manifest(&b[..cut]).is_err(), "cut {cut}");
+        }
+        for i in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[i / 8] ^= 1 << (i % 8);
+            assert!(decode_manifest(&c).is_err(), "flip {i}");
+        }
+        // A count that points past the end is an error, not an allocation.
+        let mut huge = b.clone();
+        huge[MAN_INPUTS_OFFSET..MAN_INPUTS_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_manifest(&huge).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::Instant;
 use crate::datafile::{self, data_path, hint_path, DirEntry, ScanEnd, ScanError, ScanMode};
 use crate::hint::{self, HintBuilder};
 use crate::keydir::{Entry, KeyDir};
+use crate::merge;
 use crate::record::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{now_ms, Error, Options, Result};
@@ -51,6 +52,7 @@ struct Loaded {
     file_len: u64,
     truncated_bytes: u64,
     skipped_bytes: u64,
+    min_seq: u64,
     hint: Option<Vec<u8>>,
 }
 
@@ -65,6 +67,7 @@ fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
 /// Installs one record (from a hint or a scan) of datafile `file_id` into the keydir.
 fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, max_seq: &AtomicU64) {
     max_seq.fetch_max(h.seq, Ordering::Relaxed);
+    // (The caller tracks the file's smallest seq.)
     let entry = if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
         Entry::marker(h.seq)
     } else {
@@ -139,10 +142,16 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     drop(file);
     if has_hint {
         let hp = hint_path(dir, id);
-        match hint::load(&hp, id, file_len, |h| apply(keydir, id, h, now, max_seq)) {
+        let mut min_seq = u64::MAX;
+        let loaded = hint::load(&hp, id, file_len, |h| {
+            min_seq = min_seq.min(h.seq);
+            apply(keydir, id, h, now, max_seq)
+        });
+        match loaded {
             Ok(n) => {
                 out.from_hint = true;
                 out.records = n;
+                out.min_seq = min_seq;
                 return Ok(out);
             }
             Err(why) => tracing::warn!(
@@ -157,7 +166,9 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         ScanMode::Stop
     };
     let mut hb = HintBuilder::default();
+    let mut min_seq = u64::MAX;
     let scanned = datafile::scan(&path, id, mode, |h| {
+        min_seq = min_seq.min(h.seq);
         apply(keydir, id, h, now, max_seq);
         hb.push(h);
     });
@@ -170,6 +181,7 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         }
     };
     out.records = hb.count();
+    out.min_seq = min_seq;
     out.skipped_bytes = outcome.skipped_bytes;
     match outcome.end {
         ScanEnd::Clean => {}
@@ -203,6 +215,25 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     Ok(out)
 }
 
+/// The datafile the writer appended to last: the highest id not written by a merge. Only it may
+/// end in a torn record (merge outputs are complete before they get their final name).
+fn last_log_file(dir: &Path, ids: &[u32]) -> Result<Option<u32>> {
+    use std::os::unix::fs::FileExt;
+    for &id in ids.iter().rev() {
+        let f = std::fs::File::open(data_path(dir, id))?;
+        let mut hdr = [0u8; FILE_HEADER_LEN];
+        let merged = f.read_exact_at(&mut hdr, 0).is_ok()
+            && matches!(
+                crate::record::decode_any_file_header(&hdr),
+                Ok((_, crate::record::FileKind::Merged))
+            );
+        if !merged {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
 /// A keydir sized for the store in `dir`: the record counts of its hint files, plus an estimate
 /// for datafiles without one. Saves the rehashing of a growing map during recovery.
 pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
@@ -227,6 +258,14 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
 pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
+    if let Some(m) = merge::finish_committed(dir)? {
+        report.merge_finished = true;
+        tracing::info!(
+            inputs = ?m.inputs,
+            outputs = ?m.outputs,
+            "finished a merge that a crash interrupted after its commit"
+        );
+    }
     let mut data_ids = BTreeSet::new();
     let mut hint_ids = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
@@ -253,7 +292,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         std::fs::remove_file(hint_path(dir, id))?;
     }
     let ids: Vec<u32> = data_ids.iter().copied().collect();
-    let last = ids.last().copied();
+    let last = last_log_file(dir, &ids)?;
     let cx = Ctx {
         dir,
         opts,
@@ -311,14 +350,11 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         if let Some(h) = l.hint.take() {
             hints_to_write.push((l.id, h));
         }
-        usage.insert(
-            l.id,
-            FileStats {
-                file_id: l.id,
-                total_bytes: l.file_len,
-                dead_bytes: 0,
-            },
-        );
+        let mut f = FileStats::new(l.id);
+        f.total_bytes = l.file_len;
+        f.min_seq = l.min_seq;
+        f.sealed = true;
+        usage.insert(l.id, f);
     }
     // Live bytes per file from the keydir; everything else past the header is dead.
     let mut live: BTreeMap<u32, u64> = BTreeMap::new();
@@ -327,7 +363,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         let l = live.get(id).copied().unwrap_or(0);
         u.dead_bytes = u.total_bytes.saturating_sub(FILE_HEADER_LEN as u64 + l);
     }
-    let max_id = last.unwrap_or(0);
+    let max_id = ids.last().copied().unwrap_or(0);
     let Some(next_file_id) = max_id.checked_add(1) else {
         return Err(Error::InvalidOptions(
             "datafile ids are exhausted; merge the store into a new directory".into(),

@@ -27,12 +27,14 @@ pub struct RecoveryReport {
     pub temp_files_removed: usize,
     /// Empty or header-torn datafiles removed (creations a crash cut short).
     pub empty_files_removed: usize,
+    /// Whether a merge interrupted after its commit point was completed.
+    pub merge_finished: bool,
     /// Wall time of recovery.
     pub duration: Duration,
 }
 
 /// Space accounting of one datafile.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FileStats {
     /// Datafile id.
@@ -41,9 +43,34 @@ pub struct FileStats {
     pub total_bytes: u64,
     /// Bytes of records that are superseded, deleted, or tombstones.
     pub dead_bytes: u64,
+    /// Smallest sequence number in the file (`u64::MAX` while it holds no record).
+    pub(crate) min_seq: u64,
+    /// Whether the writer has sealed the file and applied all its keydir updates, so that a
+    /// merge may take it as input.
+    pub(crate) sealed: bool,
 }
 
 impl FileStats {
+    /// Accounting of a new, empty file.
+    pub(crate) fn new(file_id: u32) -> FileStats {
+        FileStats {
+            file_id,
+            total_bytes: 0,
+            dead_bytes: 0,
+            min_seq: u64::MAX,
+            sealed: false,
+        }
+    }
+
+    /// Share of the file's bytes that are dead (0 for an empty file).
+    pub fn dead_ratio(&self) -> f64 {
+        if self.total_bytes == 0 {
+            0.0
+        } else {
+            self.dead_bytes as f64 / self.total_bytes as f64
+        }
+    }
+
     /// Bytes of records still referenced by the keydir.
     pub fn live_bytes(&self) -> u64 {
         self.total_bytes
@@ -105,6 +132,10 @@ pub struct Stats {
     pub syncs: u64,
     /// Bytes appended to datafiles since open.
     pub bytes_written: u64,
+    /// Merges completed since open.
+    pub merges: u64,
+    /// Bytes of datafiles removed by merges since open, minus the bytes they wrote.
+    pub merge_reclaimed_bytes: u64,
     /// What the last open recovered.
     pub recovery: RecoveryReport,
 }
@@ -119,7 +150,13 @@ pub(crate) struct Shared {
     pub group_commits: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
+    pub merges: AtomicU64,
+    pub merge_reclaimed_bytes: AtomicU64,
     pub active_file_id: AtomicU32,
+    /// Next datafile id, shared by the writer (rotation) and merges (outputs).
+    pub next_file_id: AtomicU32,
+    /// Set when the store is closing: a running merge stops at its next step.
+    pub stopping: std::sync::atomic::AtomicBool,
     pub usage: Mutex<BTreeMap<u32, FileStats>>,
     pub recovery: Mutex<RecoveryReport>,
 }
@@ -135,11 +172,24 @@ impl Shared {
         f(&mut g)
     }
 
-    /// Adds `n` total bytes to file `id`.
+    /// The accounting of file `id`, created if missing.
     pub(crate) fn usage_entry(map: &mut BTreeMap<u32, FileStats>, id: u32) -> &mut FileStats {
-        map.entry(id).or_insert(FileStats {
-            file_id: id,
-            ..FileStats::default()
-        })
+        map.entry(id).or_insert(FileStats::new(id))
+    }
+
+    /// Adds dead bytes to file `id` if it still exists (a merge may have removed it).
+    pub(crate) fn add_dead(map: &mut BTreeMap<u32, FileStats>, id: u32, bytes: u64) {
+        if let Some(f) = map.get_mut(&id) {
+            f.dead_bytes += bytes;
+        }
+    }
+
+    /// Allocates a new datafile id.
+    pub(crate) fn allocate_file_id(&self) -> std::io::Result<u32> {
+        let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
+        if id == u32::MAX {
+            return Err(std::io::Error::other("datafile ids are exhausted"));
+        }
+        Ok(id)
     }
 }

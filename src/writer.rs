@@ -104,7 +104,9 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Active,
     next_seq: u64,
-    next_file_id: u32,
+    /// Files sealed during the current group: merge may take them once its keydir updates are
+    /// applied.
+    just_sealed: Vec<u32>,
     /// Records of the current group not yet written, to go at `active.len`.
     buf: Vec<u8>,
     pending: Vec<Pending>,
@@ -113,7 +115,7 @@ pub(crate) struct Writer {
     /// Whether written bytes are waiting for an `fdatasync`.
     dirty: bool,
     last_sync: Instant,
-    lock: Option<DirLock>,
+    lock: Option<Arc<DirLock>>,
 }
 
 fn fault(opts: &Options) -> Option<&FaultInjector> {
@@ -134,10 +136,10 @@ impl Writer {
         keydir: Arc<KeyDir>,
         shared: Arc<Shared>,
         next_seq: u64,
-        next_file_id: u32,
-        lock: DirLock,
+        lock: Arc<DirLock>,
     ) -> Result<Writer> {
-        let active = Self::create_active(&dir, kind, &opts, next_file_id).await?;
+        let id = shared.allocate_file_id()?;
+        let active = Self::create_active(&dir, kind, &opts, id).await?;
         shared.active_file_id.store(active.id, Ordering::Relaxed);
         shared.with_usage(|u| Shared::usage_entry(u, active.id).total_bytes = active.len);
         Ok(Writer {
@@ -148,7 +150,7 @@ impl Writer {
             shared,
             active,
             next_seq,
-            next_file_id: next_file_id + 1,
+            just_sealed: Vec::new(),
             buf: Vec::new(),
             pending: Vec::new(),
             poisoned: None,
@@ -472,25 +474,32 @@ impl Writer {
     fn apply_pending(&mut self) {
         let keydir = &self.keydir;
         let pending = &mut self.pending;
+        let just_sealed = &mut self.just_sealed;
         self.shared.with_usage(|usage| {
             for p in pending.drain(..) {
+                let own = Shared::usage_entry(usage, p.entry.file_id);
+                own.min_seq = own.min_seq.min(p.entry.seq);
                 let old = if p.tombstone {
-                    Shared::usage_entry(usage, p.entry.file_id).dead_bytes +=
-                        u64::from(p.entry.len);
+                    own.dead_bytes += u64::from(p.entry.len);
                     keydir.remove_older(&p.key, p.entry.seq)
                 } else {
                     match keydir.install(&p.key, p.entry) {
                         Installed::Replaced(old) => Some(old),
                         Installed::New => None,
                         Installed::Stale => {
-                            Shared::usage_entry(usage, p.entry.file_id).dead_bytes +=
-                                u64::from(p.entry.len);
+                            own.dead_bytes += u64::from(p.entry.len);
                             None
                         }
                     }
                 };
                 if let Some(old) = old {
-                    Shared::usage_entry(usage, old.file_id).dead_bytes += u64::from(old.len);
+                    Shared::add_dead(usage, old.file_id, u64::from(old.len));
+                }
+            }
+            // Every keydir update of these files is applied: merge may take them now.
+            for id in just_sealed.drain(..) {
+                if let Some(f) = usage.get_mut(&id) {
+                    f.sealed = true;
                 }
             }
         });
@@ -500,14 +509,14 @@ impl Writer {
     async fn rotate(&mut self) -> std::io::Result<()> {
         self.flush().await?;
         self.seal().await?;
-        let id = self.next_file_id;
+        self.just_sealed.push(self.active.id);
+        let id = self.shared.allocate_file_id()?;
         let active = Self::create_active(&self.dir, self.kind, &self.opts, id)
             .await
             .map_err(|e| match e {
                 Error::Io(e) => e,
                 other => std::io::Error::other(other.to_string()),
             })?;
-        self.next_file_id += 1;
         self.active = active;
         self.dirty = false;
         self.shared.active_file_id.store(id, Ordering::Relaxed);

@@ -1,0 +1,664 @@
+//! Merge: rewrite the live records of sealed datafiles into new files, crash-atomically.
+//!
+//! Protocol (every step that matters is fsynced before the next):
+//! 1. Read each input sequentially; keep a record only if the keydir still points at it
+//!    (a live value), or if it is a tombstone / expired value that may still hide an older
+//!    value in a file outside the inputs (then it is written as a tombstone). Outputs get fresh
+//!    ids, the merged-datafile magic, and temporary names (`NNNNNNNNNN.data.tmp`, `.hint.tmp`).
+//! 2. Outputs and their hints are synced.
+//! 3. **Commit**: the manifest (inputs, outputs) is written as `MERGE.tmp`, synced, renamed to
+//!    `MERGE`, and the directory synced. Before this point a crash leaves only temporary files,
+//!    which open removes; from this point on, open finishes the merge (steps 4 and 6).
+//! 4. Outputs are renamed to their final names; directory synced.
+//! 5. The keydir is repointed to the copies, each only if its entry still has the copied seq
+//!    in the input (a racing put or delete wins); reads are told to drop the inputs' handles.
+//! 6. Inputs and their hints are deleted, then the manifest; directory synced.
+//!
+//! Tombstone rule: a tombstone (or an expired value) with seq `s` is dropped only when every
+//! datafile outside the inputs holds records with seqs above `s` only, so no older value of
+//! its key can exist outside the merge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::datafile::{data_path, hint_path, temp_path};
+use crate::hint::{self, HintBuilder};
+use crate::io::{self, FaultInjector, IoFile, Kind, Runtime};
+use crate::keydir::{Entry, KeyDir};
+use crate::lock::DirLock;
+use crate::reader::ReaderMsg;
+use crate::record::{
+    self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
+};
+use crate::stats::{FileStats, Shared};
+use crate::{now_ms, Error, Options, Result};
+
+/// Name of the merge manifest in a store directory.
+pub(crate) const MANIFEST_NAME: &str = "MERGE";
+
+/// Bytes read from an input per IO.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Output bytes buffered before one append.
+const OUT_BUF_BYTES: usize = 1 << 20;
+
+/// What a merge did.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct MergeReport {
+    /// Datafile ids merged (and deleted).
+    pub inputs: Vec<u32>,
+    /// Datafile ids written.
+    pub outputs: Vec<u32>,
+    /// Total length of the inputs.
+    pub input_bytes: u64,
+    /// Total length of the outputs.
+    pub output_bytes: u64,
+    /// Bytes of live records copied.
+    pub live_bytes: u64,
+    /// `input_bytes - output_bytes`: disk space given back.
+    pub reclaimed_bytes: u64,
+    /// Live records copied.
+    pub records_copied: u64,
+    /// Records dropped because a newer record of their key exists.
+    pub dropped_superseded: u64,
+    /// Tombstones dropped (no older value can remain outside the merge).
+    pub dropped_tombstones: u64,
+    /// Expired values dropped (or, where they may still hide an older value, kept as a
+    /// tombstone and counted in `tombstones_kept`).
+    pub dropped_expired: u64,
+    /// Tombstones written to the outputs.
+    pub tombstones_kept: u64,
+    /// Wall time of the merge.
+    pub duration: Duration,
+}
+
+fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join(MANIFEST_NAME)
+}
+
+fn remove_if_exists(fault: Option<&FaultInjector>, path: &Path) -> std::io::Result<bool> {
+    match io::remove_file(fault, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Open-time step: completes a merge whose manifest was committed. Returns its manifest.
+pub(crate) fn finish_committed(dir: &Path) -> Result<Option<Manifest>> {
+    let path = manifest_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let m = record::decode_manifest(&bytes).map_err(|e| Error::Corrupt {
+        file: path.clone(),
+        offset: 0,
+        reason: format!("merge manifest: {e}"),
+    })?;
+    for &id in &m.outputs {
+        for final_path in [data_path(dir, id), hint_path(dir, id)] {
+            let tmp = temp_path(&final_path);
+            if tmp.exists() {
+                std::fs::rename(&tmp, &final_path)?;
+            }
+        }
+        if !data_path(dir, id).exists() {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: 0,
+                reason: format!("merge output {id} named by the manifest is missing"),
+            });
+        }
+    }
+    io::sync_dir(None, dir)?;
+    for &id in &m.inputs {
+        remove_if_exists(None, &data_path(dir, id))?;
+        remove_if_exists(None, &hint_path(dir, id))?;
+    }
+    io::sync_dir(None, dir)?;
+    std::fs::remove_file(&path)?;
+    io::sync_dir(None, dir)?;
+    Ok(Some(m))
+}
+
+/// Everything a merge needs; lives on the merge thread.
+pub(crate) struct Merger {
+    pub dir: PathBuf,
+    pub kind: Kind,
+    pub opts: Options,
+    pub keydir: Arc<KeyDir>,
+    pub shared: Arc<Shared>,
+    pub readers: Vec<mpsc::Sender<ReaderMsg>>,
+    /// Set after a failure past the commit point: the next open finishes that merge.
+    pub broken: Option<String>,
+}
+
+/// A live record copied to an output, to be repointed after the commit.
+struct Copied {
+    key: Box<[u8]>,
+    seq: u64,
+    from_file: u32,
+    to: Entry,
+}
+
+/// One output datafile being written.
+struct Output {
+    id: u32,
+    file: IoFile,
+    /// Bytes written so far.
+    len: u64,
+    buf: Vec<u8>,
+    hint: HintBuilder,
+    min_seq: u64,
+    /// Tombstone bytes (dead from the start).
+    dead_bytes: u64,
+}
+
+/// What a merge does with one input record.
+enum Fate {
+    Copy,
+    /// Keep as a tombstone (a tombstone, or an expired value that may hide an older one).
+    Tombstone,
+    Drop,
+}
+
+impl Merger {
+    fn fault(&self) -> Option<&FaultInjector> {
+        self.opts.fault_injector.as_deref()
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Ids of every file the writer has sealed (and applied), oldest first.
+    pub(crate) fn sealed_files(&self) -> Vec<FileStats> {
+        self.shared
+            .with_usage(|u| u.values().filter(|f| f.sealed).copied().collect())
+    }
+
+    /// Merges the given sealed files.
+    pub(crate) async fn merge(&mut self, inputs: Vec<u32>) -> Result<MergeReport> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        let started = Instant::now();
+        let mut report = MergeReport {
+            inputs: inputs.clone(),
+            ..MergeReport::default()
+        };
+        if inputs.is_empty() {
+            return Ok(report);
+        }
+        // Tombstones below every seq held outside the inputs cannot hide anything any more.
+        let floor = self.shared.with_usage(|u| {
+            u.values()
+                .filter(|f| !inputs.contains(&f.file_id))
+                .map(|f| f.min_seq)
+                .min()
+                .unwrap_or(u64::MAX)
+        });
+        let mut outputs: Vec<Output> = Vec::new();
+        let mut copied: Vec<Copied> = Vec::new();
+        let mut expired: Vec<(Box<[u8]>, u64)> = Vec::new();
+        let res = self
+            .write_outputs(&inputs, floor, &mut outputs, &mut copied, &mut expired, &mut report)
+            .await;
+        if let Err(e) = res {
+            self.discard(&outputs);
+            return Err(e);
+        }
+        // Step 3: commit.
+        let manifest = Manifest {
+            inputs: inputs.clone(),
+            outputs: outputs.iter().map(|o| o.id).collect(),
+        };
+        if let Err(e) = self.commit(&manifest).await {
+            self.discard(&outputs);
+            return Err(e.into());
+        }
+        // Past the commit point: a failure leaves the rest to the next open.
+        match self.publish(&manifest, &outputs, copied, expired).await {
+            Ok(()) => {}
+            Err(e) => {
+                let why = format!("merge failed after its commit ({e}); reopen to finish it");
+                tracing::error!("{why}");
+                self.broken = Some(why);
+                return Err(e.into());
+            }
+        }
+        report.outputs = manifest.outputs;
+        report.output_bytes = outputs.iter().map(|o| o.len).sum();
+        report.reclaimed_bytes = report.input_bytes.saturating_sub(report.output_bytes);
+        report.duration = started.elapsed();
+        Shared::add(&self.shared.merges, 1);
+        Shared::add(&self.shared.merge_reclaimed_bytes, report.reclaimed_bytes);
+        tracing::info!(
+            inputs = report.inputs.len(),
+            outputs = report.outputs.len(),
+            reclaimed_bytes = report.reclaimed_bytes,
+            elapsed_ms = report.duration.as_millis() as u64,
+            "merge finished"
+        );
+        Ok(report)
+    }
+
+    /// Steps 1 and 2: read the inputs, write and sync the outputs under temporary names.
+    async fn write_outputs(
+        &self,
+        inputs: &[u32],
+        floor: u64,
+        outputs: &mut Vec<Output>,
+        copied: &mut Vec<Copied>,
+        expired: &mut Vec<(Box<[u8]>, u64)>,
+        report: &mut MergeReport,
+    ) -> Result<()> {
+        let now = now_ms();
+        let rate = self.opts.merge_bytes_per_sec;
+        let throttle_start = Instant::now();
+        let mut moved = 0u64;
+        for &input in inputs {
+            let path = data_path(&self.dir, input);
+            let file = IoFile::open_read(self.kind, &path, None)?;
+            let file_len = std::fs::metadata(&path)?.len();
+            report.input_bytes += file_len;
+            let header = file.read_exact_at(FILE_HEADER_LEN, 0).await?;
+            record::decode_file_header(&header, FileKind::Data).map_err(|e| Error::Corrupt {
+                file: path.clone(),
+                offset: 0,
+                reason: format!("merge input header: {e}"),
+            })?;
+            let mut off = FILE_HEADER_LEN as u64;
+            let mut chunk: Vec<u8> = Vec::new();
+            let mut chunk_start = off;
+            while off < file_len {
+                if self.stopping() {
+                    return Err(Error::Closed);
+                }
+                // Make sure the chunk holds the whole record at `off`.
+                let in_chunk = (off - chunk_start) as usize;
+                let have = chunk.len().saturating_sub(in_chunk);
+                let need = if have >= RECORD_HEADER_LEN {
+                    let h = record::decode_record_header(&chunk[in_chunk..])
+                        .map_err(|e| corrupt(&path, off, e))?;
+                    h.record_len() as usize
+                } else {
+                    RECORD_HEADER_LEN
+                };
+                if have < need {
+                    let want = need.max(CHUNK_BYTES).min((file_len - off) as usize);
+                    if want < need {
+                        return Err(corrupt(&path, off, "record runs past the end of the file"));
+                    }
+                    chunk = file.read_exact_at(want, off).await?;
+                    chunk_start = off;
+                    moved += want as u64;
+                    throttle(rate, throttle_start, moved).await;
+                    continue;
+                }
+                let bytes = &chunk[in_chunk..in_chunk + need];
+                let rec = record::decode_record(bytes).map_err(|e| corrupt(&path, off, e))?;
+                let h = rec.header;
+                let is_expired = h.expiry_ms != 0 && h.expiry_ms <= now;
+                let entry = self.keydir.get(rec.key);
+                let fate = match entry {
+                    Some(e) if e.seq > h.seq => Fate::Drop,
+                    Some(e) if e.seq == h.seq => {
+                        if e.file_id != input || u64::from(e.offset) != off {
+                            Fate::Drop // a duplicate; the keydir points at another copy
+                        } else if h.is_tombstone() || is_expired {
+                            expired.push((Box::from(rec.key), h.seq));
+                            Fate::Tombstone
+                        } else {
+                            Fate::Copy
+                        }
+                    }
+                    // No newer value known: a tombstone or expired value may still hide an
+                    // older one; a live value absent from the keydir was deleted later.
+                    _ if h.is_tombstone() || is_expired => Fate::Tombstone,
+                    None => Fate::Drop,
+                    // Cannot happen in a consistent store (the keydir holds the newest seq);
+                    // keep the record rather than risk losing it.
+                    Some(_) => Fate::Copy,
+                };
+                match fate {
+                    Fate::Drop => report.dropped_superseded += 1,
+                    Fate::Tombstone if h.seq < floor => {
+                        if h.is_tombstone() {
+                            report.dropped_tombstones += 1;
+                        } else {
+                            report.dropped_expired += 1;
+                        }
+                    }
+                    Fate::Tombstone => {
+                        if !h.is_tombstone() {
+                            report.dropped_expired += 1;
+                        }
+                        report.tombstones_kept += 1;
+                        let out = self.output_for(outputs, rec.key.len(), 0).await?;
+                        let (at, len) = out.append(h.seq, 0, FLAG_TOMBSTONE, rec.key, &[]);
+                        out.dead_bytes += u64::from(len);
+                        out.hint.push(&HintRecord {
+                            seq: h.seq,
+                            expiry_ms: 0,
+                            offset: at,
+                            record_len: len,
+                            tombstone: true,
+                            key: rec.key,
+                        });
+                        moved += out.flush_if_full().await?;
+                    }
+                    Fate::Copy => {
+                        report.records_copied += 1;
+                        let out = self.output_for(outputs, rec.key.len(), rec.value.len()).await?;
+                        let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, rec.value);
+                        report.live_bytes += u64::from(len);
+                        out.hint.push(&HintRecord {
+                            seq: h.seq,
+                            expiry_ms: h.expiry_ms,
+                            offset: at,
+                            record_len: len,
+                            tombstone: false,
+                            key: rec.key,
+                        });
+                        copied.push(Copied {
+                            key: Box::from(rec.key),
+                            seq: h.seq,
+                            from_file: input,
+                            to: Entry {
+                                seq: h.seq,
+                                expiry_ms: h.expiry_ms,
+                                file_id: out.id,
+                                offset: at as u32,
+                                len,
+                            },
+                        });
+                        moved += out.flush_if_full().await?;
+                    }
+                }
+                off += need as u64;
+                throttle(rate, throttle_start, moved).await;
+            }
+            if self.kind == Kind::Pread {
+                tokio::task::yield_now().await;
+            }
+        }
+        for out in outputs.iter_mut() {
+            out.flush().await?;
+            out.file.set_len(out.len)?;
+            out.file.sync_all().await?;
+            let bytes = out.hint.finish(out.id, out.len);
+            let tmp = temp_path(&hint_path(&self.dir, out.id));
+            hint::write_temp(self.kind, &tmp, bytes, self.opts.fault_injector.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    /// The output that takes the next record, rotating at `max_file_bytes`.
+    async fn output_for<'o>(
+        &self,
+        outputs: &'o mut Vec<Output>,
+        key_len: usize,
+        value_len: usize,
+    ) -> Result<&'o mut Output> {
+        let len = record::record_len(key_len, value_len) as u64;
+        let full = outputs.last().is_none_or(|o| {
+            o.len + o.buf.len() as u64 + len > self.opts.max_file_bytes
+                && o.len + o.buf.len() as u64 > FILE_HEADER_LEN as u64
+        });
+        if full {
+            if let Some(o) = outputs.last_mut() {
+                o.flush().await?;
+            }
+            let id = self.shared.allocate_file_id()?;
+            let path = temp_path(&data_path(&self.dir, id));
+            let file = IoFile::create_new(self.kind, &path, self.opts.fault_injector.clone())?;
+            let mut buf = Vec::with_capacity(OUT_BUF_BYTES);
+            record::encode_file_header(&mut buf, FileKind::Merged, id);
+            outputs.push(Output {
+                id,
+                file,
+                len: 0,
+                buf,
+                hint: HintBuilder::default(),
+                min_seq: u64::MAX,
+                dead_bytes: 0,
+            });
+        }
+        outputs
+            .last_mut()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no merge output")))
+    }
+
+    /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).
+    fn discard(&self, outputs: &[Output]) {
+        for o in outputs {
+            let _ = std::fs::remove_file(temp_path(&data_path(&self.dir, o.id)));
+            let _ = std::fs::remove_file(temp_path(&hint_path(&self.dir, o.id)));
+        }
+    }
+
+    /// Step 3: write the manifest under its final name, atomically.
+    async fn commit(&self, m: &Manifest) -> std::io::Result<()> {
+        let path = manifest_path(&self.dir);
+        let tmp = temp_path(&path);
+        hint::write_temp(
+            self.kind,
+            &tmp,
+            record::encode_manifest(m),
+            self.opts.fault_injector.as_ref(),
+        )
+        .await?;
+        io::rename(self.fault(), &tmp, &path)?;
+        io::sync_dir(self.fault(), &self.dir)
+    }
+
+    /// Steps 4 to 6.
+    async fn publish(
+        &self,
+        m: &Manifest,
+        outputs: &[Output],
+        copied: Vec<Copied>,
+        expired: Vec<(Box<[u8]>, u64)>,
+    ) -> std::io::Result<()> {
+        for o in outputs {
+            for final_path in [data_path(&self.dir, o.id), hint_path(&self.dir, o.id)] {
+                io::rename(self.fault(), &temp_path(&final_path), &final_path)?;
+            }
+        }
+        io::sync_dir(self.fault(), &self.dir)?;
+
+        // Step 5: account the outputs, repoint the keydir, retire the inputs.
+        let mut failed: BTreeMap<u32, u64> = BTreeMap::new();
+        for c in &copied {
+            if !self.keydir.repoint(&c.key, c.seq, c.from_file, c.to) {
+                *failed.entry(c.to.file_id).or_default() += u64::from(c.to.len);
+            }
+        }
+        for (key, seq) in &expired {
+            self.keydir.remove_if_seq(key, *seq);
+        }
+        self.shared.with_usage(|u| {
+            for o in outputs {
+                let mut f = FileStats::new(o.id);
+                f.total_bytes = o.len;
+                f.dead_bytes = o.dead_bytes + failed.get(&o.id).copied().unwrap_or(0);
+                f.min_seq = o.min_seq;
+                f.sealed = true;
+                u.insert(o.id, f);
+            }
+            for id in &m.inputs {
+                u.remove(id);
+            }
+        });
+        let mut acks = Vec::new();
+        for r in &self.readers {
+            let (ack, rx) = oneshot::channel();
+            let msg = ReaderMsg::Retire {
+                file_ids: m.inputs.clone(),
+                ack,
+            };
+            if r.send(msg).await.is_ok() {
+                acks.push(rx);
+            }
+        }
+        for a in acks {
+            let _ = a.await;
+        }
+
+        // Step 6: delete the inputs, then the manifest.
+        for &id in &m.inputs {
+            remove_if_exists(self.fault(), &data_path(&self.dir, id))?;
+            remove_if_exists(self.fault(), &hint_path(&self.dir, id))?;
+        }
+        io::sync_dir(self.fault(), &self.dir)?;
+        io::remove_file(self.fault(), &manifest_path(&self.dir))?;
+        io::sync_dir(self.fault(), &self.dir)
+    }
+
+    /// The inputs an automatic merge would take now, if the store is fragmented enough.
+    pub(crate) fn auto_inputs(&self) -> Option<Vec<u32>> {
+        let sealed = self.sealed_files();
+        let total: u64 = sealed.iter().map(|f| f.total_bytes).sum();
+        let dead: u64 = sealed.iter().map(|f| f.dead_bytes).sum();
+        if total == 0 {
+            return None;
+        }
+        let o = &self.opts;
+        if (dead as f64 / total as f64) < o.merge_trigger_ratio && dead < o.merge_trigger_bytes {
+            return None;
+        }
+        let small = o.max_file_bytes / 4;
+        let picked: Vec<&FileStats> = sealed
+            .iter()
+            .filter(|f| f.dead_ratio() >= o.merge_file_ratio || f.total_bytes < small)
+            .collect();
+        let worth_it = picked.iter().any(|f| f.dead_ratio() >= o.merge_file_ratio)
+            || picked.len() >= 2;
+        worth_it.then(|| picked.iter().map(|f| f.file_id).collect())
+    }
+}
+
+impl Output {
+    /// Buffers one record; returns its offset and length in the file.
+    fn append(&mut self, seq: u64, expiry_ms: u64, flags: u8, key: &[u8], value: &[u8]) -> (u64, u32) {
+        let at = self.len + self.buf.len() as u64;
+        let start = self.buf.len();
+        record::encode_record(&mut self.buf, seq, expiry_ms, flags, key, value);
+        self.min_seq = self.min_seq.min(seq);
+        (at, (self.buf.len() - start) as u32)
+    }
+
+    /// Appends the buffer once it is large; returns the bytes written.
+    async fn flush_if_full(&mut self) -> std::io::Result<u64> {
+        if self.buf.len() >= OUT_BUF_BYTES {
+            return self.flush().await;
+        }
+        Ok(0)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<u64> {
+        if self.buf.is_empty() {
+            return Ok(0);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let n = buf.len() as u64;
+        let (res, mut buf) = self.file.write_all_at(buf, self.len).await;
+        res?;
+        self.len += n;
+        buf.clear();
+        self.buf = buf;
+        Ok(n)
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, why: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        reason: format!("merge input: {why}"),
+    }
+}
+
+/// Sleeps so that `bytes` moved since `start` stay under `rate` bytes per second (0 = no limit).
+async fn throttle(rate: u64, start: Instant, bytes: u64) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+    let elapsed = start.elapsed();
+    if due > elapsed + Duration::from_millis(1) {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+/// Requests to the merge thread.
+pub(crate) enum MergeMsg {
+    /// Merge every sealed file now.
+    Run {
+        reply: oneshot::Sender<Result<MergeReport>>,
+    },
+    /// Stop (after the merge in progress, which stops at its next step) and release the lock.
+    Stop { reply: oneshot::Sender<()> },
+}
+
+/// Starts the merge thread.
+pub(crate) fn spawn(
+    merger: Merger,
+    lock: Arc<DirLock>,
+    rx: mpsc::Receiver<MergeMsg>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ringcask-merge".into())
+        .spawn(move || {
+            let rt = match Runtime::new(merger.kind) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("merge thread cannot start a runtime: {e}");
+                    return;
+                }
+            };
+            let stop_reply = rt.block_on(serve(merger, rx));
+            // Release the directory lock before telling `close` we are done.
+            drop(lock);
+            if let Some(reply) = stop_reply {
+                let _ = reply.send(());
+            }
+        })
+}
+
+async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<oneshot::Sender<()>> {
+    let auto = m.opts.auto_merge;
+    let period = Duration::from_millis(m.opts.merge_check_interval_ms.max(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => return None,
+                Some(MergeMsg::Stop { reply }) => return Some(reply),
+                Some(MergeMsg::Run { reply }) => {
+                    let inputs = m.sealed_files().iter().map(|f| f.file_id).collect();
+                    let r = m.merge(inputs).await;
+                    let _ = reply.send(r);
+                }
+            },
+            _ = tick.tick(), if auto && m.broken.is_none() => {
+                if let Some(inputs) = m.auto_inputs() {
+                    if let Err(e) = m.merge(inputs).await {
+                        if !m.stopping() {
+                            tracing::warn!("automatic merge failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
