@@ -139,9 +139,7 @@ impl KeyDir {
     /// Removes `key` if its entry has exactly `seq` (an expired record a merge turned into a
     /// tombstone); returns it.
     pub(crate) fn remove_if_seq(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map
-            .remove_if(key, |_, e| e.seq == seq)
-            .map(|(_, e)| e)
+        self.map.remove_if(key, |_, e| e.seq == seq).map(|(_, e)| e)
     }
 
     /// Number of entries (live or expired-but-not-yet-reclaimed).

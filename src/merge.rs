@@ -209,7 +209,14 @@ impl Merger {
         let mut copied: Vec<Copied> = Vec::new();
         let mut expired: Vec<(Box<[u8]>, u64)> = Vec::new();
         let res = self
-            .write_outputs(&inputs, floor, &mut outputs, &mut copied, &mut expired, &mut report)
+            .write_outputs(
+                &inputs,
+                floor,
+                &mut outputs,
+                &mut copied,
+                &mut expired,
+                &mut report,
+            )
             .await;
         if let Err(e) = res {
             self.discard(&outputs);
@@ -357,7 +364,9 @@ impl Merger {
                     }
                     Fate::Copy => {
                         report.records_copied += 1;
-                        let out = self.output_for(outputs, rec.key.len(), rec.value.len()).await?;
+                        let out = self
+                            .output_for(outputs, rec.key.len(), rec.value.len())
+                            .await?;
                         let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, rec.value);
                         report.live_bytes += u64::from(len);
                         out.hint.push(&HintRecord {
@@ -540,15 +549,22 @@ impl Merger {
             .iter()
             .filter(|f| f.dead_ratio() >= o.merge_file_ratio || f.total_bytes < small)
             .collect();
-        let worth_it = picked.iter().any(|f| f.dead_ratio() >= o.merge_file_ratio)
-            || picked.len() >= 2;
+        let worth_it =
+            picked.iter().any(|f| f.dead_ratio() >= o.merge_file_ratio) || picked.len() >= 2;
         worth_it.then(|| picked.iter().map(|f| f.file_id).collect())
     }
 }
 
 impl Output {
     /// Buffers one record; returns its offset and length in the file.
-    fn append(&mut self, seq: u64, expiry_ms: u64, flags: u8, key: &[u8], value: &[u8]) -> (u64, u32) {
+    fn append(
+        &mut self,
+        seq: u64,
+        expiry_ms: u64,
+        flags: u8,
+        key: &[u8],
+        value: &[u8],
+    ) -> (u64, u32) {
         let at = self.len + self.buf.len() as u64;
         let start = self.buf.len();
         record::encode_record(&mut self.buf, seq, expiry_ms, flags, key, value);

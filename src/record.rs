@@ -502,7 +502,10 @@ pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
 
 /// Decodes a merge manifest (the whole file).
 pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
-    need(buf, MAN_INPUTS_OFFSET + 2 * size_of::<u32>() + size_of::<u32>())?;
+    need(
+        buf,
+        MAN_INPUTS_OFFSET + 2 * size_of::<u32>() + size_of::<u32>(),
+    )?;
     if buf[MAN_MAGIC_OFFSET..MAN_VERSION_OFFSET] != MANIFEST_MAGIC {
         return Err(DecodeError::BadMagic);
     }
