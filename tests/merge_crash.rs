@@ -1,0 +1,352 @@
+//! Crash atomicity of merges.
+//!
+//! 1. A fault-injecting IO layer "crashes" the process after the N-th IO operation of a merge,
+//!    for every N from 0 until the merge completes; each time the store is reopened and must
+//!    hold exactly the state from before the merge (no lost key, no resurrected key).
+//! 2. A child process runs merges while writing durably; the parent kills it with SIGKILL at
+//!    random moments and checks every acknowledged write against a model.
+//!
+//! `RINGCASK_MERGE_KILLS` sets the number of kills (default 10).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{run, Rng};
+use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+
+fn opts() -> Options {
+    Options::default()
+        .sync(SyncPolicy::Never)
+        .max_file_bytes(8 * 1024)
+        .preallocate_bytes(0)
+        .auto_merge(false)
+        .merge_bytes_per_sec(0)
+}
+
+async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for k in db.keys() {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("listed key has a value");
+        m.insert(k.to_vec(), v.to_vec());
+    }
+    m
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A store with live values, overwrites, deletes (tombstones a full merge drops), expired
+/// entries and a batch, spread over several sealed files.
+fn build_store(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    run(async {
+        let db = Db::open(dir, opts()).await.expect("open");
+        let mut rng = Rng::new(99);
+        for i in 0..400u32 {
+            let k = format!("k{}", rng.below(120));
+            match rng.below(8) {
+                0 => db.delete(k).await.expect("delete"),
+                1 => db
+                    .put_with_ttl(k, "gone", Duration::ZERO)
+                    .await
+                    .expect("ttl"),
+                2 => db
+                    .write(
+                        WriteBatch::new()
+                            .put(k, format!("b{i}"))
+                            .delete(format!("k{}", i % 7)),
+                    )
+                    .await
+                    .expect("batch"),
+                _ => db
+                    .put(k, vec![i as u8; (i % 150) as usize])
+                    .await
+                    .expect("put"),
+            }
+        }
+        let want = contents(&db).await;
+        db.close().await.expect("close");
+        want
+    })
+}
+
+#[test]
+fn a_crash_at_every_io_of_a_merge_opens_to_the_same_state() {
+    let pristine = tempfile::tempdir().expect("tmp");
+    let want = build_store(pristine.path());
+    assert!(want.len() > 50);
+    let mut completed_at = None;
+    let mut outcomes = (0, 0);
+    for n in 0..10_000u64 {
+        let tmp = tempfile::tempdir().expect("tmp");
+        copy_dir(pristine.path(), tmp.path());
+        let fault = FaultInjector::new();
+        let crashed = run(async {
+            let db = Db::open(tmp.path(), opts().fault_injector(fault.clone()))
+                .await
+                .expect("open");
+            fault.tear_writes(n % 2 == 1);
+            fault.crash_after(n);
+            let res = db.merge().await;
+            let crashed = fault.has_crashed();
+            if !crashed {
+                let r = res.expect("a merge without a fault succeeds");
+                assert!(!r.inputs.is_empty());
+            }
+            drop(db);
+            crashed
+        });
+        run(async {
+            let db = Db::open(tmp.path(), opts())
+                .await
+                .expect("reopen after the crash");
+            assert_eq!(
+                contents(&db).await,
+                want,
+                "crash after {n} IO operations of a merge"
+            );
+            let r = db.stats().recovery;
+            if r.merge_finished {
+                outcomes.1 += 1;
+            } else {
+                outcomes.0 += 1;
+            }
+            // A second merge on the recovered store works and keeps the contents.
+            db.merge().await.expect("merge after recovery");
+            assert_eq!(contents(&db).await, want);
+        });
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.ends_with(".tmp") || n == "MERGE"),
+            "leftovers after crash {n}: {names:?}"
+        );
+        if !crashed {
+            completed_at = Some(n);
+            break;
+        }
+    }
+    let n = completed_at.expect("the merge eventually completes");
+    eprintln!(
+        "merge completed after {n} IO operations; crashes rolled back {}, finished at open {}",
+        outcomes.0, outcomes.1
+    );
+    assert!(
+        n > 10,
+        "a merge of several files takes more than {n} IO operations"
+    );
+    // Both sides of the commit point were hit.
+    assert!(
+        outcomes.0 > 0 && outcomes.1 > 0,
+        "rolled back {}, finished {}",
+        outcomes.0,
+        outcomes.1
+    );
+}
+
+// ---- SIGKILL during merges -----------------------------------------------------------------
+
+const TASKS: u64 = 4;
+
+fn child(dir: &str, round: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let o = opts().sync(SyncPolicy::Always).max_file_bytes(16 * 1024);
+        let db = Db::open(dir, o).await.expect("child open");
+        let out = Arc::new(Mutex::new(std::io::stdout()));
+        {
+            let mut o = out.lock().expect("stdout");
+            writeln!(o, "READY").expect("write");
+            o.flush().expect("flush");
+        }
+        let merger = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                loop {
+                    db.merge().await.expect("child merge");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let db = db.clone();
+            let out = out.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let (k, v) = step(round, t, i);
+                    match v {
+                        Some(v) => db.put(k, v).await.expect("put"),
+                        None => db.delete(k).await.expect("delete"),
+                    }
+                    let mut o = out.lock().expect("stdout");
+                    writeln!(o, "ACK {t} {i}").expect("write");
+                    o.flush().expect("flush");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        merger.await.expect("merger");
+    });
+}
+
+/// Op `i` of `task` in `round`: a put (or, one time in four, a delete) of one of 30 keys.
+fn step(round: u64, task: u64, i: u64) -> (String, Option<Vec<u8>>) {
+    let mut r = Rng::new(round * 7_777 + task * 131 + i);
+    let k = format!("r{round}-t{task}-{}", r.below(30));
+    if r.below(4) == 0 {
+        (k, None)
+    } else {
+        (
+            k,
+            Some(
+                format!("{round}/{task}/{i}")
+                    .repeat(1 + r.below(20) as usize)
+                    .into_bytes(),
+            ),
+        )
+    }
+}
+
+#[test]
+fn sigkill_during_merges_loses_nothing_acknowledged() {
+    if let (Ok(dir), Ok(round)) = (
+        std::env::var("RINGCASK_MERGE_CHILD_DIR"),
+        std::env::var("RINGCASK_MERGE_ROUND"),
+    ) {
+        child(&dir, round.parse().expect("round"));
+        return;
+    }
+    let kills: u64 = std::env::var("RINGCASK_MERGE_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut rng = Rng::new(5);
+    let mut merges_seen = 0;
+    for round in 0..kills {
+        let acked = run_child(tmp.path(), round, 50 + rng.below(400));
+        run(async {
+            let db = Db::open(tmp.path(), opts())
+                .await
+                .expect("reopen after kill");
+            merges_seen += u64::from(db.stats().recovery.merge_finished);
+            let mut got: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for k in db.keys() {
+                let v = db.get(&k).await.expect("get").expect("value");
+                got.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
+            }
+            for t in 0..TASKS {
+                let n = acked[t as usize];
+                let mut without = BTreeMap::new();
+                for i in 0..n {
+                    let (k, v) = step(round, t, i);
+                    match v {
+                        Some(v) => without.insert(k, v),
+                        None => without.remove(&k),
+                    };
+                }
+                let mut with = without.clone();
+                let (k, v) = step(round, t, n);
+                match v {
+                    Some(v) => with.insert(k, v),
+                    None => with.remove(&k),
+                };
+                let prefix = format!("r{round}-t{t}-");
+                let mine: BTreeMap<_, _> = got
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert!(
+                    mine == without || mine == with,
+                    "round {round} task {t}: {n} acked"
+                );
+                expected.extend(mine);
+            }
+            let old: BTreeMap<_, _> = got
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(&format!("r{round}-")))
+                .collect();
+            let want_old: BTreeMap<_, _> = expected
+                .iter()
+                .filter(|(k, _)| !k.starts_with(&format!("r{round}-")))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(old, want_old, "earlier rounds changed after kill {round}");
+            db.close().await.expect("close");
+        });
+    }
+    eprintln!("{kills} kills, {merges_seen} interrupted merges finished at open");
+}
+
+fn run_child(dir: &Path, round: u64, delay_ms: u64) -> Vec<u64> {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "sigkill_during_merges_loses_nothing_acknowledged",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGCASK_MERGE_CHILD_DIR", dir)
+        .env("RINGCASK_MERGE_ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut acked = vec![0u64; TASKS as usize];
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.ends_with("READY") {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            } else if let Some(rest) = line.strip_prefix("ACK ") {
+                let mut it = rest.split(' ');
+                let (Some(Ok(t)), Some(Ok(i))) = (
+                    it.next().map(str::parse::<usize>),
+                    it.next().map(str::parse::<u64>),
+                ) else {
+                    continue;
+                };
+                acked[t] = i + 1;
+            }
+        }
+        acked
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child never became ready");
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    reader.join().expect("reader")
+}
