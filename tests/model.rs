@@ -1,5 +1,5 @@
 //! Model-based test: random operations against the store and a `BTreeMap`, including reopen
-//! (by close and by drop) and crashes injected through the IO layer (a write fails, possibly
+//! (by close and by drop), merges, and crashes injected through the IO layer (a write fails, possibly
 //! torn, and every later IO fails as if the process had died).
 
 mod common;
@@ -110,6 +110,8 @@ fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
     };
     let o = Options::default()
         .sync(sync)
+        .auto_merge(false)
+        .merge_bytes_per_sec(0)
         .max_file_bytes(8 * 1024)
         .preallocate_bytes(if seed.is_multiple_of(2) { 4096 } else { 0 });
     match fault {
@@ -136,7 +138,7 @@ fn run_seed(seed: u64, steps: usize) {
     let dir = tmp.path();
     let mut rng = Rng::new(seed);
     let mut model = Model::new();
-    let (mut crashes, mut reopens) = (0, 0);
+    let (mut crashes, mut reopens, mut merges) = (0, 0, 0);
     run(async {
         let mut fault = FaultInjector::new();
         let mut db = Db::open(dir, opts(seed, Some(fault.clone())))
@@ -170,6 +172,14 @@ fn run_seed(seed: u64, steps: usize) {
                     fault.crash_after(rng.below(6));
                     let mut uncertain: Option<(Op, Model)> = None;
                     for _ in 0..20 {
+                        if rng.below(4) == 0 {
+                            // A merge never changes what the store holds, crash or not.
+                            let _ = db.merge().await;
+                            if fault.has_crashed() {
+                                break;
+                            }
+                            continue;
+                        }
                         let op = random_op(&mut rng);
                         let before = model.clone();
                         match op.run(&db).await {
@@ -217,7 +227,12 @@ fn run_seed(seed: u64, steps: usize) {
                     }
                     check_all(&db, &model, &format!("seed {seed} step {step} after crash")).await;
                 }
-                4..=30 => {
+                4..=5 => {
+                    merges += 1;
+                    db.merge().await.expect("merge");
+                    check_all(&db, &model, &format!("seed {seed} step {step} after merge")).await;
+                }
+                6..=30 => {
                     let k = random_key(&mut rng);
                     let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
                     assert_eq!(got.as_ref(), model.get(&k), "seed {seed} step {step}: get");
