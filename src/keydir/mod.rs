@@ -8,58 +8,11 @@
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 
-/// Location and metadata of a key's newest record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Entry {
-    /// Sequence number of the record.
-    pub seq: u64,
-    /// Absolute expiry in Unix milliseconds; 0 = never.
-    pub expiry_ms: u64,
-    /// Datafile holding the record.
-    pub file_id: u32,
-    /// Offset of the record (its header) in that file.
-    pub offset: u32,
-    /// Length of the whole record. 0 marks a recovery-time tombstone (see [`Entry::marker`]).
-    pub len: u32,
-}
+mod cas;
 
-impl Entry {
-    /// A placeholder that recovery installs for a tombstone or an expired record, so that it
-    /// still wins over older records of its key whatever order files load in. Swept before the
-    /// store opens.
-    pub(crate) fn marker(seq: u64) -> Entry {
-        Entry {
-            seq,
-            expiry_ms: 0,
-            file_id: 0,
-            offset: 0,
-            len: 0,
-        }
-    }
-
-    /// Whether this is a recovery-time marker rather than a live value.
-    pub(crate) fn is_marker(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether the entry has expired at `now_ms`.
-    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
-        self.expiry_ms != 0 && now_ms >= self.expiry_ms
-    }
-}
+pub(crate) use cas::{Entry, Installed};
 
 type Hasher = foldhash::fast::RandomState;
-
-/// What an [`KeyDir::install`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Installed {
-    /// The key was absent.
-    New,
-    /// An older entry was replaced; it is returned.
-    Replaced(Entry),
-    /// The map already held an entry with an equal or larger seq; nothing changed.
-    Stale,
-}
 
 /// The concurrent key directory.
 pub(crate) struct KeyDir {
@@ -112,15 +65,14 @@ impl KeyDir {
     }
 
     fn swap_if_newer(cur: &mut Entry, entry: Entry) -> Installed {
-        if cur.seq >= entry.seq {
-            return Installed::Stale;
-        }
-        Installed::Replaced(std::mem::replace(cur, entry))
+        cas::install_over(cur, entry)
     }
 
     /// Removes `key` if its entry is older than `seq` (a delete with that seq); returns it.
     pub(crate) fn remove_older(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map.remove_if(key, |_, e| e.seq < seq).map(|(_, e)| e)
+        self.map
+            .remove_if(key, |_, e| cas::delete_removes(e, seq))
+            .map(|(_, e)| e)
     }
 
     /// Points `key` at a merged copy of its record: only if the entry still has `seq` and still
@@ -128,7 +80,7 @@ impl KeyDir {
     pub(crate) fn repoint(&self, key: &[u8], seq: u64, from_file: u32, to: Entry) -> bool {
         debug_assert_eq!(to.seq, seq);
         match self.map.get_mut(key) {
-            Some(mut e) if e.seq == seq && e.file_id == from_file => {
+            Some(mut e) if cas::repoint_allowed(&e, seq, from_file) => {
                 *e = to;
                 true
             }
@@ -139,7 +91,9 @@ impl KeyDir {
     /// Removes `key` if its entry has exactly `seq` (an expired record a merge turned into a
     /// tombstone); returns it.
     pub(crate) fn remove_if_seq(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map.remove_if(key, |_, e| e.seq == seq).map(|(_, e)| e)
+        self.map
+            .remove_if(key, |_, e| cas::expire_removes(e, seq))
+            .map(|(_, e)| e)
     }
 
     /// Number of entries (live or expired-but-not-yet-reclaimed).

@@ -1,0 +1,80 @@
+//! The keydir's compare-and-swap rules, as plain functions over one entry.
+//!
+//! The concurrent map applies each rule under its shard lock; the loom model in
+//! `loom-models/` includes this very file and applies the same rules under a loom mutex, so the
+//! protocol it checks (writer put vs merge repoint vs delete) is the one the engine runs.
+
+/// Location and metadata of a key's newest record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Entry {
+    /// Sequence number of the record.
+    pub seq: u64,
+    /// Absolute expiry in Unix milliseconds; 0 = never.
+    pub expiry_ms: u64,
+    /// Datafile holding the record.
+    pub file_id: u32,
+    /// Offset of the record (its header) in that file.
+    pub offset: u32,
+    /// Length of the whole record. 0 marks a recovery-time tombstone (see [`Entry::marker`]).
+    pub len: u32,
+}
+
+impl Entry {
+    /// A placeholder that recovery installs for a tombstone or an expired record, so that it
+    /// still wins over older records of its key whatever order files load in. Swept before the
+    /// store opens.
+    pub(crate) fn marker(seq: u64) -> Entry {
+        Entry {
+            seq,
+            expiry_ms: 0,
+            file_id: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+
+    /// Whether this is a recovery-time marker rather than a live value.
+    pub(crate) fn is_marker(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the entry has expired at `now_ms`.
+    pub(crate) fn is_expired(&self, now_ms: u64) -> bool {
+        self.expiry_ms != 0 && now_ms >= self.expiry_ms
+    }
+}
+
+/// What an [`KeyDir::install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Installed {
+    /// The key was absent.
+    New,
+    /// An older entry was replaced; it is returned.
+    Replaced(Entry),
+    /// The map already held an entry with an equal or larger seq; nothing changed.
+    Stale,
+}
+
+/// Installs `new` over `cur` if it is newer (larger seq).
+pub(crate) fn install_over(cur: &mut Entry, new: Entry) -> Installed {
+    if cur.seq >= new.seq {
+        return Installed::Stale;
+    }
+    Installed::Replaced(std::mem::replace(cur, new))
+}
+
+/// Whether a delete with `seq` removes `cur` (only an older entry).
+pub(crate) fn delete_removes(cur: &Entry, seq: u64) -> bool {
+    cur.seq < seq
+}
+
+/// Whether a merge that copied the record with `seq` from `from_file` may repoint `cur` to the
+/// copy: only if nothing newer was installed meanwhile and the entry still lives there.
+pub(crate) fn repoint_allowed(cur: &Entry, seq: u64, from_file: u32) -> bool {
+    cur.seq == seq && cur.file_id == from_file
+}
+
+/// Whether a merge that turned the expired record with `seq` into a tombstone removes `cur`.
+pub(crate) fn expire_removes(cur: &Entry, seq: u64) -> bool {
+    cur.seq == seq
+}
