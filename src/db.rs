@@ -49,8 +49,6 @@ struct Inner {
     readers: Vec<mpsc::Sender<ReaderMsg>>,
     next_reader: AtomicUsize,
     closed: AtomicBool,
-    /// Set once any key with a TTL exists, so that `len` knows whether it must count.
-    has_ttl: AtomicBool,
     /// Joined on drop, after the channels above have closed.
     _threads: Threads,
 }
@@ -204,10 +202,9 @@ impl Db {
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);
-        let has_ttl = AtomicBool::new(false);
         keydir.for_each(|_, e| {
             if e.expiry_ms != 0 {
-                has_ttl.store(true, Ordering::Relaxed);
+                shared.has_ttl.store(true, Ordering::Relaxed);
             }
         });
         Ok(Db {
@@ -223,7 +220,6 @@ impl Db {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
-                has_ttl,
                 _threads: threads,
             }),
         })
@@ -248,6 +244,7 @@ impl Db {
             return Ok(None);
         };
         if e.is_expired(now_ms()) {
+            inner.reclaim_expired(key, e);
             return Ok(None);
         }
         Self::read_current(inner, key, e).await
@@ -283,7 +280,7 @@ impl Db {
     /// Number of live keys.
     pub fn len(&self) -> usize {
         let kd = &self.inner.keydir;
-        if !self.inner.has_ttl.load(Ordering::Relaxed) {
+        if !self.inner.shared.has_ttl.load(Ordering::Relaxed) {
             return kd.len();
         }
         let now = now_ms();
@@ -338,7 +335,7 @@ impl Db {
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<()> {
-        self.inner.has_ttl.store(true, Ordering::Relaxed);
+        self.inner.shared.has_ttl.store(true, Ordering::Relaxed);
         self.submit_one(Op::Put {
             key: key.into(),
             value: value.into(),
@@ -366,7 +363,7 @@ impl Db {
             batch::validate(op, &inner.opts)?;
             if let Op::Put { expiry_ms, .. } = op {
                 if *expiry_ms != 0 {
-                    inner.has_ttl.store(true, Ordering::Relaxed);
+                    inner.shared.has_ttl.store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -490,6 +487,14 @@ impl Db {
 }
 
 impl Inner {
+    /// Drops an expired entry from the keydir and counts its record as dead.
+    fn reclaim_expired(&self, key: &[u8], e: Entry) {
+        if self.keydir.remove_if_seq(key, e.seq).is_some() {
+            self.shared
+                .with_usage(|u| Shared::add_dead(u, e.file_id, u64::from(e.len)));
+        }
+    }
+
     async fn submit(&self, ops: Request) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.write_tx

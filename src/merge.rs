@@ -532,6 +532,24 @@ impl Merger {
         io::sync_dir(self.fault(), &self.dir)
     }
 
+    /// Drops expired entries from the keydir and counts their records as dead, so that the
+    /// space accounting (and the merge trigger) sees expiry without waiting for reads.
+    pub(crate) fn sweep_expired(&self) {
+        if !self.shared.has_ttl.load(Ordering::Relaxed) {
+            return;
+        }
+        let gone = self.keydir.take_expired(now_ms());
+        if gone.is_empty() {
+            return;
+        }
+        self.shared.with_usage(|u| {
+            for (file_id, len) in &gone {
+                Shared::add_dead(u, *file_id, u64::from(*len));
+            }
+        });
+        tracing::debug!(keys = gone.len(), "reclaimed expired keys");
+    }
+
     /// The inputs an automatic merge would take now, if the store is fragmented enough.
     pub(crate) fn auto_inputs(&self) -> Option<Vec<u32>> {
         let sealed = self.sealed_files();
@@ -666,7 +684,11 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
                     let _ = reply.send(r);
                 }
             },
-            _ = tick.tick(), if auto && m.broken.is_none() => {
+            _ = tick.tick() => {
+                m.sweep_expired();
+                if !auto || m.broken.is_some() {
+                    continue;
+                }
                 if let Some(inputs) = m.auto_inputs() {
                     if let Err(e) = m.merge(inputs).await {
                         if !m.stopping() {

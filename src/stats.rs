@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub active_file_id: AtomicU32,
     /// Next datafile id, shared by the writer (rotation) and merges (outputs).
     pub next_file_id: AtomicU32,
+    /// Set once any key with a TTL exists (then `len` counts, and expiry sweeps run).
+    pub has_ttl: std::sync::atomic::AtomicBool,
     /// Set when the store is closing: a running merge stops at its next step.
     pub stopping: std::sync::atomic::AtomicBool,
     pub usage: Mutex<BTreeMap<u32, FileStats>>,

@@ -431,3 +431,36 @@ fn no_descriptor_of_a_deleted_file_stays_open() {
         }
     });
 }
+
+#[test]
+fn expiry_counts_as_dead_space_without_reads_or_merges() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = Db::open(tmp.path(), opts().merge_check_interval_ms(20))
+            .await
+            .expect("open");
+        db.put("keep", vec![0u8; 200]).await.expect("put");
+        for i in 0..100u32 {
+            db.put_with_ttl(
+                format!("t{i:03}"),
+                vec![1u8; 200],
+                Duration::from_millis(100),
+            )
+            .await
+            .expect("put ttl");
+        }
+        let before = db.stats().dead_bytes;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = db.stats();
+        let record = 29 + 4 + 200;
+        assert!(
+            st.dead_bytes >= before + 100 * record,
+            "dead bytes {} -> {}",
+            before,
+            st.dead_bytes
+        );
+        assert_eq!(st.keys, 1, "expired keys left the keydir");
+        assert_eq!(db.len(), 1);
+        assert_eq!(st.merges, 0);
+    });
+}

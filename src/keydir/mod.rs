@@ -96,6 +96,19 @@ impl KeyDir {
             .map(|(_, e)| e)
     }
 
+    /// Removes every entry expired at `now_ms`; returns (file id, record length) of each.
+    pub(crate) fn take_expired(&self, now_ms: u64) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        self.map.retain(|_, e| {
+            let expired = e.is_expired(now_ms);
+            if expired {
+                out.push((e.file_id, e.len));
+            }
+            !expired
+        });
+        out
+    }
+
     /// Number of entries (live or expired-but-not-yet-reclaimed).
     pub(crate) fn len(&self) -> usize {
         self.map.len()
