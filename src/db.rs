@@ -199,6 +199,7 @@ impl Db {
             keydir: keydir.clone(),
             shared: shared.clone(),
             readers: readers.clone(),
+            writer: write_tx.clone(),
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);

@@ -100,10 +100,20 @@ pub(crate) fn load(
     path: &Path,
     file_id: u32,
     data_len: u64,
-    mut apply: impl FnMut(&HintRecord<'_>),
+    apply: impl FnMut(&HintRecord<'_>),
 ) -> Result<u64, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let id = record::decode_file_header(&bytes, FileKind::Hint).map_err(|e| e.to_string())?;
+    load_bytes(&bytes, file_id, data_len, apply)
+}
+
+/// [`load`] over the bytes of a hint file.
+pub(crate) fn load_bytes(
+    bytes: &[u8],
+    file_id: u32,
+    data_len: u64,
+    mut apply: impl FnMut(&HintRecord<'_>),
+) -> Result<u64, String> {
+    let id = record::decode_file_header(bytes, FileKind::Hint).map_err(|e| e.to_string())?;
     if id != file_id {
         return Err(format!("names file {id}, expected {file_id}"));
     }

@@ -29,6 +29,9 @@ mod batch;
 mod datafile;
 mod db;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hint;
 mod io;
 mod keydir;

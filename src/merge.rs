@@ -5,7 +5,9 @@
 //!    (a live value), or if it is a tombstone / expired value that may still hide an older
 //!    value in a file outside the inputs (then it is written as a tombstone). Outputs get fresh
 //!    ids, the merged-datafile magic, and temporary names (`NNNNNNNNNN.data.tmp`, `.hint.tmp`).
-//! 2. Outputs and their hints are synced.
+//! 2. Outputs and their hints are synced, and the writer syncs the active file: records the
+//!    merge dropped as superseded may be superseded by records not yet synced under
+//!    `SyncPolicy::Never` / `IntervalMs`, and must not be lost together with them.
 //! 3. **Commit**: the manifest (inputs, outputs) is written as `MERGE.tmp`, synced, renamed to
 //!    `MERGE`, and the directory synced. Before this point a crash leaves only temporary files,
 //!    which open removes; from this point on, open finishes the merge (steps 4 and 6).
@@ -36,6 +38,7 @@ use crate::record::{
     self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
 };
 use crate::stats::{FileStats, Shared};
+use crate::writer::WriteMsg;
 use crate::{now_ms, Error, Options, Result};
 
 /// Name of the merge manifest in a store directory.
@@ -136,6 +139,8 @@ pub(crate) struct Merger {
     pub keydir: Arc<KeyDir>,
     pub shared: Arc<Shared>,
     pub readers: Vec<mpsc::Sender<ReaderMsg>>,
+    /// The writer, asked for an `fdatasync` before the commit (see [`Merger::merge`]).
+    pub writer: mpsc::Sender<WriteMsg>,
     /// Set after a failure past the commit point: the next open finishes that merge.
     pub broken: Option<String>,
 }
@@ -219,6 +224,13 @@ impl Merger {
             )
             .await;
         if let Err(e) = res {
+            self.discard(&outputs);
+            return Err(e);
+        }
+        // The merge dropped records because newer ones exist, possibly in the active file and
+        // not yet synced (`SyncPolicy::Never` / `IntervalMs`). Make those durable before the
+        // inputs go, or a power loss could lose both the new and the old value of a key.
+        if let Err(e) = self.sync_writer().await {
             self.discard(&outputs);
             return Err(e);
         }
@@ -444,6 +456,16 @@ impl Merger {
         outputs
             .last_mut()
             .ok_or_else(|| Error::Io(std::io::Error::other("no merge output")))
+    }
+
+    /// Asks the writer for an `fdatasync` of everything acknowledged so far.
+    async fn sync_writer(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteMsg::Sync { reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
     }
 
     /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).

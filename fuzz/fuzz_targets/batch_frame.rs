@@ -1,0 +1,12 @@
+#![no_main]
+//! Scans arbitrary bytes as the records of a datafile (after a valid header), in strict and
+//! skip-damaged mode, through the atomic-batch framing.
+use libfuzzer_sys::fuzz_target;
+
+thread_local! {
+    static DIR: tempfile::TempDir = tempfile::tempdir().expect("tmp");
+}
+
+fuzz_target!(|data: &[u8]| {
+    DIR.with(|d| ringcask::fuzzing::datafile(d.path(), data));
+});

@@ -1,0 +1,371 @@
+//! Entry points for cargo-fuzz (feature `fuzzing`; not a stable API): every decoder of the
+//! on-disk format on arbitrary bytes, with the encode-after-decode round trip checked, so that
+//! fuzz targets in `fuzz/` reach code that is otherwise private.
+//!
+//! Each function panics only when an invariant is broken (which the fuzzer reports).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::datafile::{self, ScanMode};
+use crate::record::{self, FileKind, HintRecord};
+use crate::{Db, Options, SyncPolicy, WriteBatch};
+
+/// Decodes a data record; a decoded record must re-encode to exactly the same bytes.
+/// Returns whether it decoded.
+pub fn record(data: &[u8]) -> bool {
+    let Ok(r) = record::decode_record(data) else {
+        return false;
+    };
+    {
+        let mut again = Vec::new();
+        record::encode_record(
+            &mut again,
+            r.header.seq,
+            r.header.expiry_ms,
+            r.header.flags,
+            r.key,
+            r.value,
+        );
+        assert_eq!(&again[..], &data[..again.len()], "record round trip");
+        assert_eq!(again.len() as u64, r.header.record_len());
+    }
+    true
+}
+
+/// Decodes a hint record; a decoded record must re-encode to exactly the same bytes.
+/// Returns whether it decoded.
+pub fn hint_record(data: &[u8]) -> bool {
+    let Ok((h, n)) = record::decode_hint(data) else {
+        return false;
+    };
+    let mut again = Vec::new();
+    record::encode_hint(&mut again, &h);
+    assert_eq!(&again[..], &data[..n], "hint round trip");
+    true
+}
+
+/// Decodes a file header; a decoded header must re-encode to exactly the same bytes.
+/// Returns whether it decoded.
+pub fn file_header(data: &[u8]) -> bool {
+    let Ok((id, kind)) = record::decode_any_file_header(data) else {
+        return false;
+    };
+    let mut again = Vec::new();
+    record::encode_file_header(&mut again, kind, id);
+    assert_eq!(&again[..], &data[..again.len()], "header round trip");
+    true
+}
+
+/// Decodes a merge manifest; a decoded manifest must re-encode to exactly the same bytes.
+/// Returns whether it decoded.
+pub fn manifest(data: &[u8]) -> bool {
+    let Ok(m) = record::decode_manifest(data) else {
+        return false;
+    };
+    assert_eq!(record::encode_manifest(&m), data, "manifest round trip");
+    true
+}
+
+/// An encoded manifest (a seed for the `manifest` target).
+pub fn encoded_manifest(inputs: &[u32], outputs: &[u32]) -> Vec<u8> {
+    record::encode_manifest(&record::Manifest {
+        inputs: inputs.to_vec(),
+        outputs: outputs.to_vec(),
+    })
+}
+
+/// Offsets and lengths of the records of a datafile's bytes (for seeds), as far as they decode.
+pub fn record_spans(file: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut off = record::FILE_HEADER_LEN;
+    while off < file.len() {
+        match record::decode_record(&file[off..]) {
+            Ok(r) => {
+                let n = r.header.record_len() as usize;
+                out.push((off, n));
+                off += n;
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Loads `data` as the hint file of datafile 1 of `data_len` bytes: every record it applies
+/// must lie inside the datafile.
+pub fn hint_file(data: &[u8], data_len: u64) {
+    let _ = crate::hint::load_bytes(data, 1, data_len, |h| {
+        assert!(h.offset + u64::from(h.record_len) <= data_len);
+    });
+}
+
+/// Scans `body` as the records of datafile 1 (a valid header is put in front), in both modes,
+/// through the batch framing. Applied records must lie inside the file and batches must be
+/// applied whole.
+pub fn datafile(dir: &Path, body: &[u8]) {
+    let path = datafile::data_path(dir, 1);
+    let mut bytes = Vec::with_capacity(record::FILE_HEADER_LEN + body.len());
+    record::encode_file_header(&mut bytes, FileKind::Data, 1);
+    bytes.extend_from_slice(body);
+    if std::fs::write(&path, &bytes).is_err() {
+        return;
+    }
+    for mode in [ScanMode::Stop, ScanMode::Skip] {
+        let len = bytes.len() as u64;
+        let mut last_end = 0u64;
+        let res = datafile::scan(&path, 1, mode, |h: &HintRecord<'_>| {
+            assert!(h.offset >= record::FILE_HEADER_LEN as u64);
+            assert!(h.offset + u64::from(h.record_len) <= len);
+            last_end = last_end.max(h.offset + u64::from(h.record_len));
+        });
+        if let Ok(o) = res {
+            assert!(o.valid_end <= len);
+            if mode == ScanMode::Stop {
+                assert!(
+                    last_end <= o.valid_end,
+                    "a record past the valid end was applied"
+                );
+            }
+        }
+    }
+}
+
+/// A valid header of datafile `id` (so that fuzzed directories get past the header check).
+pub fn datafile_header(id: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    record::encode_file_header(&mut v, FileKind::Data, id);
+    v
+}
+
+/// A valid header of the hint file of datafile `id`.
+pub fn hint_header(id: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    record::encode_file_header(&mut v, FileKind::Hint, id);
+    v
+}
+
+// ---- open_dir ------------------------------------------------------------------------------
+
+fn open_dir_name(sel: u8) -> String {
+    let id = 1 + u32::from(sel >> 4) % 4;
+    match sel % 8 {
+        0..=2 => format!("{id:010}.data"),
+        3 | 4 => format!("{id:010}.hint"),
+        5 => "MERGE".into(),
+        6 => format!("{id:010}.data.tmp"),
+        _ => format!("{id:010}.hint.tmp"),
+    }
+}
+
+/// Writes `data` as the files of a store directory `dir` (entries of selector byte, u16 LE
+/// length, bytes; the selector picks datafile, hint, manifest or temporary file and id 1..=4,
+/// its bit 3 puts a valid header first), opens it, reads every key, writes, merges and closes.
+/// Open may refuse with an error; nothing may panic.
+pub fn open_dir(dir: &Path, data: &[u8]) {
+    let mut i = 0;
+    let mut files = 0;
+    while i + 3 <= data.len() && files < 8 {
+        let sel = data[i];
+        let len = (usize::from(u16::from_le_bytes([data[i + 1], data[i + 2]])) % 4096)
+            .min(data.len() - i - 3);
+        i += 3;
+        let name = open_dir_name(sel);
+        let mut bytes = Vec::new();
+        if sel & 0x08 != 0 {
+            let id = 1 + u32::from(sel >> 4) % 4;
+            if name.contains(".hint") {
+                bytes = hint_header(id);
+            } else if name.contains(".data") {
+                bytes = datafile_header(id);
+            }
+        }
+        bytes.extend_from_slice(&data[i..i + len]);
+        i += len;
+        if std::fs::write(dir.join(name), &bytes).is_err() {
+            return;
+        }
+        files += 1;
+    }
+    futures::executor::block_on(async {
+        let opts = Options::default()
+            .auto_merge(false)
+            .preallocate_bytes(0)
+            .max_file_bytes(8192);
+        let skip = data.first().is_some_and(|b| b & 1 == 1);
+        if let Ok(db) = Db::open(dir, opts.skip_damaged_records(skip)).await {
+            for k in db.keys() {
+                let _ = db.get(&k).await;
+            }
+            let _ = db.put("fuzz", "value").await;
+            let _ = db.merge().await;
+            let _ = db.close().await;
+        }
+    });
+}
+
+// ---- model ---------------------------------------------------------------------------------
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn model_opts() -> Options {
+    Options::default()
+        .sync(SyncPolicy::Never)
+        .auto_merge(false)
+        .preallocate_bytes(0)
+        .max_file_bytes(4096)
+        .merge_bytes_per_sec(0)
+}
+
+/// The writer's last datafile: the highest id that is not a merge output.
+fn last_log_datafile(dir: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
+    v.sort();
+    v.into_iter().rev().find(|p| {
+        std::fs::read(p)
+            .map(|b| !b.starts_with(b"RCASKMRG"))
+            .unwrap_or(false)
+    })
+}
+
+async fn model_contents(db: &Db) -> Model {
+    let mut m = Model::new();
+    for k in db.keys() {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("a listed key has a value");
+        m.insert(k.to_vec(), v.to_vec());
+    }
+    m
+}
+
+/// Runs the operations encoded in `data` (3 bytes each, at most 64) in a fresh store in `dir`
+/// against a `BTreeMap` model: put, delete, batch, get, TTL (expired and long), merge, reopen,
+/// and crash by truncation of the writer's last datafile (never below what the last durable
+/// point — open, close, merge — made durable). After a crash the store must hold the model's
+/// state after some prefix of the operations since that point.
+pub fn model(dir: &Path, data: &[u8]) {
+    futures::executor::block_on(async {
+        let mut db = Db::open(dir, model_opts()).await.expect("open");
+        let mut model = Model::new();
+        // Model states since the last open: a truncation may roll back to any of them.
+        let mut since_open = vec![model.clone()];
+        let mut writes_since_open = 0;
+        // The last datafile and its length at the last durable point: a crash cannot cut it
+        // shorter than that.
+        let mut durable: Option<(PathBuf, u64)> = None;
+        for op in data.chunks(3).take(64) {
+            let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
+            let k = vec![b'k', b % 12];
+            let v = vec![a; usize::from(b) % 40];
+            match a % 11 {
+                0..=2 => {
+                    db.put(k.clone(), v.clone()).await.expect("put");
+                    model.insert(k, v);
+                }
+                3 => {
+                    db.delete(k.clone()).await.expect("delete");
+                    model.remove(&k);
+                }
+                4 => {
+                    let k2 = vec![b'k', op.get(2).copied().unwrap_or(0) % 12];
+                    db.write(
+                        WriteBatch::new()
+                            .put(k.clone(), v.clone())
+                            .delete(k2.clone()),
+                    )
+                    .await
+                    .expect("batch");
+                    model.insert(k, v);
+                    model.remove(&k2);
+                }
+                5 => {
+                    let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
+                    assert_eq!(got.as_ref(), model.get(&k));
+                    continue;
+                }
+                6 => {
+                    let ttl = if b % 2 == 0 {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(3600)
+                    };
+                    db.put_with_ttl(k.clone(), v.clone(), ttl)
+                        .await
+                        .expect("ttl");
+                    if ttl.is_zero() {
+                        model.remove(&k);
+                    } else {
+                        model.insert(k, v);
+                    }
+                }
+                7 => {
+                    db.merge().await.expect("merge");
+                    assert_eq!(model_contents(&db).await, model);
+                    // A merge syncs the writer: what was written so far is durable.
+                    since_open = vec![model.clone()];
+                    durable = last_log_datafile(dir).map(|p| {
+                        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                        (p, len)
+                    });
+                    continue;
+                }
+                8 => {
+                    db.close().await.expect("close");
+                    drop(db);
+                    db = Db::open(dir, model_opts()).await.expect("reopen");
+                    assert_eq!(model_contents(&db).await, model);
+                    since_open = vec![model.clone()];
+                    writes_since_open = 0;
+                    durable = None;
+                    continue;
+                }
+                _ => {
+                    // Crash by truncation of the file this session appended to.
+                    drop(db);
+                    if writes_since_open > 0 {
+                        if let Some(last) = last_log_datafile(dir) {
+                            let _ = std::fs::remove_file(last.with_extension("hint"));
+                            let len = std::fs::metadata(&last).map(|m| m.len()).unwrap_or(0);
+                            let mut cut = 20 + u64::from(u16::from_le_bytes([b, a])) % len.max(21);
+                            if let Some((p, synced)) = &durable {
+                                if *p == last {
+                                    cut = cut.max(*synced);
+                                }
+                            }
+                            let f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&last)
+                                .expect("open last");
+                            f.set_len(cut.min(len)).expect("cut");
+                        }
+                    }
+                    db = Db::open(dir, model_opts())
+                        .await
+                        .expect("reopen after truncation");
+                    let got = model_contents(&db).await;
+                    assert!(
+                        since_open.contains(&got),
+                        "recovered a state that no prefix of the operations produced"
+                    );
+                    model = got;
+                    since_open = vec![model.clone()];
+                    writes_since_open = 0;
+                    durable = None;
+                    continue;
+                }
+            }
+            writes_since_open += 1;
+            since_open.push(model.clone());
+        }
+        db.close().await.expect("close");
+    });
+}

@@ -1,0 +1,147 @@
+//! Writes the seed corpora of the fuzz targets from a real store, into `fuzz/corpus/<target>/`.
+//! Built only with the `fuzzing` feature; `.ci/run` runs it before the fuzz smoke run:
+//!
+//! ```text
+//! cargo test --features fuzzing --test fuzz_seeds
+//! ```
+#![cfg(feature = "fuzzing")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::run;
+use ringcask::{fuzzing, Db, Options, SyncPolicy, WriteBatch};
+
+fn corpus(target: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    std::fs::create_dir_all(&p).expect("corpus dir");
+    p
+}
+
+fn seed(target: &str, name: &str, bytes: &[u8]) {
+    std::fs::write(corpus(target).join(format!("seed-{name}")), bytes).expect("write seed");
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn write_seed_corpora_from_a_real_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let opts = Options::default()
+        .sync(SyncPolicy::Never)
+        .max_file_bytes(4096)
+        .preallocate_bytes(0)
+        .auto_merge(false);
+    run(async {
+        let db = Db::open(dir, opts.clone()).await.expect("open");
+        for i in 0..40u32 {
+            db.put(format!("k{}", i % 12), vec![i as u8; (i % 50) as usize])
+                .await
+                .expect("put");
+        }
+        db.delete("k3").await.expect("delete");
+        db.write(WriteBatch::new().put("b1", "x").put("b2", "y").delete("k4"))
+            .await
+            .expect("batch");
+        db.put_with_ttl("t", "v", Duration::from_secs(3600))
+            .await
+            .expect("ttl");
+        db.close().await.expect("close");
+        // A merge output too (its own header magic).
+        let db = Db::open(dir, opts.clone()).await.expect("reopen");
+        db.merge().await.expect("merge");
+        db.put("after", "merge").await.expect("put");
+        db.close().await.expect("close");
+    });
+    let datafiles = files(dir, "data");
+    let hints = files(dir, "hint");
+    assert!(datafiles.len() >= 2 && !hints.is_empty());
+    let mut n = 0;
+    for (fi, f) in datafiles.iter().enumerate() {
+        let bytes = std::fs::read(f).expect("read");
+        assert!(fuzzing::file_header(&bytes[..20]));
+        seed("file_header", &format!("data{fi}"), &bytes[..20]);
+        let spans = fuzzing::record_spans(&bytes);
+        assert!(!spans.is_empty());
+        for (ri, (off, len)) in spans.iter().take(6).enumerate() {
+            assert!(fuzzing::record(&bytes[*off..off + len]));
+            seed("record", &format!("f{fi}r{ri}"), &bytes[*off..off + len]);
+        }
+        seed("batch_frame", &format!("f{fi}"), &bytes[20..]);
+        n += 1;
+    }
+    for (hi, h) in hints.iter().enumerate() {
+        let bytes = std::fs::read(h).expect("read");
+        assert!(fuzzing::file_header(&bytes[..20]));
+        seed("file_header", &format!("hint{hi}"), &bytes[..20]);
+        assert!(fuzzing::hint_record(&bytes[20..]));
+        seed(
+            "hint_record",
+            &format!("h{hi}"),
+            &bytes[20..bytes.len().min(20 + 64)],
+        );
+        let data_len = std::fs::metadata(h.with_extension("data"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut hf = vec![0u8];
+        hf.extend_from_slice(&(data_len as u32).to_le_bytes());
+        hf.extend_from_slice(&bytes);
+        seed("hint_file", &format!("h{hi}"), &hf);
+    }
+    for (i, (inputs, outputs)) in [
+        (vec![1, 2], vec![7]),
+        (vec![3], vec![]),
+        (vec![], vec![9, 10]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = fuzzing::encoded_manifest(inputs, outputs);
+        assert!(fuzzing::manifest(&m));
+        seed("manifest", &format!("m{i}"), &m);
+    }
+    // open_dir: the store's files as (selector, u16 length, bytes) entries.
+    let mut dirseed = Vec::new();
+    for (i, f) in datafiles.iter().chain(hints.iter()).take(8).enumerate() {
+        let bytes = std::fs::read(f).expect("read");
+        let bytes = &bytes[..bytes.len().min(4095)];
+        let id = (i % 4) as u8;
+        let kind = if f.extension().is_some_and(|e| e == "hint") {
+            3
+        } else {
+            0
+        };
+        dirseed.push((id << 4) | kind);
+        dirseed.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        dirseed.extend_from_slice(bytes);
+    }
+    seed("open_dir", "store", &dirseed);
+    // model: a few operation strings (3 bytes per op).
+    seed(
+        "model",
+        "ops1",
+        &[0, 1, 0, 1, 2, 0, 5, 1, 0, 3, 1, 0, 8, 0, 0, 5, 1, 0],
+    );
+    seed(
+        "model",
+        "ops2",
+        &[
+            4, 3, 5, 0, 7, 0, 9, 200, 1, 5, 7, 0, 6, 2, 0, 6, 3, 0, 10, 9, 9,
+        ],
+    );
+    assert!(n >= 2);
+}
