@@ -6,7 +6,9 @@
 //! 2. A child process runs merges while writing durably; the parent kills it with SIGKILL at
 //!    random moments and checks every acknowledged write against a model.
 //!
-//! `RINGCASK_MERGE_KILLS` sets the number of kills (default 10).
+//! `RINGCASK_MERGE_KILLS` sets the number of kills (default 10); `RINGCASK_MERGE_CRASH_OPS` the
+//! number of writes that build the store of the crash-at-every-IO campaign (default 400; larger
+//! stores mean more files, more outputs and more IO operations to crash at).
 
 mod common;
 
@@ -57,7 +59,11 @@ fn build_store(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     run(async {
         let db = Db::open(dir, opts()).await.expect("open");
         let mut rng = Rng::new(99);
-        for i in 0..400u32 {
+        let ops: u32 = std::env::var("RINGCASK_MERGE_CRASH_OPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(400);
+        for i in 0..ops {
             let k = format!("k{}", rng.below(120));
             match rng.below(8) {
                 0 => db.delete(k).await.expect("delete"),
