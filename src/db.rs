@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{self, WriteBatch};
+use crate::filetable::FileTable;
 use crate::io::{Kind, Runtime};
 use crate::keydir::{Entry, KeyDir};
 use crate::lock::DirLock;
@@ -42,6 +43,7 @@ struct Inner {
     opts: Options,
     keydir: Arc<KeyDir>,
     shared: Arc<Shared>,
+    files: Arc<FileTable>,
     kind: Kind,
     fallback_reason: Option<String>,
     write_tx: mpsc::Sender<WriteMsg>,
@@ -191,8 +193,10 @@ impl Db {
             )?);
             readers.push(tx);
         }
+        let files = Arc::new(FileTable::new(dir.clone()));
         let (merge_tx, merge_rx) = mpsc::channel(16);
         let merger = Merger {
+            files: files.clone(),
             dir: dir.clone(),
             kind,
             opts: opts.clone(),
@@ -214,6 +218,7 @@ impl Db {
                 opts,
                 keydir,
                 shared,
+                files,
                 kind,
                 fallback_reason,
                 write_tx,
@@ -437,6 +442,8 @@ impl Db {
             deletes: load(&s.deletes),
             batches: load(&s.batches),
             gets: load(&s.gets),
+            reads_inline: load(&s.reads_inline),
+            reads_io_thread: load(&s.reads_io_thread),
             group_commits: load(&s.group_commits),
             syncs: load(&s.syncs),
             bytes_written: load(&s.bytes_written),
@@ -507,12 +514,20 @@ impl Inner {
 
     /// Reads and verifies the record `e` points at; returns its value.
     async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
+        let offset = u64::from(e.offset);
+        if self.opts.inline_reads {
+            if let Some(buf) = self.files.read_nowait(e.file_id, offset, e.len as usize)? {
+                Shared::add(&self.shared.reads_inline, 1);
+                return self.verify(key, e, buf);
+            }
+        }
+        Shared::add(&self.shared.reads_io_thread, 1);
         let n = self.readers.len();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         let (reply, rx) = oneshot::channel();
         let req = ReadReq {
             file_id: e.file_id,
-            offset: u64::from(e.offset),
+            offset,
             len: e.len as usize,
             reply,
         };
@@ -526,12 +541,18 @@ impl Inner {
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(Error::Corrupt {
                     file: file(),
-                    offset: u64::from(e.offset),
+                    offset,
                     reason: "datafile is shorter than the record the keydir points at".into(),
                 })
             }
             Err(err) => return Err(err.into()),
         };
+        self.verify(key, e, buf)
+    }
+
+    /// Checks the record read for `e` (CRC, key, seq) and returns its value.
+    fn verify(&self, key: &[u8], e: Entry, buf: Vec<u8>) -> Result<Bytes> {
+        let file = || datafile::data_path(&self.dir, e.file_id);
         let corrupt = |reason: String| Error::Corrupt {
             file: file(),
             offset: u64::from(e.offset),

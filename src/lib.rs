@@ -29,6 +29,7 @@ mod batch;
 mod datafile;
 mod db;
 mod error;
+mod filetable;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

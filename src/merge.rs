@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::datafile::{data_path, hint_path, temp_path};
+use crate::filetable::FileTable;
 use crate::hint::{self, HintBuilder};
 use crate::io::{self, FaultInjector, IoFile, Kind, Runtime};
 use crate::keydir::{Entry, KeyDir};
@@ -139,6 +140,8 @@ pub(crate) struct Merger {
     pub keydir: Arc<KeyDir>,
     pub shared: Arc<Shared>,
     pub readers: Vec<mpsc::Sender<ReaderMsg>>,
+    /// Read handles of the callers' fast path.
+    pub files: Arc<FileTable>,
     /// The writer, asked for an `fdatasync` before the commit (see [`Merger::merge`]).
     pub writer: mpsc::Sender<WriteMsg>,
     /// Set after a failure past the commit point: the next open finishes that merge.
@@ -529,6 +532,7 @@ impl Merger {
                 u.remove(id);
             }
         });
+        self.files.retire(&m.inputs);
         let mut acks = Vec::new();
         for r in &self.readers {
             let (ack, rx) = oneshot::channel();

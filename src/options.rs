@@ -46,6 +46,7 @@ pub struct Options {
     pub(crate) merge_file_ratio: f64,
     pub(crate) merge_check_interval_ms: u64,
     pub(crate) merge_bytes_per_sec: u64,
+    pub(crate) inline_reads: bool,
 }
 
 impl Default for Options {
@@ -54,7 +55,7 @@ impl Default for Options {
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `max_group_bytes(4 MiB)`, `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`.
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -74,6 +75,7 @@ impl Default for Options {
             merge_file_ratio: 0.4,
             merge_check_interval_ms: 10_000,
             merge_bytes_per_sec: 64 << 20,
+            inline_reads: true,
         }
     }
 }
@@ -190,6 +192,14 @@ impl Options {
         self
     }
 
+    /// Whether a `get` first tries a non-blocking read (`preadv2(RWF_NOWAIT)`) on the caller's
+    /// thread, served from the page cache without a hop to an io thread (default `true`). Reads
+    /// that would block still go to an io thread; `false` sends every read there.
+    pub fn inline_reads(mut self, on: bool) -> Self {
+        self.inline_reads = on;
+        self
+    }
+
     /// Checks every option against its allowed range.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOptions(m));
@@ -265,6 +275,7 @@ mod tests {
         assert_eq!(o.merge_file_ratio, 0.4);
         assert_eq!(o.merge_check_interval_ms, 10_000);
         assert_eq!(o.merge_bytes_per_sec, 64 << 20);
+        assert!(o.inline_reads);
     }
 
     #[test]

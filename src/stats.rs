@@ -126,6 +126,11 @@ pub struct Stats {
     pub batches: u64,
     /// `get` calls.
     pub gets: u64,
+    /// Value reads served on the caller's thread from the page cache (see
+    /// `Options::inline_reads`).
+    pub reads_inline: u64,
+    /// Value reads served by an io thread.
+    pub reads_io_thread: u64,
     /// Group commits (appends) issued by the writer.
     pub group_commits: u64,
     /// `fdatasync` calls on the active datafile.
@@ -147,6 +152,8 @@ pub(crate) struct Shared {
     pub deletes: AtomicU64,
     pub batches: AtomicU64,
     pub gets: AtomicU64,
+    pub reads_inline: AtomicU64,
+    pub reads_io_thread: AtomicU64,
     pub group_commits: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,

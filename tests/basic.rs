@@ -50,6 +50,36 @@ fn round_trip_overwrite_delete_on_both_backends() {
 }
 
 #[test]
+fn both_read_paths_return_the_same_values() {
+    // Inline (page-cache reads on the caller's thread) and io-thread reads, on both backends.
+    for backend in backends() {
+        for inline in [true, false] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            run(async {
+                let opts = small_opts().io_backend(backend).inline_reads(inline);
+                let db = open(tmp.path(), opts).await;
+                for i in 0..200u32 {
+                    db.put(format!("k{i}"), vec![i as u8; (i % 300) as usize])
+                        .await
+                        .expect("put");
+                }
+                for i in 0..200u32 {
+                    let v = db.get(format!("k{i}").as_bytes()).await.expect("get");
+                    assert_eq!(v.as_deref(), Some(&vec![i as u8; (i % 300) as usize][..]));
+                }
+                let st = db.stats();
+                if inline {
+                    assert!(st.reads_inline > 0, "{st:?}");
+                } else {
+                    assert_eq!(st.reads_inline, 0);
+                    assert_eq!(st.reads_io_thread, 200);
+                }
+            });
+        }
+    }
+}
+
+#[test]
 fn io_uring_is_used_when_available() {
     // This machine and CI allow io_uring; the fallback is only for sandboxes that forbid it.
     let tmp = tempfile::tempdir().expect("tmp");
