@@ -14,9 +14,14 @@ pub(crate) use cas::{Entry, Installed};
 
 type Hasher = foldhash::fast::RandomState;
 
+/// Key storage: keys up to 16 bytes live inline in the map's slot (24 bytes in all), longer
+/// ones in one heap allocation. A `Box<[u8]>` cost 16 bytes in the slot plus a 32-byte heap
+/// block for a 16-byte key.
+pub(crate) type KeyBuf = smallvec::SmallVec<[u8; 16]>;
+
 /// The concurrent key directory.
 pub(crate) struct KeyDir {
-    map: DashMap<Box<[u8]>, Entry, Hasher>,
+    map: DashMap<KeyBuf, Entry, Hasher>,
 }
 
 impl KeyDir {
@@ -35,7 +40,7 @@ impl KeyDir {
 
     /// [`KeyDir::install`] for recovery, where most keys are new: one hash and one lookup.
     pub(crate) fn install_new(&self, key: &[u8], entry: Entry) {
-        match self.map.entry(Box::from(key)) {
+        match self.map.entry(KeyBuf::from_slice(key)) {
             MapEntry::Occupied(mut o) => {
                 Self::swap_if_newer(o.get_mut(), entry);
             }
@@ -55,7 +60,7 @@ impl KeyDir {
         if let Some(mut cur) = self.map.get_mut(key) {
             return Self::swap_if_newer(cur.value_mut(), entry);
         }
-        match self.map.entry(Box::from(key)) {
+        match self.map.entry(KeyBuf::from_slice(key)) {
             MapEntry::Occupied(mut o) => Self::swap_if_newer(o.get_mut(), entry),
             MapEntry::Vacant(v) => {
                 v.insert(entry);
@@ -142,6 +147,22 @@ mod tests {
             offset: 20,
             len: 40,
         }
+    }
+
+    #[test]
+    fn key_slots_stay_small() {
+        assert_eq!(std::mem::size_of::<KeyBuf>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        let k = KeyDir::new();
+        let long = vec![b'x'; 100];
+        k.install(&long, e(1));
+        k.install(b"short", e(2));
+        assert_eq!(k.get(&long), Some(e(1)));
+        assert_eq!(k.get(b"short"), Some(e(2)));
+        let mut keys = Vec::new();
+        k.for_each(|key, _| keys.push(key.to_vec()));
+        keys.sort();
+        assert_eq!(keys, vec![b"short".to_vec(), long]);
     }
 
     #[test]
