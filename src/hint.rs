@@ -1,7 +1,7 @@
 //! Hint files: the keys and record locations of one sealed datafile, so that open does not have
 //! to read values. Written under a temporary name, synced, renamed, and the directory synced.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::datafile::{hint_path, temp_path};
@@ -9,17 +9,71 @@ use crate::io::{self, FaultInjector, IoFile, Kind};
 use crate::record::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
 
 /// Hint records of one datafile, accumulated while it is written or scanned.
+///
+/// The writer's builder *spills*: once `Options::hint_spill_bytes` of records are buffered it
+/// appends them to the hint file's temporary name, so that a large active file of small records does not keep ~53 bytes
+/// per record in memory until it is sealed. Recovery and merge build in memory.
 #[derive(Debug, Default)]
 pub(crate) struct HintBuilder {
     records: Vec<u8>,
     count: u64,
+    spill: Option<Spill>,
+}
+
+#[derive(Debug)]
+struct Spill {
+    file_id: u32,
+    /// Buffered bytes that trigger an append.
+    threshold: usize,
+    /// The temporary name of the hint file being built.
+    path: PathBuf,
+    fault: Option<Arc<FaultInjector>>,
+    file: Option<std::fs::File>,
+    /// Bytes written to `file` (header included).
+    written: u64,
+    /// A spill failed: this builder cannot produce a complete hint any more.
+    failed: bool,
 }
 
 impl HintBuilder {
+    /// A builder that spills to the temporary name of `file_id`'s hint file in `dir`.
+    pub(crate) fn spilling(
+        dir: &Path,
+        file_id: u32,
+        threshold: usize,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> Self {
+        HintBuilder {
+            records: Vec::new(),
+            count: 0,
+            spill: Some(Spill {
+                file_id,
+                threshold,
+                path: temp_path(&hint_path(dir, file_id)),
+                fault,
+                file: None,
+                written: 0,
+                failed: false,
+            }),
+        }
+    }
+
     /// Adds the hint of one record.
     pub(crate) fn push(&mut self, h: &HintRecord<'_>) {
         record::encode_hint(&mut self.records, h);
         self.count += 1;
+        if let Some(sp) = &mut self.spill {
+            if self.records.len() >= sp.threshold {
+                if let Err(e) = sp.append(&self.records) {
+                    tracing::warn!(
+                        file_id = sp.file_id,
+                        "could not spill hint records ({e}); this file will get no hint"
+                    );
+                    sp.failed = true;
+                }
+                self.records.clear();
+            }
+        }
     }
 
     /// Number of hint records so far.
@@ -27,20 +81,100 @@ impl HintBuilder {
         self.count
     }
 
-    /// The complete hint file for datafile `file_id` of exactly `data_len` bytes.
+    /// The complete hint file for datafile `file_id` of exactly `data_len` bytes (for a builder
+    /// that did not spill).
     pub(crate) fn finish(&self, file_id: u32, data_len: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(FILE_HEADER_LEN + self.records.len() + HINT_FOOTER_LEN);
         record::encode_file_header(&mut out, FileKind::Hint, file_id);
         out.extend_from_slice(&self.records);
-        record::encode_hint_footer(
-            &mut out,
-            &HintFooter {
-                record_count: self.count,
-                data_len,
-            },
-        );
+        encode_footer(&mut out, self.count, data_len);
         out
     }
+
+    /// Writes the hint file of the datafile this builder describes (`data_len` bytes) under its
+    /// final name, atomically: completes the spilled temporary file, or writes it whole.
+    pub(crate) async fn write(
+        &mut self,
+        kind: Kind,
+        dir: &Path,
+        file_id: u32,
+        data_len: u64,
+        fault: Option<&Arc<FaultInjector>>,
+    ) -> std::io::Result<()> {
+        let spilled = self
+            .spill
+            .as_ref()
+            .is_some_and(|sp| sp.file.is_some() || sp.failed);
+        if !spilled {
+            return write(kind, dir, file_id, self.finish(file_id, data_len), fault).await;
+        }
+        let Some(sp) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        if sp.failed {
+            let _ = std::fs::remove_file(&sp.path);
+            return Err(std::io::Error::other("an earlier hint spill failed"));
+        }
+        let mut tail = std::mem::take(&mut self.records);
+        encode_footer(&mut tail, self.count, data_len);
+        let res = async {
+            sp.append(&tail)?;
+            io::fault_point(sp.fault.as_deref())?;
+            if let Some(f) = &sp.file {
+                f.sync_all()?;
+            }
+            let final_path = hint_path(dir, file_id);
+            io::rename(sp.fault.as_deref(), &sp.path, &final_path)?;
+            io::sync_dir(sp.fault.as_deref(), dir)
+        }
+        .await;
+        if res.is_err() {
+            let _ = std::fs::remove_file(&sp.path);
+        }
+        sp.file = None;
+        sp.failed = true; // a builder writes its hint once
+        res
+    }
+}
+
+impl Spill {
+    /// Appends `bytes` to the temporary hint file, creating it (with its header) first.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.failed {
+            return Err(std::io::Error::other("an earlier hint spill failed"));
+        }
+        if self.file.is_none() {
+            io::fault_point(self.fault.as_deref())?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&self.path)?;
+            let mut header = Vec::with_capacity(FILE_HEADER_LEN);
+            record::encode_file_header(&mut header, FileKind::Hint, self.file_id);
+            f.write_all_at(&header, 0)?;
+            self.written = header.len() as u64;
+            self.file = Some(f);
+        }
+        io::fault_point(self.fault.as_deref())?;
+        let Some(f) = &self.file else {
+            return Err(std::io::Error::other("no spill file"));
+        };
+        f.write_all_at(bytes, self.written)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn encode_footer(out: &mut Vec<u8>, record_count: u64, data_len: u64) {
+    record::encode_hint_footer(
+        out,
+        &HintFooter {
+            record_count,
+            data_len,
+        },
+    );
 }
 
 /// Writes the hint file of datafile `file_id` atomically: temp file, sync, rename, sync dir.

@@ -47,6 +47,7 @@ pub struct Options {
     pub(crate) merge_check_interval_ms: u64,
     pub(crate) merge_bytes_per_sec: u64,
     pub(crate) inline_reads: bool,
+    pub(crate) hint_spill_bytes: usize,
 }
 
 impl Default for Options {
@@ -55,7 +56,7 @@ impl Default for Options {
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `max_group_bytes(4 MiB)`, `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`.
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `hint_spill_bytes(1 MiB)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -76,6 +77,7 @@ impl Default for Options {
             merge_check_interval_ms: 10_000,
             merge_bytes_per_sec: 64 << 20,
             inline_reads: true,
+            hint_spill_bytes: 1 << 20,
         }
     }
 }
@@ -200,6 +202,14 @@ impl Options {
         self
     }
 
+    /// Memory bound of the active datafile's hint records: past it they are appended to the
+    /// hint file's temporary name, so a large active file of small records does not hold ~53
+    /// bytes per record in memory until it is sealed (default 1 MiB, at least 1).
+    pub fn hint_spill_bytes(mut self, bytes: usize) -> Self {
+        self.hint_spill_bytes = bytes;
+        self
+    }
+
     /// Checks every option against its allowed range.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOptions(m));
@@ -241,6 +251,9 @@ impl Options {
                 return bad(format!("{name} {r} outside 0.0..=1.0"));
             }
         }
+        if self.hint_spill_bytes == 0 {
+            return bad("hint_spill_bytes must be positive".into());
+        }
         if self.merge_check_interval_ms == 0 {
             return bad("merge_check_interval_ms must be positive".into());
         }
@@ -276,6 +289,7 @@ mod tests {
         assert_eq!(o.merge_check_interval_ms, 10_000);
         assert_eq!(o.merge_bytes_per_sec, 64 << 20);
         assert!(o.inline_reads);
+        assert_eq!(o.hint_spill_bytes, 1 << 20);
     }
 
     #[test]
@@ -292,6 +306,7 @@ mod tests {
             Options::default().merge_trigger_ratio(1.5),
             Options::default().merge_file_ratio(-0.1),
             Options::default().merge_check_interval_ms(0),
+            Options::default().hint_spill_bytes(0),
         ] {
             assert!(
                 matches!(o.validate(), Err(Error::InvalidOptions(_))),

@@ -177,7 +177,12 @@ impl Writer {
             file,
             len: FILE_HEADER_LEN as u64,
             allocated: FILE_HEADER_LEN as u64,
-            hint: HintBuilder::default(),
+            hint: HintBuilder::spilling(
+                dir,
+                id,
+                opts.hint_spill_bytes,
+                opts.fault_injector.clone(),
+            ),
         };
         Self::reserve(&mut active, opts, 0);
         active.file.sync_all().await?;
@@ -533,10 +538,15 @@ impl Writer {
         a.file.set_len(a.len)?;
         a.file.sync_all().await?;
         self.dirty = false;
-        let bytes = a.hint.finish(a.id, a.len);
         let fault = self.opts.fault_injector.as_ref();
-        if let Err(e) = hint::write(self.kind, &self.dir, a.id, bytes, fault).await {
-            tracing::warn!(file_id = a.id, "could not write a hint file: {e}");
+        let (id, len) = (a.id, a.len);
+        if let Err(e) = self
+            .active
+            .hint
+            .write(self.kind, &self.dir, id, len, fault)
+            .await
+        {
+            tracing::warn!(file_id = id, "could not write a hint file: {e}");
             if fault.is_some_and(|f| f.has_crashed()) {
                 return Err(e);
             }

@@ -449,3 +449,42 @@ fn usable_from_a_plain_executor_and_sync_policies() {
         });
     }
 }
+
+#[test]
+fn a_large_active_file_spills_its_hint_and_reopens_from_it() {
+    // 40,000 records of 16-byte keys make ~2 MB of hint records: the writer spills them to the
+    // hint's temporary file as it goes instead of holding them until the file is sealed.
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let opts = Options::default().sync(SyncPolicy::Never).auto_merge(false);
+        let db = open(tmp.path(), opts.clone()).await;
+        for i in 0..40_000u32 {
+            db.put(format!("key-{i:012}"), format!("v{i}"))
+                .await
+                .expect("put");
+        }
+        let spilled = std::fs::read_dir(tmp.path())
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".hint.tmp"));
+        assert!(
+            spilled,
+            "the hint of the active file should have spilled to disk"
+        );
+        db.delete("key-000000000007").await.expect("delete");
+        db.close().await.expect("close");
+        assert_eq!(hint_files(tmp.path()).len(), 1);
+        let db = open(tmp.path(), opts).await;
+        let r = db.stats().recovery;
+        assert_eq!((r.files_from_hints, r.files_scanned), (1, 0), "{r:?}");
+        assert_eq!(db.len(), 39_999);
+        for i in (0..40_000u32).step_by(997) {
+            let want = (i != 7).then(|| format!("v{i}"));
+            let got = db
+                .get(format!("key-{i:012}").as_bytes())
+                .await
+                .expect("get");
+            assert_eq!(got.as_deref(), want.as_deref().map(str::as_bytes));
+        }
+    });
+}

@@ -71,6 +71,7 @@ fn apply(model: &mut BTreeMap<String, Vec<u8>>, s: &Step) {
 fn opts() -> Options {
     Options::default()
         .sync(SyncPolicy::Always)
+        .hint_spill_bytes(256)
         .max_file_bytes(64 * 1024)
         .preallocate_bytes(32 * 1024)
 }

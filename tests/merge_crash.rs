@@ -25,6 +25,7 @@ use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
 fn opts() -> Options {
     Options::default()
         .sync(SyncPolicy::Never)
+        .hint_spill_bytes(256)
         .max_file_bytes(8 * 1024)
         .preallocate_bytes(0)
         .auto_merge(false)

@@ -110,6 +110,7 @@ fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
     };
     let o = Options::default()
         .sync(sync)
+        .hint_spill_bytes(256)
         .auto_merge(false)
         .merge_bytes_per_sec(0)
         .max_file_bytes(8 * 1024)

@@ -42,6 +42,7 @@ pub fn run<F: std::future::Future>(f: F) -> F::Output {
 pub fn small_opts() -> Options {
     Options::default()
         .max_file_bytes(16 * 1024)
+        .hint_spill_bytes(256)
         .sync(SyncPolicy::Never)
         .preallocate_bytes(8 * 1024)
 }
