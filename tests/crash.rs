@@ -7,11 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::Rng;
 use ringcask::{Db, Options, SyncPolicy, WriteBatch};
@@ -149,7 +146,15 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
     let mut rng = Rng::new(0xC0FFEE);
     let mut total_acks = 0u64;
     for round in 0..rounds {
-        let acked = run_child_and_kill(tmp.path(), round, 20 + rng.below(300));
+        let acked = common::kill_child_after(
+            "sigkill_during_durable_writes_loses_nothing_acknowledged",
+            &[
+                ("RINGCASK_CRASH_CHILD_DIR", tmp.path().display().to_string()),
+                ("RINGCASK_CRASH_ROUND", round.to_string()),
+            ],
+            TASKS as usize,
+            20 + rng.below(300),
+        );
         total_acks += acked.iter().sum::<u64>();
         common::run(async {
             let db = Db::open(tmp.path(), opts())
@@ -193,54 +198,4 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
         total_acks > 100,
         "the children acknowledged only {total_acks} writes"
     );
-}
-
-/// Runs one child round, kills it `delay_ms` after it is ready; returns acked op counts per task.
-fn run_child_and_kill(dir: &Path, round: u64, delay_ms: u64) -> Vec<u64> {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "sigkill_during_durable_writes_loses_nothing_acknowledged",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGCASK_CRASH_CHILD_DIR", dir)
-        .env("RINGCASK_CRASH_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut acked = vec![0u64; TASKS as usize];
-        let mut ready = Some(ready_tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // The test harness prints "test <name> ... " without a newline before it.
-            if line.ends_with("READY") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
-            } else if let Some(rest) = line.strip_prefix("ACK ") {
-                let mut it = rest.split(' ');
-                let (Some(t), Some(i)) = (it.next(), it.next()) else {
-                    continue; // a line cut by the kill
-                };
-                let (Ok(t), Ok(i)) = (t.parse::<usize>(), i.parse::<u64>()) else {
-                    continue;
-                };
-                assert_eq!(acked[t], i, "acks of one task arrive in order");
-                acked[t] = i + 1;
-            }
-        }
-        acked
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("child never became ready");
-    std::thread::sleep(Duration::from_millis(delay_ms));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader thread")
 }

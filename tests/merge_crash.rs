@@ -13,9 +13,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -256,7 +255,15 @@ fn sigkill_during_merges_loses_nothing_acknowledged() {
     let mut rng = Rng::new(5);
     let mut merges_seen = 0;
     for round in 0..kills {
-        let acked = run_child(tmp.path(), round, 50 + rng.below(400));
+        let acked = common::kill_child_after(
+            "sigkill_during_merges_loses_nothing_acknowledged",
+            &[
+                ("RINGCASK_MERGE_CHILD_DIR", tmp.path().display().to_string()),
+                ("RINGCASK_MERGE_ROUND", round.to_string()),
+            ],
+            TASKS as usize,
+            50 + rng.below(400),
+        );
         run(async {
             let db = Db::open(tmp.path(), opts())
                 .await
@@ -309,51 +316,4 @@ fn sigkill_during_merges_loses_nothing_acknowledged() {
         });
     }
     eprintln!("{kills} kills, {merges_seen} interrupted merges finished at open");
-}
-
-fn run_child(dir: &Path, round: u64, delay_ms: u64) -> Vec<u64> {
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args([
-            "--exact",
-            "sigkill_during_merges_loses_nothing_acknowledged",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("RINGCASK_MERGE_CHILD_DIR", dir)
-        .env("RINGCASK_MERGE_ROUND", round.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut acked = vec![0u64; TASKS as usize];
-        let mut ready = Some(ready_tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.ends_with("READY") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
-            } else if let Some(rest) = line.strip_prefix("ACK ") {
-                let mut it = rest.split(' ');
-                let (Some(Ok(t)), Some(Ok(i))) = (
-                    it.next().map(str::parse::<usize>),
-                    it.next().map(str::parse::<u64>),
-                ) else {
-                    continue;
-                };
-                acked[t] = i + 1;
-            }
-        }
-        acked
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("child never became ready");
-    std::thread::sleep(Duration::from_millis(delay_ms));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader")
 }

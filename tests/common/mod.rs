@@ -75,3 +75,61 @@ fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Re-runs this test binary as a child running only `test` with `envs` set, waits until it
+/// prints `READY`, lets it run `delay_ms`, kills it with SIGKILL, and returns how many operations
+/// each of its `tasks` tasks acknowledged (lines `ACK <task> <op>`, in order per task).
+pub fn kill_child_after(
+    test: &str,
+    envs: &[(&str, String)],
+    tasks: usize,
+    delay_ms: u64,
+) -> Vec<u64> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut acked = vec![0u64; tasks];
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The test harness prints "test <name> ... " without a newline before it.
+            if line.ends_with("READY") {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            } else if let Some(rest) = line.strip_prefix("ACK ") {
+                let mut it = rest.split(' ');
+                let (Some(Ok(t)), Some(Ok(i))) = (
+                    it.next().map(str::parse::<usize>),
+                    it.next().map(str::parse::<u64>),
+                ) else {
+                    continue; // a line cut by the kill
+                };
+                assert_eq!(acked[t], i, "acks of one task arrive in order");
+                acked[t] = i + 1;
+            }
+        }
+        acked
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child never became ready");
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    reader.join().expect("reader thread")
+}
