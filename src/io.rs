@@ -71,14 +71,15 @@ impl FaultInjector {
         self.crashed.load(Ordering::SeqCst)
     }
 
-    /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write".
-    fn check(&self) -> io::Result<bool> {
+    /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write" (only
+    /// ever for a write: any other operation at the crash point fails).
+    fn check(&self, is_write: bool) -> io::Result<bool> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         if n < self.limit.load(Ordering::SeqCst) {
             return Ok(false);
         }
         let first = !self.crashed.swap(true, Ordering::SeqCst);
-        if first && self.tear.load(Ordering::SeqCst) {
+        if first && is_write && self.tear.load(Ordering::SeqCst) {
             return Ok(true);
         }
         Err(injected())
@@ -92,7 +93,7 @@ fn injected() -> io::Error {
 /// Counts one state-changing operation against an optional injector.
 pub(crate) fn fault_point(fault: Option<&FaultInjector>) -> io::Result<()> {
     match fault {
-        Some(f) => f.check().map(|_| ()),
+        Some(f) => f.check(false).map(|_| ()),
         None => Ok(()),
     }
 }
@@ -192,7 +193,7 @@ impl IoFile {
     ) -> (io::Result<()>, Vec<u8>) {
         let mut torn = false;
         if let Some(f) = self.fault.as_deref() {
-            match f.check() {
+            match f.check(true) {
                 Ok(t) => torn = t,
                 Err(e) => return (Err(e), buf),
             }

@@ -242,9 +242,20 @@ impl Merger {
             inputs: inputs.clone(),
             outputs: outputs.iter().map(|o| o.id).collect(),
         };
-        if let Err(e) = self.commit(&manifest).await {
-            self.discard(&outputs);
-            return Err(e.into());
+        match self.commit(&manifest).await {
+            Ok(()) => {}
+            Err(Commit::NotDone(e)) => {
+                self.discard(&outputs);
+                let _ = std::fs::remove_file(temp_path(&manifest_path(&self.dir)));
+                return Err(e.into());
+            }
+            Err(Commit::Uncertain(e)) => {
+                // The manifest may be in place: the outputs must stay for the next open.
+                let why = format!("merge commit not confirmed ({e}); reopen to finish it");
+                tracing::error!("{why}");
+                self.broken = Some(why);
+                return Err(e.into());
+            }
         }
         // Past the commit point: a failure leaves the rest to the next open.
         match self.publish(&manifest, &outputs, copied, expired).await {
@@ -480,7 +491,7 @@ impl Merger {
     }
 
     /// Step 3: write the manifest under its final name, atomically.
-    async fn commit(&self, m: &Manifest) -> std::io::Result<()> {
+    async fn commit(&self, m: &Manifest) -> Result<(), Commit> {
         let path = manifest_path(&self.dir);
         let tmp = temp_path(&path);
         hint::write_temp(
@@ -489,9 +500,12 @@ impl Merger {
             record::encode_manifest(m),
             self.opts.fault_injector.as_ref(),
         )
-        .await?;
-        io::rename(self.fault(), &tmp, &path)?;
-        io::sync_dir(self.fault(), &self.dir)
+        .await
+        .map_err(Commit::NotDone)?;
+        // A failed rename may still have happened (the call can fail after the directory
+        // changed); from here on the outputs must never be discarded.
+        io::rename(self.fault(), &tmp, &path).map_err(Commit::Uncertain)?;
+        io::sync_dir(self.fault(), &self.dir).map_err(Commit::Uncertain)
     }
 
     /// Steps 4 to 6.
@@ -657,6 +671,14 @@ async fn throttle(rate: u64, start: Instant, bytes: u64) {
     if due > elapsed + Duration::from_millis(1) {
         tokio::time::sleep(due - elapsed).await;
     }
+}
+
+/// How a commit failed.
+enum Commit {
+    /// Before the manifest's rename: nothing is committed.
+    NotDone(std::io::Error),
+    /// At or after the rename: the merge may be committed; only open can tell.
+    Uncertain(std::io::Error),
 }
 
 /// Requests to the merge thread.
