@@ -7,7 +7,7 @@
 //!    random moments and checks every acknowledged write against a model.
 //!
 //! `RINGCASK_MERGE_KILLS` sets the number of kills (default 10); `RINGCASK_MERGE_CRASH_OPS` the
-//! number of writes that build the store of the crash-at-every-IO campaign (default 400; larger
+//! number of writes that build the store of the crash-at-every-IO campaign (default 1000; larger
 //! stores mean more files, more outputs and more IO operations to crash at).
 
 mod common;
@@ -62,7 +62,7 @@ fn build_store(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
         let ops: u32 = std::env::var("RINGCASK_MERGE_CRASH_OPS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(400);
+            .unwrap_or(1000);
         for i in 0..ops {
             let k = format!("k{}", rng.below(120));
             match rng.below(8) {
