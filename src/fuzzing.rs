@@ -132,6 +132,19 @@ pub fn datafile(dir: &Path, body: &[u8]) {
     }
 }
 
+/// Makes a panic on any thread abort the process, so that libFuzzer sees panics on the
+/// engine's own threads too. Idempotent.
+pub fn abort_on_panic() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            std::process::abort();
+        }));
+    });
+}
+
 /// A valid header of datafile `id` (so that fuzzed directories get past the header check).
 pub fn datafile_header(id: u32) -> Vec<u8> {
     let mut v = Vec::new();

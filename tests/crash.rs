@@ -137,10 +137,7 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
         child(&dir, round.parse().expect("round"));
         return;
     }
-    let rounds: u64 = std::env::var("RINGCASK_CRASH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let rounds: u64 = common::env_or("RINGCASK_CRASH_ROUNDS", 12);
     let tmp = tempfile::tempdir().expect("tmp");
     let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut rng = Rng::new(0xC0FFEE);

@@ -90,10 +90,7 @@ fn damaged_directories_never_panic() {
     make_store(pristine.path());
     let mut rng = Rng::new(7);
     let (mut opened, mut refused) = (0, 0);
-    let rounds: u64 = std::env::var("RINGCASK_GARBAGE_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+    let rounds: u64 = common::env_or("RINGCASK_GARBAGE_ROUNDS", 150);
     for round in 0..rounds {
         let tmp = tempfile::tempdir().expect("tmp");
         for e in std::fs::read_dir(pristine.path()).expect("read_dir") {

@@ -59,10 +59,7 @@ fn build_store(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     run(async {
         let db = Db::open(dir, opts()).await.expect("open");
         let mut rng = Rng::new(99);
-        let ops: u32 = std::env::var("RINGCASK_MERGE_CRASH_OPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1000);
+        let ops: u32 = common::env_or("RINGCASK_MERGE_CRASH_OPS", 1000);
         for i in 0..ops {
             let k = format!("k{}", rng.below(120));
             match rng.below(8) {
@@ -246,10 +243,7 @@ fn sigkill_during_merges_loses_nothing_acknowledged() {
         child(&dir, round.parse().expect("round"));
         return;
     }
-    let kills: u64 = std::env::var("RINGCASK_MERGE_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let kills: u64 = common::env_or("RINGCASK_MERGE_KILLS", 10);
     let tmp = tempfile::tempdir().expect("tmp");
     let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut rng = Rng::new(5);

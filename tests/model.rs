@@ -259,10 +259,7 @@ fn run_seed(seed: u64, steps: usize) {
 
 #[test]
 fn random_operations_match_a_btreemap() {
-    let seeds: u64 = std::env::var("RINGCASK_MODEL_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+    let seeds: u64 = common::env_or("RINGCASK_MODEL_SEEDS", 6);
     for seed in 0..seeds {
         run_seed(seed, 1500);
     }

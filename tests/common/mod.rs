@@ -29,6 +29,14 @@ impl Rng {
     }
 }
 
+/// The numeric environment variable `name` (campaign sizes), or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Runs `f` on a fresh current-thread tokio runtime.
 pub fn run<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
