@@ -18,7 +18,7 @@ use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
 use crate::stats::{FileStats, Shared, Stats};
-use crate::writer::{Op, Request, WriteMsg, Writer};
+use crate::writer::{Appender, Op, Request, WriteMsg, Writer, INLINE_MAX};
 use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
@@ -46,6 +46,8 @@ struct Inner {
     files: Arc<FileTable>,
     kind: Kind,
     fallback_reason: Option<String>,
+    /// The append path, shared with the writer thread.
+    appender: Arc<Appender>,
     write_tx: mpsc::Sender<WriteMsg>,
     merge_tx: mpsc::Sender<MergeMsg>,
     readers: Vec<mpsc::Sender<ReaderMsg>>,
@@ -74,6 +76,7 @@ struct Ready {
     kind: Kind,
     fallback_reason: Option<String>,
     keydir: Arc<KeyDir>,
+    appender: Arc<Appender>,
     lock: Arc<DirLock>,
 }
 
@@ -127,6 +130,7 @@ fn writer_main(
                     kind,
                     fallback_reason: reason,
                     keydir,
+                    appender: w.appender(),
                     lock,
                 }));
                 w.write_recovery_hints(rec.hints_to_write).await;
@@ -166,6 +170,7 @@ impl Db {
             kind,
             fallback_reason,
             keydir,
+            appender,
             lock,
         } = match ready {
             Ok(Ok(x)) => x,
@@ -221,6 +226,7 @@ impl Db {
                 files,
                 kind,
                 fallback_reason,
+                appender,
                 write_tx,
                 merge_tx,
                 readers,
@@ -394,7 +400,10 @@ impl Db {
         let (reply, rx) = oneshot::channel();
         inner
             .write_tx
-            .send(WriteMsg::Sync { reply })
+            .send(WriteMsg::Sync {
+                upto: u64::MAX,
+                reply,
+            })
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -444,7 +453,7 @@ impl Db {
             gets: load(&s.gets),
             reads_inline: load(&s.reads_inline),
             reads_io_thread: load(&s.reads_io_thread),
-            group_commits: load(&s.group_commits),
+            appends: load(&s.appends),
             syncs: load(&s.syncs),
             bytes_written: load(&s.bytes_written),
             merges: load(&s.merges),
@@ -503,7 +512,22 @@ impl Inner {
         }
     }
 
+    /// Appends `ops` on this thread when it can (see [`crate::writer`]), else through the
+    /// writer thread; under [`crate::SyncPolicy::Always`] waits for a sync covering them.
     async fn submit(&self, ops: Request) -> Result<()> {
+        if self.opts.inline_writes && ops.encoded_len() <= INLINE_MAX {
+            if let Some(seq) = self.appender.try_append(&ops)? {
+                if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
+                    return Ok(());
+                }
+                let (reply, rx) = oneshot::channel();
+                self.write_tx
+                    .send(WriteMsg::Sync { upto: seq, reply })
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                return rx.await.map_err(|_| Error::Closed)?;
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.write_tx
             .send(WriteMsg::Write { ops, reply })

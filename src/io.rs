@@ -3,7 +3,9 @@
 //! default) and plain `pread`/`pwrite` (chosen automatically when io_uring cannot be set up) —
 //! and an optional [`FaultInjector`] that tests use to fail, tear or "crash" IO.
 //!
-//! All functions here run on the engine's own io threads, inside their single-threaded runtime.
+//! The async methods of [`IoFile`] run on the engine's own io threads, inside their
+//! single-threaded runtime; [`pwrite_all`] and [`fallocate`] are plain system calls that the
+//! append path also makes on callers' threads.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -236,23 +238,54 @@ impl IoFile {
         }
     }
 
-    /// Allocates `[offset, offset + len)` and extends the file size over it (mode 0).
-    pub(crate) fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        fault_point(self.fault.as_deref())?;
-        rustix::fs::fallocate(
-            self.meta()?,
-            rustix::fs::FallocateFlags::empty(),
-            offset,
-            len,
-        )
-        .map_err(io::Error::from)
-    }
-
     /// Sets the file length (used to trim preallocated space when a file is sealed).
     pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
-        fault_point(self.fault.as_deref())?;
-        self.meta()?.set_len(len)
+        set_len(self.fault.as_deref(), self.meta()?, len)
     }
+
+    /// A plain descriptor of this writable file, for appends made outside the io thread.
+    pub(crate) fn clone_std(&self) -> io::Result<std::fs::File> {
+        self.meta()?.try_clone()
+    }
+}
+
+/// A positioned write of all of `buf` at `offset` (`pwrite`), through the fault seam: with
+/// [`FaultInjector::tear_writes`] the write at the crash point writes its leading half and fails.
+pub(crate) fn pwrite_all(
+    fault: Option<&FaultInjector>,
+    f: &std::fs::File,
+    buf: &[u8],
+    offset: u64,
+) -> io::Result<()> {
+    if let Some(fi) = fault {
+        if fi.check(true)? {
+            f.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(injected());
+        }
+    }
+    f.write_all_at(buf, offset)
+}
+
+/// Allocates `[offset, offset + len)` of `f` and extends its size over it (`fallocate` mode 0).
+pub(crate) fn fallocate(
+    fault: Option<&FaultInjector>,
+    f: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    fault_point(fault)?;
+    rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), offset, len)
+        .map_err(io::Error::from)
+}
+
+/// Sets the length of `f` (used to trim preallocated space when a file is sealed).
+pub(crate) fn set_len(
+    fault: Option<&FaultInjector>,
+    f: &std::fs::File,
+    len: u64,
+) -> io::Result<()> {
+    fault_point(fault)?;
+    f.set_len(len)
 }
 
 /// `rename(from, to)` through the fault seam.

@@ -476,7 +476,10 @@ impl Merger {
     async fn sync_writer(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(WriteMsg::Sync { reply })
+            .send(WriteMsg::Sync {
+                upto: u64::MAX,
+                reply,
+            })
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?

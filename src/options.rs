@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::io::{FaultInjector, IoBackend};
-use crate::record::{FILE_HEADER_LEN, KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
+use crate::record::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
 use crate::{Error, Result};
 
 /// When appended data is forced to stable storage.
@@ -38,7 +38,6 @@ pub struct Options {
     pub(crate) skip_damaged_records: bool,
     pub(crate) preallocate_bytes: u64,
     pub(crate) write_queue_depth: usize,
-    pub(crate) max_group_bytes: usize,
     pub(crate) fault_injector: Option<Arc<FaultInjector>>,
     pub(crate) auto_merge: bool,
     pub(crate) merge_trigger_ratio: f64,
@@ -47,6 +46,7 @@ pub struct Options {
     pub(crate) merge_check_interval_ms: u64,
     pub(crate) merge_bytes_per_sec: u64,
     pub(crate) inline_reads: bool,
+    pub(crate) inline_writes: bool,
     pub(crate) hint_spill_bytes: usize,
 }
 
@@ -54,9 +54,10 @@ impl Default for Options {
     /// `sync(SyncPolicy::Always)`, `max_file_bytes(256 MiB)`, `max_key_bytes(64 KiB)`,
     /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `io_backend(IoBackend::Auto)`,
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
-    /// `max_group_bytes(4 MiB)`, `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
+    /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `hint_spill_bytes(1 MiB)`.
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `inline_writes(true)`,
+    /// `hint_spill_bytes(1 MiB)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -68,7 +69,6 @@ impl Default for Options {
             skip_damaged_records: false,
             preallocate_bytes: 64 << 20,
             write_queue_depth: 4096,
-            max_group_bytes: 4 << 20,
             fault_injector: None,
             auto_merge: true,
             merge_trigger_ratio: 0.5,
@@ -77,6 +77,7 @@ impl Default for Options {
             merge_check_interval_ms: 10_000,
             merge_bytes_per_sec: 64 << 20,
             inline_reads: true,
+            inline_writes: true,
             hint_spill_bytes: 1 << 20,
         }
     }
@@ -142,12 +143,6 @@ impl Options {
         self
     }
 
-    /// Most bytes one group commit gathers before it is written (default 4 MiB).
-    pub fn max_group_bytes(mut self, bytes: usize) -> Self {
-        self.max_group_bytes = bytes;
-        self
-    }
-
     /// Routes the engine's IO through a fault injector (for crash-safety tests).
     pub fn fault_injector(mut self, injector: Arc<FaultInjector>) -> Self {
         self.fault_injector = Some(injector);
@@ -202,6 +197,17 @@ impl Options {
         self
     }
 
+    /// Whether a write is appended (`pwrite` under the append lock) on the caller's thread
+    /// (default `true`), rather than handed to the writer thread. Inline appends cost about a
+    /// microsecond, a hop to the writer thread tens of microseconds. Writes that encode to more
+    /// than 1 MiB, or that find the active file full, always go to the writer thread; so do all
+    /// when this is `false`. Syncs (`SyncPolicy::Always` groups, intervals) run on the writer
+    /// thread either way.
+    pub fn inline_writes(mut self, on: bool) -> Self {
+        self.inline_writes = on;
+        self
+    }
+
     /// Memory bound of the active datafile's hint records: past it they are appended to the
     /// hint file's temporary name, so a large active file of small records does not hold ~53
     /// bytes per record in memory until it is sealed (default 1 MiB, at least 1).
@@ -236,12 +242,6 @@ impl Options {
         }
         if self.write_queue_depth == 0 {
             return bad("write_queue_depth must be at least 1".into());
-        }
-        if self.max_group_bytes < FILE_HEADER_LEN {
-            return bad(format!(
-                "max_group_bytes {} too small",
-                self.max_group_bytes
-            ));
         }
         for (name, r) in [
             ("merge_trigger_ratio", self.merge_trigger_ratio),
@@ -281,7 +281,6 @@ mod tests {
         assert!(!o.skip_damaged_records);
         assert_eq!(o.preallocate_bytes, 64 << 20);
         assert_eq!(o.write_queue_depth, 4096);
-        assert_eq!(o.max_group_bytes, 4 << 20);
         assert!(o.auto_merge);
         assert_eq!(o.merge_trigger_ratio, 0.5);
         assert_eq!(o.merge_trigger_bytes, 1 << 30);

@@ -131,8 +131,8 @@ pub struct Stats {
     pub reads_inline: u64,
     /// Value reads served by an io thread.
     pub reads_io_thread: u64,
-    /// Group commits (appends) issued by the writer.
-    pub group_commits: u64,
+    /// Appends to the active datafile (one `pwrite` each: a single write, a batch).
+    pub appends: u64,
     /// `fdatasync` calls on the active datafile.
     pub syncs: u64,
     /// Bytes appended to datafiles since open.
@@ -154,7 +154,7 @@ pub(crate) struct Shared {
     pub gets: AtomicU64,
     pub reads_inline: AtomicU64,
     pub reads_io_thread: AtomicU64,
-    pub group_commits: AtomicU64,
+    pub appends: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
     pub merges: AtomicU64,

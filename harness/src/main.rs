@@ -29,6 +29,10 @@ struct Args {
     child: Option<(String, PathBuf)>,
 }
 
+const USAGE: &str = "usage: ringcask-bench [--engines all|ringcask,raw,redb,fjall,sled,rocksdb] \
+[--n KEYS (default 1000000)] [--values 100,4096] [--ops OPS_PER_READ_WORKLOAD] [--out DIR]
+peers are compiled in with cargo features: --features peers (redb, fjall, sled), rocksdb";
+
 fn parse_args() -> Args {
     let mut a = Args {
         engines: engines::available().iter().map(|s| s.to_string()).collect(),
@@ -63,7 +67,14 @@ fn parse_args() -> Args {
                 a.child = Some((engine, dir));
             }
             "--bench" => {} // passed by `cargo bench`
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("unknown argument {other}\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     a
