@@ -184,7 +184,23 @@ impl Appender {
             return Err(Error::BatchTooLarge { len, max: room });
         }
         let mut guard = self.lock();
-        let st = &mut *guard;
+        self.append_locked(&mut guard, req)
+    }
+
+    /// Makes `active` the file appends go to and, in the same critical section, appends `req`
+    /// (the request that found the previous file full), so that no other append can fill the
+    /// fresh file first.
+    fn install(&self, active: ActiveFile, req: Option<&Request>) -> Result<Option<u64>> {
+        let mut guard = self.lock();
+        guard.active = Some(active);
+        match req {
+            Some(req) => self.append_locked(&mut guard, req),
+            None => Ok(None),
+        }
+    }
+
+    fn append_locked(&self, st: &mut AppendState, req: &Request) -> Result<Option<u64>> {
+        let len = req.encoded_len() as u64;
         if let Some(p) = &st.poisoned {
             return Err(Error::Poisoned(p.clone()));
         }
@@ -399,7 +415,7 @@ impl Writer {
             last_sync: Instant::now(),
             lock: Some(lock),
         };
-        w.install(active);
+        w.install(active, None)?;
         Ok(w)
     }
 
@@ -454,13 +470,14 @@ impl Writer {
         Ok((file, active))
     }
 
-    /// Makes `active` the file appends go to.
-    fn install(&mut self, active: ActiveFile) {
+    /// Makes `active` the file appends go to, appending `req` first thing (see
+    /// [`Appender::install`]).
+    fn install(&mut self, active: ActiveFile, req: Option<&Request>) -> Result<Option<u64>> {
         let id = active.id;
         self.shared.active_file_id.store(id, Ordering::Relaxed);
         self.shared
             .with_usage(|u| Shared::usage_entry(u, id).total_bytes = active.len);
-        self.appender.lock().active = Some(active);
+        self.appender.install(active, req)
     }
 
     /// Writes the hints of datafiles that recovery had to scan.
@@ -582,22 +599,33 @@ impl Writer {
 
     /// Appends a request that came over the channel, rotating first if the file is full.
     async fn append(&mut self, req: &Request) -> Result<()> {
-        for _ in 0..2 {
-            if self.appender.try_append(req)?.is_some() {
-                return Ok(());
-            }
-            if let Err(e) = self.rotate().await {
+        if self.appender.try_append(req)?.is_some() {
+            return Ok(());
+        }
+        let res = async {
+            let (io, active) = self.rotate().await?;
+            self.io = io;
+            Ok::<_, std::io::Error>(active)
+        }
+        .await;
+        let active = match res {
+            Ok(a) => a,
+            Err(e) => {
                 self.appender.poison(&e);
                 return Err(Error::Io(e));
             }
+        };
+        match self.install(active, Some(req))? {
+            Some(_) => Ok(()),
+            None => Err(Error::Io(std::io::Error::other(
+                "a write did not fit in a fresh datafile",
+            ))),
         }
-        Err(Error::Io(std::io::Error::other(
-            "no room in a fresh datafile for the write",
-        )))
     }
 
-    /// Seals the active file (sync, trim, hint) and starts the next one.
-    async fn rotate(&mut self) -> std::io::Result<()> {
+    /// Seals the active file (sync, trim, hint) and creates the next one, which the caller
+    /// installs.
+    async fn rotate(&mut self) -> std::io::Result<(IoFile, ActiveFile)> {
         let Some(old) = self.appender.lock().active.take() else {
             return Err(std::io::Error::other("no active datafile to rotate"));
         };
@@ -611,13 +639,11 @@ impl Writer {
             }
         });
         let id = self.shared.allocate_file_id()?;
-        let (io, active) = Self::create_active(&self.dir, self.kind, &self.opts, id)
+        let created = Self::create_active(&self.dir, self.kind, &self.opts, id)
             .await
             .map_err(to_io)?;
-        self.io = io;
-        self.install(active);
         tracing::debug!(file_id = id, "rotated to a new datafile");
-        Ok(())
+        Ok(created)
     }
 
     /// Syncs and trims a file taken from the append path and writes its hint file. A failed hint
