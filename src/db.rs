@@ -406,7 +406,8 @@ impl Db {
             })
             .await
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let reply = rx.await.map_err(|_| Error::Closed)?;
+        reply.result.clone().into_result()
     }
 
     /// Merges every sealed datafile now: live records are rewritten into new files (with hint
@@ -525,7 +526,9 @@ impl Inner {
                     .send(WriteMsg::Sync { upto: seq, reply })
                     .await
                     .map_err(|_| Error::Closed)?;
-                return rx.await.map_err(|_| Error::Closed)?;
+                let reply = rx.await.map_err(|_| Error::Closed)?;
+                // Dropping the reply wakes the waiters it carries.
+                return reply.result.clone().into_result();
             }
         }
         let (reply, rx) = oneshot::channel();

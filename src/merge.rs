@@ -482,7 +482,8 @@ impl Merger {
             })
             .await
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let reply = rx.await.map_err(|_| Error::Closed)?;
+        reply.result.clone().into_result()
     }
 
     /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).
