@@ -109,6 +109,7 @@ fn writer_main(
         }
     };
     shared.with_usage(|u| *u = rec.usage);
+    shared.has_ttl.store(rec.has_ttl, Ordering::Relaxed);
     shared
         .next_file_id
         .store(rec.next_file_id, Ordering::SeqCst);
@@ -212,11 +213,6 @@ impl Db {
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);
-        keydir.for_each(|_, e| {
-            if e.expiry_ms != 0 {
-                shared.has_ttl.store(true, Ordering::Relaxed);
-            }
-        });
         Ok(Db {
             inner: Arc::new(Inner {
                 dir,

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crate::datafile::{self, data_path, hint_path, DirEntry, ScanEnd, ScanError, ScanMode};
 use crate::hint::{self, HintBuilder};
-use crate::keydir::{Entry, KeyDir};
+use crate::keydir::{Entry, Installed, KeyDir};
 use crate::merge;
 use crate::record::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
 use crate::stats::{FileStats, RecoveryReport};
@@ -40,6 +40,8 @@ pub(crate) struct Recovered {
     pub usage: BTreeMap<u32, FileStats>,
     /// The report shown in `Stats::recovery`.
     pub report: RecoveryReport,
+    /// Some live key has an expiry.
+    pub has_ttl: bool,
 }
 
 /// Outcome of loading one datafile.
@@ -54,6 +56,7 @@ struct Loaded {
     skipped_bytes: u64,
     min_seq: u64,
     hint: Option<Vec<u8>>,
+    tally: Tally,
 }
 
 fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
@@ -64,8 +67,29 @@ fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
     }
 }
 
+/// What the records one file load applied did to the keydir: live bytes gained or lost per
+/// file, so that recovery needs no pass over the whole keydir afterwards.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Live bytes added to the file being loaded.
+    own: i64,
+    /// Live bytes taken from other files, by entries this load replaced.
+    others: BTreeMap<u32, i64>,
+    /// Recovery markers installed: the keydir needs a sweep.
+    markers: u64,
+    /// A live entry with an expiry was installed.
+    ttl: bool,
+}
+
 /// Installs one record (from a hint or a scan) of datafile `file_id` into the keydir.
-fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, max_seq: &AtomicU64) {
+fn apply(
+    keydir: &KeyDir,
+    file_id: u32,
+    h: &HintRecord<'_>,
+    now: u64,
+    max_seq: &AtomicU64,
+    tally: &mut Tally,
+) {
     max_seq.fetch_max(h.seq, Ordering::Relaxed);
     // (The caller tracks the file's smallest seq.)
     let entry = if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
@@ -81,7 +105,24 @@ fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, max_seq: &
             len: h.record_len,
         }
     };
-    keydir.install_new(h.key, entry);
+    let old = match keydir.install_new(h.key, entry) {
+        Installed::Stale => return,
+        Installed::New => None,
+        Installed::Replaced(old) => Some(old),
+    };
+    if entry.is_marker() {
+        tally.markers += 1;
+    } else {
+        tally.own += i64::from(entry.len);
+        tally.ttl |= entry.expiry_ms != 0;
+    }
+    if let Some(old) = old.filter(|o| !o.is_marker()) {
+        if old.file_id == file_id {
+            tally.own -= i64::from(old.len);
+        } else {
+            *tally.others.entry(old.file_id).or_default() -= i64::from(old.len);
+        }
+    }
 }
 
 /// What every file load shares.
@@ -143,9 +184,10 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     if has_hint {
         let hp = hint_path(dir, id);
         let mut min_seq = u64::MAX;
+        let tally = &mut out.tally;
         let loaded = hint::load(&hp, id, file_len, |h| {
             min_seq = min_seq.min(h.seq);
-            apply(keydir, id, h, now, max_seq)
+            apply(keydir, id, h, now, max_seq, tally)
         });
         match loaded {
             Ok(n) => {
@@ -167,9 +209,10 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     };
     let mut hb = HintBuilder::default();
     let mut min_seq = u64::MAX;
+    let tally = &mut out.tally;
     let scanned = datafile::scan(&path, id, mode, |h| {
         min_seq = min_seq.min(h.seq);
-        apply(keydir, id, h, now, max_seq);
+        apply(keydir, id, h, now, max_seq, tally);
         hb.push(h);
     });
     let outcome = match scanned {
@@ -330,7 +373,22 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         loaded.push(r?);
     }
     loaded.sort_by_key(|l| l.id);
-    keydir.sweep(cx.now);
+    // Live bytes per file, from what each load installed and replaced; everything else past
+    // the header is dead.
+    let mut live: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut markers = 0;
+    let mut has_ttl = false;
+    for l in &loaded {
+        *live.entry(l.id).or_default() += l.tally.own;
+        for (id, d) in &l.tally.others {
+            *live.entry(*id).or_default() += d;
+        }
+        markers += l.tally.markers;
+        has_ttl |= l.tally.ttl;
+    }
+    if markers > 0 {
+        keydir.sweep(cx.now);
+    }
 
     let mut usage: BTreeMap<u32, FileStats> = BTreeMap::new();
     let mut hints_to_write = Vec::new();
@@ -356,11 +414,8 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         f.sealed = true;
         usage.insert(l.id, f);
     }
-    // Live bytes per file from the keydir; everything else past the header is dead.
-    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-    keydir.for_each(|_, e| *live.entry(e.file_id).or_default() += u64::from(e.len));
     for (id, u) in usage.iter_mut() {
-        let l = live.get(id).copied().unwrap_or(0);
+        let l = live.get(id).copied().unwrap_or(0).max(0) as u64;
         u.dead_bytes = u.total_bytes.saturating_sub(FILE_HEADER_LEN as u64 + l);
     }
     let max_id = ids.last().copied().unwrap_or(0);
@@ -386,5 +441,6 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         hints_to_write,
         usage,
         report,
+        has_ttl,
     })
 }

@@ -39,13 +39,12 @@ impl KeyDir {
     }
 
     /// [`KeyDir::install`] for recovery, where most keys are new: one hash and one lookup.
-    pub(crate) fn install_new(&self, key: &[u8], entry: Entry) {
+    pub(crate) fn install_new(&self, key: &[u8], entry: Entry) -> Installed {
         match self.map.entry(KeyBuf::from_slice(key)) {
-            MapEntry::Occupied(mut o) => {
-                Self::swap_if_newer(o.get_mut(), entry);
-            }
+            MapEntry::Occupied(mut o) => Self::swap_if_newer(o.get_mut(), entry),
             MapEntry::Vacant(v) => {
                 v.insert(entry);
+                Installed::New
             }
         }
     }
