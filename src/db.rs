@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{self, WriteBatch};
+use crate::cache::ValueCache;
 use crate::filetable::FileTable;
 use crate::io::{Kind, Runtime};
 use crate::keydir::{Entry, KeyDir};
@@ -48,6 +49,8 @@ struct Inner {
     fallback_reason: Option<String>,
     /// The append path, shared with the writer thread.
     appender: Arc<Appender>,
+    /// Recently read values, if `Options::value_cache_bytes` asks for them.
+    cache: Option<ValueCache>,
     write_tx: mpsc::Sender<WriteMsg>,
     merge_tx: mpsc::Sender<MergeMsg>,
     readers: Vec<mpsc::Sender<ReaderMsg>>,
@@ -213,6 +216,7 @@ impl Db {
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);
+        let cache = ValueCache::new(opts.value_cache_bytes);
         Ok(Db {
             inner: Arc::new(Inner {
                 dir,
@@ -223,6 +227,7 @@ impl Db {
                 kind,
                 fallback_reason,
                 appender,
+                cache,
                 write_tx,
                 merge_tx,
                 readers,
@@ -251,7 +256,7 @@ impl Db {
         let Some(e) = inner.keydir.get(key) else {
             return Ok(None);
         };
-        if e.is_expired(now_ms()) {
+        if e.expiry_ms != 0 && e.is_expired(now_ms()) {
             inner.reclaim_expired(key, e);
             return Ok(None);
         }
@@ -282,7 +287,7 @@ impl Db {
         self.inner
             .keydir
             .get(key)
-            .is_some_and(|e| !e.is_expired(now_ms()))
+            .is_some_and(|e| e.expiry_ms == 0 || !e.is_expired(now_ms()))
     }
 
     /// Number of live keys.
@@ -450,6 +455,8 @@ impl Db {
             gets: load(&s.gets),
             reads_inline: load(&s.reads_inline),
             reads_io_thread: load(&s.reads_io_thread),
+            reads_cached: load(&s.reads_cached),
+            value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
             appends: load(&s.appends),
             syncs: load(&s.syncs),
             bytes_written: load(&s.bytes_written),
@@ -535,8 +542,23 @@ impl Inner {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Reads and verifies the record `e` points at; returns its value.
+    /// The value of the record `e` points at: from the value cache, or read, verified and
+    /// then cached.
     async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
+        let Some(cache) = &self.cache else {
+            return self.read_record(key, e).await;
+        };
+        if let Some(v) = cache.get(&e) {
+            Shared::add(&self.shared.reads_cached, 1);
+            return Ok(v);
+        }
+        let v = self.read_record(key, e).await?;
+        cache.insert(&e, &v);
+        Ok(v)
+    }
+
+    /// Reads and verifies the record `e` points at; returns its value.
+    async fn read_record(&self, key: &[u8], e: Entry) -> Result<Bytes> {
         let offset = u64::from(e.offset);
         if self.opts.inline_reads {
             if let Some(buf) = self.files.read_nowait(e.file_id, offset, e.len as usize)? {

@@ -26,6 +26,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod batch;
+mod cache;
 mod datafile;
 mod db;
 mod error;

@@ -47,6 +47,7 @@ pub struct Options {
     pub(crate) merge_bytes_per_sec: u64,
     pub(crate) inline_reads: bool,
     pub(crate) inline_writes: bool,
+    pub(crate) value_cache_bytes: u64,
     pub(crate) hint_spill_bytes: usize,
 }
 
@@ -56,7 +57,7 @@ impl Default for Options {
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `inline_writes(true)`,
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `inline_writes(true)`, `value_cache_bytes(0)`,
     /// `hint_spill_bytes(1 MiB)`.
     fn default() -> Self {
         Options {
@@ -78,6 +79,7 @@ impl Default for Options {
             merge_bytes_per_sec: 64 << 20,
             inline_reads: true,
             inline_writes: true,
+            value_cache_bytes: 0,
             hint_spill_bytes: 1 << 20,
         }
     }
@@ -205,6 +207,16 @@ impl Options {
     /// thread either way.
     pub fn inline_writes(mut self, on: bool) -> Self {
         self.inline_writes = on;
+        self
+    }
+
+    /// Size of an in-process cache of recently read values, in bytes (default 0: none, values
+    /// are left to the OS page cache as in a classic Bitcask). A hit returns the value without
+    /// a system call; each cached value is charged its length plus 64 bytes. The cache needs
+    /// no invalidation (records never change in place) and uses an S3-FIFO policy, so a scan
+    /// over cold keys does not evict the hot ones.
+    pub fn value_cache_bytes(mut self, bytes: u64) -> Self {
+        self.value_cache_bytes = bytes;
         self
     }
 

@@ -131,6 +131,10 @@ pub struct Stats {
     pub reads_inline: u64,
     /// Value reads served by an io thread.
     pub reads_io_thread: u64,
+    /// Values served from the value cache (see `Options::value_cache_bytes`).
+    pub reads_cached: u64,
+    /// Bytes the value cache holds (values plus a fixed overhead each).
+    pub value_cache_bytes: u64,
     /// Appends to the active datafile (one `pwrite` each: a single write, a batch).
     pub appends: u64,
     /// `fdatasync` calls on the active datafile.
@@ -154,6 +158,7 @@ pub(crate) struct Shared {
     pub gets: AtomicU64,
     pub reads_inline: AtomicU64,
     pub reads_io_thread: AtomicU64,
+    pub reads_cached: AtomicU64,
     pub appends: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,

@@ -239,9 +239,11 @@ fn concurrent_writes_and_reads_during_merges_match_a_model() {
         .build()
         .expect("rt");
     rt.block_on(async {
-        let db = Db::open(tmp.path(), opts().merge_bytes_per_sec(4 << 20))
-            .await
-            .expect("open");
+        // A small value cache, so that stale cached values would show as wrong reads.
+        let o = opts()
+            .merge_bytes_per_sec(4 << 20)
+            .value_cache_bytes(32 * 1024);
+        let db = Db::open(tmp.path(), o).await.expect("open");
         let mut tasks = Vec::new();
         for t in 0..4u64 {
             let db = db.clone();

@@ -114,7 +114,10 @@ fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
         .auto_merge(false)
         .merge_bytes_per_sec(0)
         .max_file_bytes(8 * 1024)
-        .preallocate_bytes(if seed.is_multiple_of(2) { 4096 } else { 0 });
+        .preallocate_bytes(if seed.is_multiple_of(2) { 4096 } else { 0 })
+        // Some seeds read through a small value cache, one writes through the writer thread.
+        .value_cache_bytes(if seed % 4 >= 2 { 16 * 1024 } else { 0 })
+        .inline_writes(seed % 6 != 5);
     match fault {
         Some(f) => o.fault_injector(f),
         None => o,

@@ -295,3 +295,55 @@ fn space_accounting_while_writing_matches_open() {
         db.close().await.expect("close");
     });
 }
+
+/// With a value cache, repeated gets are served from memory, and overwrites, deletes, expiry
+/// and merges never return a stale cached value.
+#[test]
+fn value_cache_serves_repeats_and_never_stale_values() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let opts = small_opts()
+            .max_file_bytes(4096)
+            .value_cache_bytes(1 << 20)
+            .auto_merge(false);
+        let db = Db::open(tmp.path(), opts).await.expect("open");
+        for i in 0..200u32 {
+            db.put(format!("k{i}"), format!("v{i}")).await.expect("put");
+        }
+        for _ in 0..3 {
+            for i in 0..200u32 {
+                let v = db.get(format!("k{i}").as_bytes()).await.expect("get");
+                assert_eq!(v.as_deref(), Some(format!("v{i}").as_bytes()));
+            }
+        }
+        let st = db.stats();
+        assert!(st.reads_cached >= 400, "repeats not cached: {st:?}");
+        assert!(st.value_cache_bytes > 0);
+        // Overwrite half, delete a quarter, expire some, merge, and read everything again.
+        for i in (0..200u32).step_by(2) {
+            db.put(format!("k{i}"), format!("w{i}")).await.expect("put");
+        }
+        for i in (1..200u32).step_by(4) {
+            db.delete(format!("k{i}")).await.expect("delete");
+        }
+        db.put_with_ttl("k3", "short", Duration::from_millis(1))
+            .await
+            .expect("ttl put");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        db.merge().await.expect("merge");
+        for i in 0..200u32 {
+            let want = if i % 2 == 0 {
+                Some(format!("w{i}"))
+            } else if i % 4 == 1 || i == 3 {
+                None
+            } else {
+                Some(format!("v{i}"))
+            };
+            for _ in 0..2 {
+                let got = db.get(format!("k{i}").as_bytes()).await.expect("get");
+                assert_eq!(got.as_deref(), want.as_deref().map(str::as_bytes), "k{i}");
+            }
+        }
+        db.close().await.expect("close");
+    });
+}

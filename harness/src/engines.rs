@@ -4,7 +4,11 @@
 //! - **ringcask**: one `Db::put` / `Db::get` future driven by `futures::executor::block_on` from
 //!   the calling thread. Durable mode: `SyncPolicy::Always` (ack after a grouped `fdatasync`);
 //!   fast mode: `SyncPolicy::Never` (ack after the append reached the OS). Batch: one
-//!   `WriteBatch`.
+//!   `WriteBatch`. Defaults otherwise (no value cache: values are read with `preadv2` from the
+//!   page cache), `read_threads(2)`.
+//! - **ringcask-cache**: the same with `Options::value_cache_bytes(64 MiB)`, an in-process
+//!   cache of recently read values (peers cache too: redb and sled by default, fjall a block
+//!   cache).
 //! - **raw**: the zero-overhead Bitcask floor: one `pwrite` at the end of a file preallocated
 //!   ahead (durable: plus one `fdatasync`), index in a `Mutex<HashMap>`; a get is one lookup
 //!   plus one `pread`. No CRC, no header, no recovery.
@@ -39,7 +43,7 @@ pub trait Engine: Send + Sync {
 
 /// Engines compiled into this build.
 pub fn available() -> Vec<&'static str> {
-    let mut v = vec!["ringcask", "raw"];
+    let mut v = vec!["ringcask", "ringcask-cache", "raw"];
     if cfg!(feature = "redb") {
         v.push("redb");
     }
@@ -59,7 +63,8 @@ pub fn available() -> Vec<&'static str> {
 pub fn open(name: &str, dir: &Path, durable: bool) -> Box<dyn Engine> {
     std::fs::create_dir_all(dir).expect("engine dir");
     match name {
-        "ringcask" => Box::new(Ringcask::open(dir, durable)),
+        "ringcask" => Box::new(Ringcask::open(dir, durable, 0)),
+        "ringcask-cache" => Box::new(Ringcask::open(dir, durable, 64 << 20)),
         "raw" => Box::new(Raw::open(dir, durable)),
         #[cfg(feature = "redb")]
         "redb" => Box::new(peers::Redb::open(dir, durable)),
@@ -80,13 +85,16 @@ struct Ringcask {
 }
 
 impl Ringcask {
-    fn open(dir: &Path, durable: bool) -> Self {
+    fn open(dir: &Path, durable: bool, value_cache_bytes: u64) -> Self {
         let sync = if durable {
             ringcask::SyncPolicy::Always
         } else {
             ringcask::SyncPolicy::Never
         };
-        let opts = ringcask::Options::default().sync(sync).read_threads(2);
+        let opts = ringcask::Options::default()
+            .sync(sync)
+            .read_threads(2)
+            .value_cache_bytes(value_cache_bytes);
         let db = futures::executor::block_on(ringcask::Db::open(dir, opts)).expect("open");
         Ringcask { db }
     }

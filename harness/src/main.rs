@@ -149,8 +149,9 @@ fn main() {
     }
     let doc = format!(
         "# ringcask compare harness\n\n{machine}\n\nEach engine ran in its own process; \
-         ratios compare engines within this one run. `vs best peer` is ringcask divided by the \
-         best of the other engines (`raw` excluded); for seconds, bytes and RSS lower is better \
+         ratios compare engines within this one run. `vs best peer` is ringcask (or \
+         ringcask-cache: the same with a 64 MiB value cache) divided by the best of the other \
+         engines (`raw` excluded); for seconds, bytes and RSS lower is better \
          and the ratio is best peer / ringcask (above 1 means ringcask is better).\n\n{tables}"
     );
     let md = args.out.join("compare.md");
@@ -197,11 +198,19 @@ fn markdown(
     for e in engines {
         s.push_str(&format!(" {e} |"));
     }
-    s.push_str(" vs best peer |\n|---|---|");
-    for _ in engines {
+    // One ratio column per ringcask configuration in the run.
+    let ours: Vec<&String> = engines
+        .iter()
+        .filter(|e| e.starts_with("ringcask"))
+        .collect();
+    for o in &ours {
+        s.push_str(&format!(" {o} vs best peer |"));
+    }
+    s.push_str("\n|---|---|");
+    for _ in engines.iter().chain(ours.iter().copied()) {
         s.push_str("---:|");
     }
-    s.push_str("---:|\n");
+    s.push('\n');
     for w in order {
         let Some(row) = results.get(w) else { continue };
         let unit = row
@@ -225,7 +234,7 @@ fn markdown(
         let higher_better = unit == "ops/s";
         let best_peer = row
             .iter()
-            .filter(|(e, _)| *e != "ringcask" && *e != "raw")
+            .filter(|(e, _)| !e.starts_with("ringcask") && *e != "raw")
             .map(|(_, o)| o.value)
             .fold(None, |acc: Option<f64>, v| {
                 Some(match acc {
@@ -234,17 +243,20 @@ fn markdown(
                     Some(a) => a.min(v),
                 })
             });
-        let ratio = match (row.get("ringcask"), best_peer) {
-            (Some(r), Some(b)) if r.value > 0.0 && b > 0.0 => {
-                if higher_better {
-                    format!("{:.2}x", r.value / b)
-                } else {
-                    format!("{:.2}x", b / r.value)
+        for o in &ours {
+            let ratio = match (row.get(o.as_str()), best_peer) {
+                (Some(r), Some(b)) if r.value > 0.0 && b > 0.0 => {
+                    if higher_better {
+                        format!("{:.2}x", r.value / b)
+                    } else {
+                        format!("{:.2}x", b / r.value)
+                    }
                 }
-            }
-            _ => "–".into(),
-        };
-        s.push_str(&format!(" {ratio} |\n"));
+                _ => "–".into(),
+            };
+            s.push_str(&format!(" {ratio} |"));
+        }
+        s.push('\n');
     }
     s.push('\n');
     s
