@@ -527,7 +527,19 @@ impl Merger {
         }
         io::sync_dir(self.fault(), &self.dir)?;
 
-        // Step 5: account the outputs, repoint the keydir, retire the inputs.
+        // Step 5: account the outputs, repoint the keydir, retire the inputs. The outputs are
+        // accounted before any key points at them, so that a write replacing a repointed key
+        // meanwhile finds the output's stats to add its dead bytes to.
+        self.shared.with_usage(|u| {
+            for o in outputs {
+                let mut f = FileStats::new(o.id);
+                f.total_bytes = o.len;
+                f.dead_bytes = o.dead_bytes;
+                f.min_seq = o.min_seq;
+                f.sealed = true;
+                u.insert(o.id, f);
+            }
+        });
         let mut failed: BTreeMap<u32, u64> = BTreeMap::new();
         for c in &copied {
             if !self.keydir.repoint(&c.key, c.seq, c.from_file, c.to) {
@@ -538,13 +550,8 @@ impl Merger {
             self.keydir.remove_if_seq(key, *seq);
         }
         self.shared.with_usage(|u| {
-            for o in outputs {
-                let mut f = FileStats::new(o.id);
-                f.total_bytes = o.len;
-                f.dead_bytes = o.dead_bytes + failed.get(&o.id).copied().unwrap_or(0);
-                f.min_seq = o.min_seq;
-                f.sealed = true;
-                u.insert(o.id, f);
+            for (id, bytes) in &failed {
+                Shared::add_dead(u, *id, *bytes);
             }
             for id in &m.inputs {
                 u.remove(id);

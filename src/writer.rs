@@ -46,6 +46,12 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+
     /// Encoded record length.
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
@@ -147,9 +153,8 @@ impl Request {
 /// the caller's thread, so that a huge value does not stall an async worker thread for long.
 pub(crate) const INLINE_MAX: usize = 1 << 20;
 
-/// A keydir update for a record just written.
+/// A keydir update for a record just written (its key is the request's op at the same index).
 struct Pending {
-    key: Bytes,
     entry: Entry,
     tombstone: bool,
 }
@@ -300,7 +305,11 @@ impl Appender {
             return Err(clone_io_err(&e));
         }
         self.appended_seq.store(seq, Ordering::Release);
-        self.apply(active, &mut st.pending);
+        let ops = match req {
+            Request::Single(op) => std::slice::from_ref(op),
+            Request::Batch(ops) => ops.as_slice(),
+        };
+        self.apply(active, ops, &mut st.pending);
         Counts::of(req).record(&self.shared);
         Ok(Some(seq))
     }
@@ -340,7 +349,6 @@ impl Appender {
             key,
         });
         pending.push(Pending {
-            key: key.clone(),
             entry: Entry {
                 seq,
                 expiry_ms,
@@ -382,30 +390,42 @@ impl Appender {
         Ok(())
     }
 
-    /// Points the keydir at the records just written and updates the space accounting.
-    fn apply(&self, active: &ActiveFile, pending: &mut Vec<Pending>) {
+    /// Points the keydir at the records just written (`pending[i]` is the record of `ops[i]`)
+    /// and updates the space accounting.
+    fn apply(&self, active: &ActiveFile, ops: &[Op], pending: &mut Vec<Pending>) {
         let keydir = &self.keydir;
-        self.shared.with_usage(|usage| {
-            Shared::usage_entry(usage, active.id).total_bytes = active.len;
-            for p in pending.drain(..) {
-                let own = Shared::usage_entry(usage, p.entry.file_id);
-                own.min_seq = own.min_seq.min(p.entry.seq);
-                let old = if p.tombstone {
-                    own.dead_bytes += u64::from(p.entry.len);
-                    keydir.remove_older(&p.key, p.entry.seq)
-                } else {
-                    match keydir.install(&p.key, p.entry) {
-                        Installed::Replaced(old) => Some(old),
-                        Installed::New => None,
-                        Installed::Stale => {
-                            own.dead_bytes += u64::from(p.entry.len);
-                            None
-                        }
+        // Every record is in the active file: account for it once, after the loop.
+        let mut own_dead = 0u64;
+        let mut own_min_seq = u64::MAX;
+        let mut others: Vec<(u32, u64)> = Vec::new();
+        for (op, p) in ops.iter().zip(pending.drain(..)) {
+            own_min_seq = own_min_seq.min(p.entry.seq);
+            let old = if p.tombstone {
+                own_dead += u64::from(p.entry.len);
+                keydir.remove_older(op.key(), p.entry.seq)
+            } else {
+                match keydir.install(op.key(), p.entry) {
+                    Installed::Replaced(old) => Some(old),
+                    Installed::New => None,
+                    Installed::Stale => {
+                        own_dead += u64::from(p.entry.len);
+                        None
                     }
-                };
-                if let Some(old) = old {
-                    Shared::add_dead(usage, old.file_id, u64::from(old.len));
                 }
+            };
+            match old {
+                Some(old) if old.file_id == active.id => own_dead += u64::from(old.len),
+                Some(old) => others.push((old.file_id, u64::from(old.len))),
+                None => {}
+            }
+        }
+        self.shared.with_usage(|usage| {
+            let own = Shared::usage_entry(usage, active.id);
+            own.total_bytes = active.len;
+            own.dead_bytes += own_dead;
+            own.min_seq = own.min_seq.min(own_min_seq);
+            for (id, len) in others {
+                Shared::add_dead(usage, id, len);
             }
         });
     }

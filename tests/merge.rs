@@ -315,8 +315,24 @@ fn concurrent_writes_and_reads_during_merges_match_a_model() {
             }
         };
         check(db.clone(), model.clone()).await;
+        // The space accounting kept through concurrent writes and merges equals what open
+        // recomputes from the files (sealed files; the active one is trimmed at close).
+        let sealed = |db: &Db, active: u32| -> Vec<(u32, u64, u64)> {
+            let mut v: Vec<_> = db
+                .stats()
+                .files
+                .iter()
+                .filter(|f| f.file_id < active)
+                .map(|f| (f.file_id, f.total_bytes, f.dead_bytes))
+                .collect();
+            v.sort();
+            v
+        };
+        let active = db.stats().active_file_id;
+        let running = sealed(&db, active);
         db.close().await.expect("close");
         let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        assert_eq!(running, sealed(&db, active), "space accounting drifted");
         check(db.clone(), model).await;
         assert!(leftovers(tmp.path()).is_empty());
     });
