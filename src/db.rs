@@ -609,6 +609,14 @@ impl Inner {
         }
         let start = record::RECORD_HEADER_LEN + key.len();
         let end = start + rec.value.len();
-        Ok(Bytes::from(buf).slice(start..end))
+        let mut b = Bytes::from(buf);
+        if end == b.len() {
+            // The value ends the record: moving the start keeps the buffer's own allocation,
+            // where `slice` would allocate a shared header for it.
+            bytes::Buf::advance(&mut b, start);
+            Ok(b)
+        } else {
+            Ok(b.slice(start..end))
+        }
     }
 }
