@@ -63,8 +63,8 @@ impl WriteBatch {
 }
 
 /// Checks one op against the configured limits.
-pub(crate) fn validate(op: &Op, opts: &Options) -> Result<()> {
-    let (key, value_len) = match op {
+pub(crate) fn validate<B: AsRef<[u8]>>(op: &Op<B>, opts: &Options) -> Result<()> {
+    let (key, value_len) = match op.view() {
         Op::Put { key, value, .. } => (key, value.len()),
         Op::Delete { key } => (key, 0),
     };

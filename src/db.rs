@@ -19,7 +19,7 @@ use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
 use crate::stats::{FileStats, Shared, Stats};
-use crate::writer::{Appender, Op, Request, WriteMsg, Writer, INLINE_MAX};
+use crate::writer::{Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
 use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
@@ -324,15 +324,17 @@ impl Db {
         out
     }
 
-    /// Stores `value` under `key`.
+    /// Stores `value` under `key`. Both are only read (`&[u8]`, `Vec<u8>`, `String`, `Bytes`,
+    /// ...): the bytes are encoded straight into the datafile append, and copied only when the
+    /// write has to be queued for the writer thread.
     ///
     /// # Errors
     /// [`Error::EmptyKey`], [`Error::KeyTooLarge`], [`Error::ValueTooLarge`];
     /// [`Error::Io`] / [`Error::Poisoned`] if the append or sync fails; [`Error::Closed`].
-    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<()> {
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         self.submit_one(Op::Put {
-            key: key.into(),
-            value: value.into(),
+            key: key.as_ref(),
+            value: value.as_ref(),
             expiry_ms: 0,
         })
         .await
@@ -344,14 +346,14 @@ impl Db {
     /// As [`Db::put`].
     pub async fn put_with_ttl(
         &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
         ttl: Duration,
     ) -> Result<()> {
         self.inner.shared.has_ttl.store(true, Ordering::Relaxed);
         self.submit_one(Op::Put {
-            key: key.into(),
-            value: value.into(),
+            key: key.as_ref(),
+            value: value.as_ref(),
             expiry_ms: expiry_after(ttl),
         })
         .await
@@ -361,8 +363,8 @@ impl Db {
     ///
     /// # Errors
     /// As [`Db::put`].
-    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<()> {
-        self.submit_one(Op::Delete { key: key.into() }).await
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        self.submit_one(Op::Delete { key: key.as_ref() }).await
     }
 
     /// Applies every operation of `batch` atomically: after a crash, all or none are found.
@@ -383,13 +385,19 @@ impl Db {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        inner.submit(Request::Batch(batch.ops)).await
+        if let Some(seq) = inner.append_inline(ReqRef::Batch(&batch.ops))? {
+            return inner.await_durable(seq).await;
+        }
+        inner.queue(Request::Batch(batch.ops)).await
     }
 
-    async fn submit_one(&self, op: Op) -> Result<()> {
+    async fn submit_one(&self, op: Op<&[u8]>) -> Result<()> {
         let inner = self.live()?;
         batch::validate(&op, &inner.opts)?;
-        inner.submit(Request::Single(op)).await
+        if let Some(seq) = inner.append_inline(ReqRef::Single(op))? {
+            return inner.await_durable(seq).await;
+        }
+        inner.queue(Request::Single(op.to_owned_op())).await
     }
 
     /// Forces everything acknowledged so far to stable storage (`fdatasync`).
@@ -516,24 +524,32 @@ impl Inner {
         }
     }
 
-    /// Appends `ops` on this thread when it can (see [`crate::writer`]), else through the
-    /// writer thread; under [`crate::SyncPolicy::Always`] waits for a sync covering them.
-    async fn submit(&self, ops: Request) -> Result<()> {
-        if self.opts.inline_writes && ops.encoded_len() <= INLINE_MAX {
-            if let Some(seq) = self.appender.try_append(&ops)? {
-                if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
-                    return Ok(());
-                }
-                let (reply, rx) = oneshot::channel();
-                self.write_tx
-                    .send(WriteMsg::Sync { upto: seq, reply })
-                    .await
-                    .map_err(|_| Error::Closed)?;
-                let reply = rx.await.map_err(|_| Error::Closed)?;
-                // Dropping the reply wakes the waiters it carries.
-                return reply.result.clone().into_result();
-            }
+    /// Appends `req` on this thread when it can (see [`crate::writer`]): `Ok(Some(seq))` once
+    /// appended, `Ok(None)` when the writer thread must take it.
+    fn append_inline(&self, req: ReqRef<'_>) -> Result<Option<u64>> {
+        if !self.opts.inline_writes || req.encoded_len() > INLINE_MAX {
+            return Ok(None);
         }
+        self.appender.try_append(req)
+    }
+
+    /// Under [`crate::SyncPolicy::Always`], waits for a sync covering seq `seq`.
+    async fn await_durable(&self, seq: u64) -> Result<()> {
+        if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.write_tx
+            .send(WriteMsg::Sync { upto: seq, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        let reply = rx.await.map_err(|_| Error::Closed)?;
+        // Dropping the reply wakes the waiters it carries.
+        reply.result.clone().into_result()
+    }
+
+    /// Hands `req` to the writer thread and waits for its acknowledgement.
+    async fn queue(&self, ops: Request) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.write_tx
             .send(WriteMsg::Write { ops, reply })

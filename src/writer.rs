@@ -33,30 +33,78 @@ use crate::stats::Shared;
 use crate::{Error, Options, Result, SyncPolicy};
 
 /// One mutation.
-#[derive(Debug, Clone)]
-pub(crate) enum Op {
-    Put {
-        key: Bytes,
-        value: Bytes,
-        expiry_ms: u64,
-    },
-    Delete {
-        key: Bytes,
-    },
+/// One mutation, over owned bytes (`Op`, as queued and batched) or borrowed ones
+/// (`Op<&[u8]>`, a caller's single put appended inline without copying its arguments).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<B = Bytes> {
+    Put { key: B, value: B, expiry_ms: u64 },
+    Delete { key: B },
 }
 
-impl Op {
-    fn key(&self) -> &[u8] {
+impl<B: AsRef<[u8]>> Op<B> {
+    pub(crate) fn key(&self) -> &[u8] {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Put { key, .. } | Op::Delete { key } => key.as_ref(),
         }
     }
 
     /// Encoded record length.
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
-            Op::Put { key, value, .. } => record::record_len(key.len(), value.len()),
-            Op::Delete { key } => record::record_len(key.len(), 0),
+            Op::Put { key, value, .. } => {
+                record::record_len(key.as_ref().len(), value.as_ref().len())
+            }
+            Op::Delete { key } => record::record_len(key.as_ref().len(), 0),
+        }
+    }
+
+    /// The same op over borrowed bytes.
+    pub(crate) fn view(&self) -> Op<&[u8]> {
+        match self {
+            Op::Put {
+                key,
+                value,
+                expiry_ms,
+            } => Op::Put {
+                key: key.as_ref(),
+                value: value.as_ref(),
+                expiry_ms: *expiry_ms,
+            },
+            Op::Delete { key } => Op::Delete { key: key.as_ref() },
+        }
+    }
+
+    /// The same op over owned bytes (copied), for the writer thread's queue.
+    pub(crate) fn to_owned_op(&self) -> Op {
+        match self.view() {
+            Op::Put {
+                key,
+                value,
+                expiry_ms,
+            } => Op::Put {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+                expiry_ms,
+            },
+            Op::Delete { key } => Op::Delete {
+                key: Bytes::copy_from_slice(key),
+            },
+        }
+    }
+}
+
+/// A request as the append path reads it: one borrowed op, or an atomic batch.
+#[derive(Clone, Copy)]
+pub(crate) enum ReqRef<'a> {
+    Single(Op<&'a [u8]>),
+    Batch(&'a [Op]),
+}
+
+impl ReqRef<'_> {
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            ReqRef::Single(op) => op.encoded_len(),
+            ReqRef::Batch(ops) => ops.iter().map(Op::encoded_len).sum(),
         }
     }
 }
@@ -141,10 +189,10 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    pub(crate) fn encoded_len(&self) -> usize {
+    fn as_ref(&self) -> ReqRef<'_> {
         match self {
-            Request::Single(op) => op.encoded_len(),
-            Request::Batch(ops) => ops.iter().map(Op::encoded_len).sum(),
+            Request::Single(op) => ReqRef::Single(op.view()),
+            Request::Batch(ops) => ReqRef::Batch(ops),
         }
     }
 }
@@ -239,10 +287,10 @@ impl Appender {
     /// Appends `req` to the active file and applies it to the keydir. `Ok(None)` when it cannot
     /// be done here: the active file is full (or being rotated), so the writer thread must take
     /// the request. Returns the seq of the request's last record.
-    pub(crate) fn try_append(&self, req: &Request) -> Result<Option<u64>> {
+    pub(crate) fn try_append(&self, req: ReqRef<'_>) -> Result<Option<u64>> {
         let len = req.encoded_len() as u64;
         let room = self.max_file_bytes - FILE_HEADER_LEN as u64;
-        if matches!(req, Request::Batch(_)) && len > room {
+        if matches!(req, ReqRef::Batch(_)) && len > room {
             return Err(Error::BatchTooLarge { len, max: room });
         }
         let mut guard = self.lock();
@@ -252,7 +300,7 @@ impl Appender {
     /// Makes `active` the file appends go to and, in the same critical section, appends `req`
     /// (the request that found the previous file full), so that no other append can fill the
     /// fresh file first.
-    fn install(&self, active: ActiveFile, req: Option<&Request>) -> Result<Option<u64>> {
+    fn install(&self, active: ActiveFile, req: Option<ReqRef<'_>>) -> Result<Option<u64>> {
         let mut guard = self.lock();
         guard.active = Some(active);
         match req {
@@ -261,7 +309,7 @@ impl Appender {
         }
     }
 
-    fn append_locked(&self, st: &mut AppendState, req: &Request) -> Result<Option<u64>> {
+    fn append_locked(&self, st: &mut AppendState, req: ReqRef<'_>) -> Result<Option<u64>> {
         let len = req.encoded_len() as u64;
         if let Some(p) = &st.poisoned {
             return Err(Error::Poisoned(p.clone()));
@@ -277,20 +325,14 @@ impl Appender {
         }
         let mut seq = st.next_seq;
         match req {
-            Request::Single(op) => Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0),
-            Request::Batch(ops) => {
+            ReqRef::Single(op) => Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0),
+            ReqRef::Batch(ops) => {
                 let n = ops.len();
                 for (i, op) in ops.iter().enumerate() {
                     let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
                     let flags = FLAG_BATCH | end;
-                    Self::encode(
-                        active,
-                        &mut st.buf,
-                        &mut st.pending,
-                        seq + i as u64,
-                        op,
-                        flags,
-                    );
+                    let seq = seq + i as u64;
+                    Self::encode(active, &mut st.buf, &mut st.pending, seq, op.view(), flags);
                 }
                 seq += n as u64 - 1;
             }
@@ -305,11 +347,10 @@ impl Appender {
             return Err(clone_io_err(&e));
         }
         self.appended_seq.store(seq, Ordering::Release);
-        let ops = match req {
-            Request::Single(op) => std::slice::from_ref(op),
-            Request::Batch(ops) => ops.as_slice(),
-        };
-        self.apply(active, ops, &mut st.pending);
+        match req {
+            ReqRef::Single(op) => self.apply(active, std::iter::once(op.key()), &mut st.pending),
+            ReqRef::Batch(ops) => self.apply(active, ops.iter().map(Op::key), &mut st.pending),
+        }
         Counts::of(req).record(&self.shared);
         Ok(Some(seq))
     }
@@ -319,7 +360,7 @@ impl Appender {
         buf: &mut Vec<u8>,
         pending: &mut Vec<Pending>,
         seq: u64,
-        op: &Op,
+        op: Op<&[u8]>,
         flags: u8,
     ) {
         let offset = active.len + buf.len() as u64;
@@ -330,8 +371,8 @@ impl Appender {
                 value,
                 expiry_ms,
             } => {
-                record::encode_record(buf, seq, *expiry_ms, flags, key, value);
-                (key, *expiry_ms, false)
+                record::encode_record(buf, seq, expiry_ms, flags, key, value);
+                (key, expiry_ms, false)
             }
             Op::Delete { key } => {
                 let flags = flags | record::FLAG_TOMBSTONE;
@@ -392,19 +433,24 @@ impl Appender {
 
     /// Points the keydir at the records just written (`pending[i]` is the record of `ops[i]`)
     /// and updates the space accounting.
-    fn apply(&self, active: &ActiveFile, ops: &[Op], pending: &mut Vec<Pending>) {
+    fn apply<'k>(
+        &self,
+        active: &ActiveFile,
+        keys: impl Iterator<Item = &'k [u8]>,
+        pending: &mut Vec<Pending>,
+    ) {
         let keydir = &self.keydir;
         // Every record is in the active file: account for it once, after the loop.
         let mut own_dead = 0u64;
         let mut own_min_seq = u64::MAX;
         let mut others: Vec<(u32, u64)> = Vec::new();
-        for (op, p) in ops.iter().zip(pending.drain(..)) {
+        for (key, p) in keys.zip(pending.drain(..)) {
             own_min_seq = own_min_seq.min(p.entry.seq);
             let old = if p.tombstone {
                 own_dead += u64::from(p.entry.len);
-                keydir.remove_older(op.key(), p.entry.seq)
+                keydir.remove_older(key, p.entry.seq)
             } else {
-                match keydir.install(op.key(), p.entry) {
+                match keydir.install(key, p.entry) {
                     Installed::Replaced(old) => Some(old),
                     Installed::New => None,
                     Installed::Stale => {
@@ -549,7 +595,7 @@ impl Writer {
 
     /// Makes `active` the file appends go to, appending `req` first thing (see
     /// [`Appender::install`]).
-    fn install(&mut self, active: ActiveFile, req: Option<&Request>) -> Result<Option<u64>> {
+    fn install(&mut self, active: ActiveFile, req: Option<ReqRef<'_>>) -> Result<Option<u64>> {
         let id = active.id;
         self.shared.active_file_id.store(id, Ordering::Relaxed);
         self.shared
@@ -677,7 +723,7 @@ impl Writer {
 
     /// Appends a request that came over the channel, rotating first if the file is full.
     async fn append(&mut self, req: &Request) -> Result<()> {
-        if self.appender.try_append(req)?.is_some() {
+        if self.appender.try_append(req.as_ref())?.is_some() {
             return Ok(());
         }
         let res = async {
@@ -693,7 +739,7 @@ impl Writer {
                 return Err(Error::Io(e));
             }
         };
-        match self.install(active, Some(req))? {
+        match self.install(active, Some(req.as_ref()))? {
             Some(_) => Ok(()),
             None => Err(Error::Io(std::io::Error::other(
                 "a write did not fit in a fresh datafile",
@@ -782,19 +828,20 @@ struct Counts {
 }
 
 impl Counts {
-    fn of(req: &Request) -> Counts {
-        let ops: &[Op] = match req {
-            Request::Single(op) => std::slice::from_ref(op),
-            Request::Batch(ops) => ops,
+    fn of(req: ReqRef<'_>) -> Counts {
+        let (n, deletes) = match req {
+            ReqRef::Single(op) => (1, u64::from(matches!(op, Op::Delete { .. }))),
+            ReqRef::Batch(ops) => (
+                ops.len() as u64,
+                ops.iter()
+                    .filter(|o| matches!(o, Op::Delete { .. }))
+                    .count() as u64,
+            ),
         };
-        let deletes = ops
-            .iter()
-            .filter(|o| matches!(o, Op::Delete { .. }))
-            .count() as u64;
         Counts {
-            puts: ops.len() as u64 - deletes,
+            puts: n - deletes,
             deletes,
-            batch: matches!(req, Request::Batch(_)),
+            batch: matches!(req, ReqRef::Batch(_)),
         }
     }
 

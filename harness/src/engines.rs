@@ -102,10 +102,6 @@ impl Ringcask {
 
 impl Engine for Ringcask {
     fn put(&self, k: &[u8], v: &[u8]) {
-        let (k, v) = (
-            bytes::Bytes::copy_from_slice(k),
-            bytes::Bytes::copy_from_slice(v),
-        );
         futures::executor::block_on(self.db.put(k, v)).expect("put");
     }
     fn get(&self, k: &[u8]) -> Option<usize> {
