@@ -3,8 +3,11 @@
 //! One active datafile takes every append; an in-memory keydir maps each key to its newest
 //! record, so a `get` is one hash lookup plus one positioned read. Records are CRC-checked,
 //! deletes are tombstones, keys can expire, and recovery rebuilds the keydir from hint files or
-//! scans. The engine owns its io threads (io_uring through tokio-uring, or `pread`/`pwrite` where
-//! io_uring is unavailable), so the handle works from any async runtime.
+//! scans. Appends and page-cache reads run on the caller's thread (`pwrite` under an append
+//! lock, non-blocking `preadv2`); everything that waits on the disk — grouped `fdatasync`s,
+//! reads that miss the page cache, rotation, merge — runs on io threads the engine owns
+//! (io_uring through tokio-uring, or `pread`/`pwrite` where io_uring is unavailable), so the
+//! handle works from any async runtime.
 //!
 //! ```
 //! # fn main() -> Result<(), ringcask::Error> {
