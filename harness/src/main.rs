@@ -27,11 +27,21 @@ struct Args {
     ops: Option<u64>,
     out: PathBuf,
     child: Option<(String, PathBuf)>,
+    repeat: usize,
 }
 
 const USAGE: &str = "usage: ringcask-bench [--engines all|ringcask,raw,redb,fjall,sled,rocksdb] \
-[--n KEYS (default 1000000)] [--values 100,4096] [--ops OPS_PER_READ_WORKLOAD] [--out DIR]
+[--n KEYS (default 1000000)] [--values 100,4096] [--ops OPS_PER_READ_WORKLOAD] [--out DIR] \
+[--repeat R (default 1: each cell is the median of R runs, engines interleaved)]
 peers are compiled in with cargo features: --features peers (redb, fjall, sled), rocksdb";
+
+/// `v` parsed as a number, or a usage error naming `flag`.
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> T {
+    v.parse().unwrap_or_else(|_| {
+        eprintln!("{flag} needs a number, got {v:?}\n\n{USAGE}");
+        std::process::exit(2)
+    })
+}
 
 fn parse_args() -> Args {
     let mut a = Args {
@@ -41,6 +51,7 @@ fn parse_args() -> Args {
         ops: None,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
         child: None,
+        repeat: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,14 +63,10 @@ fn parse_args() -> Args {
                     a.engines = v.split(',').map(str::to_string).collect();
                 }
             }
-            "--n" => a.n = val().parse().expect("--n"),
-            "--values" => {
-                a.values = val()
-                    .split(',')
-                    .map(|s| s.parse().expect("--values"))
-                    .collect()
-            }
-            "--ops" => a.ops = Some(val().parse().expect("--ops")),
+            "--n" => a.n = number(&flag, &val()),
+            "--repeat" => a.repeat = number::<usize>(&flag, &val()).max(1),
+            "--values" => a.values = val().split(',').map(|s| number(&flag, s)).collect(),
+            "--ops" => a.ops = Some(number(&flag, &val())),
             "--out" => a.out = PathBuf::from(val()),
             "--child" => {
                 let engine = val();
@@ -101,39 +108,62 @@ fn main() {
     for &value_len in &args.values {
         let n = if value_len > 1024 { args.n / 8 } else { args.n };
         let ops = args.ops.unwrap_or(n.min(1_000_000));
-        // results[workload][engine]
-        let mut results: BTreeMap<String, BTreeMap<String, Outcome>> = BTreeMap::new();
+        // runs[workload][engine]: one outcome per repetition.
+        let mut runs: BTreeMap<String, BTreeMap<String, Vec<Outcome>>> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
-        for engine in &args.engines {
-            eprintln!("== {engine}: n={n}, values {value_len} B");
-            let tmp = tempfile::tempdir().expect("tmp");
-            let out = Command::new(std::env::current_exe().expect("exe"))
-                .args(["--child", engine])
-                .arg(tmp.path())
-                .args(["--n", &n.to_string(), "--values", &value_len.to_string()])
-                .args(["--ops", &ops.to_string()])
-                .output()
-                .expect("spawn engine process");
-            if !out.status.success() {
+        // Repetitions go round the engines, so that a noisy minute hits all of them alike.
+        for round in 0..args.repeat {
+            for engine in &args.engines {
                 eprintln!(
-                    "engine {engine} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    "== {engine}: n={n}, values {value_len} B (run {} of {})",
+                    round + 1,
+                    args.repeat
                 );
-                continue;
-            }
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(o) = Outcome::from_line(line) {
-                    eprintln!("  {line}");
-                    if !order.contains(&o.workload) {
-                        order.push(o.workload.clone());
+                let tmp = tempfile::tempdir().expect("tmp");
+                let out = Command::new(std::env::current_exe().expect("exe"))
+                    .args(["--child", engine])
+                    .arg(tmp.path())
+                    .args(["--n", &n.to_string(), "--values", &value_len.to_string()])
+                    .args(["--ops", &ops.to_string()])
+                    .output()
+                    .expect("spawn engine process");
+                if !out.status.success() {
+                    eprintln!(
+                        "engine {engine} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    continue;
+                }
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some(o) = Outcome::from_line(line) {
+                        eprintln!("  {line}");
+                        if !order.contains(&o.workload) {
+                            order.push(o.workload.clone());
+                        }
+                        runs.entry(o.workload.clone())
+                            .or_default()
+                            .entry(engine.clone())
+                            .or_default()
+                            .push(o);
                     }
-                    results
-                        .entry(o.workload.clone())
-                        .or_default()
-                        .insert(engine.clone(), o);
                 }
             }
         }
+        // results[workload][engine]: the median run of each cell (by its value).
+        let results: BTreeMap<String, BTreeMap<String, Outcome>> = runs
+            .into_iter()
+            .map(|(w, by_engine)| {
+                let row = by_engine
+                    .into_iter()
+                    .map(|(e, mut v)| {
+                        v.sort_by(|a, b| a.value.total_cmp(&b.value));
+                        let mid = v.swap_remove(v.len() / 2);
+                        (e, mid)
+                    })
+                    .collect();
+                (w, row)
+            })
+            .collect();
         tables.push_str(&markdown(&args.engines, &order, &results, n, value_len));
         for w in &order {
             let Some(row) = results.get(w) else { continue };
@@ -147,9 +177,18 @@ fn main() {
             chart_groups.push((format!("{w} ({value_len} B)"), vals));
         }
     }
+    let repeats = if args.repeat > 1 {
+        format!(
+            "Each cell is the median of {} runs (the engines took turns, run after run; \
+             its p50/p99 are that run's). ",
+            args.repeat
+        )
+    } else {
+        String::new()
+    };
     let doc = format!(
         "# ringcask compare harness\n\n{machine}\n\nEach engine ran in its own process; \
-         ratios compare engines within this one run. `vs best peer` is ringcask (or \
+         ratios compare engines within this one run. {repeats} `vs best peer` is ringcask (or \
          ringcask-cache: the same with a 64 MiB value cache) divided by the best of the other \
          engines (`raw` excluded); for seconds, bytes and RSS lower is better \
          and the ratio is best peer / ringcask (above 1 means ringcask is better).\n\n{tables}"
