@@ -560,24 +560,6 @@ impl Writer {
         let (r, _) = file.write_all_at(header, 0).await;
         r?;
         let fd = file.clone_std()?;
-        let mut allocated = FILE_HEADER_LEN as u64;
-        if opts.preallocate_bytes != 0 {
-            let step = opts.preallocate_bytes.min(opts.max_file_bytes);
-            match io::fallocate(fault(opts), &fd, allocated, step) {
-                Ok(()) => allocated += step,
-                Err(e) => {
-                    if opts
-                        .fault_injector
-                        .as_ref()
-                        .is_some_and(|f| f.has_crashed())
-                    {
-                        return Err(e.into());
-                    }
-                    tracing::debug!("preallocation failed ({e}); appending without it");
-                    allocated = u64::MAX;
-                }
-            }
-        }
         file.sync_all().await?;
         io::sync_dir(fault(opts), dir)?;
         tracing::debug!(file = %path.display(), "started a new active datafile");
@@ -587,7 +569,8 @@ impl Writer {
             id,
             fd,
             len: FILE_HEADER_LEN as u64,
-            allocated,
+            // The first append preallocates (see `Appender::write_buf`).
+            allocated: FILE_HEADER_LEN as u64,
             hint,
         };
         Ok((file, active))
