@@ -368,11 +368,7 @@ fn a_value_larger_than_a_file_gets_a_file_of_its_own() {
 #[test]
 fn many_tasks_on_a_multi_threaded_runtime() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = common::multi_thread_rt(4);
     rt.block_on(async {
         let db = Db::open(
             tmp.path(),

@@ -74,11 +74,7 @@ fn opts() -> Options {
 }
 
 fn child(dir: &str, round: u64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = common::multi_thread_rt(2);
     rt.block_on(async {
         let db = Db::open(dir, opts()).await.expect("child open");
         let out = Arc::new(Mutex::new(std::io::stdout()));

@@ -233,11 +233,7 @@ fn ttl_expiring_during_a_merge_stays_expired() {
 #[test]
 fn concurrent_writes_and_reads_during_merges_match_a_model() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = common::multi_thread_rt(2);
     rt.block_on(async {
         // A small value cache, so that stale cached values would show as wrong reads.
         let o = opts()

@@ -169,11 +169,7 @@ fn a_crash_at_every_io_of_a_merge_opens_to_the_same_state() {
 const TASKS: u64 = 4;
 
 fn child(dir: &str, round: u64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = common::multi_thread_rt(2);
     rt.block_on(async {
         let o = opts().sync(SyncPolicy::Always).max_file_bytes(16 * 1024);
         let db = Db::open(dir, o).await.expect("child open");

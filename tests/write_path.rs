@@ -156,11 +156,7 @@ fn concurrent_appends_across_rotations_match_a_model() {
             (true, SyncPolicy::IntervalMs(2)),
         ] {
             let tmp = tempfile::tempdir().expect("tmp");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .enable_all()
-                .build()
-                .expect("rt");
+            let rt = common::multi_thread_rt(4);
             let opts = small_opts()
                 .max_file_bytes(8 * 1024)
                 .sync(policy)
@@ -197,6 +193,18 @@ fn concurrent_appends_across_rotations_match_a_model() {
     }
 }
 
+/// (file id, total bytes, dead bytes) of every datafile, by id.
+fn file_accounting(db: &Db) -> Vec<(u32, u64, u64)> {
+    let mut v: Vec<_> = db
+        .stats()
+        .files
+        .iter()
+        .map(|f| (f.file_id, f.total_bytes, f.dead_bytes))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The per-file space accounting rebuilt at open (from what recovery installed and replaced)
 /// equals the one kept while writing, for hint-loaded and scanned files alike.
 #[test]
@@ -206,26 +214,12 @@ fn space_accounting_is_the_same_after_reopen() {
         let opts = small_opts().max_file_bytes(4096).auto_merge(false);
         run(async {
             let db = Db::open(tmp.path(), opts.clone()).await.expect("open");
-            let mut rng = Rng::new(7);
-            for i in 0..1500u32 {
-                let k = format!("k{}", rng.below(120));
-                if i % 7 == 3 {
-                    db.delete(k).await.expect("delete");
-                } else {
-                    let len = rng.below(90) as usize;
-                    db.put(k, rng.bytes(len)).await.expect("put");
-                }
-            }
+            common::churn(&db, 7, 1500, 120, 90, 7).await;
             db.close().await.expect("close");
             // The accounting of sealed files as the writer kept it: reopen once (no writes)
             // and compare with a second reopen whose files may have to be scanned.
             let db = Db::open(tmp.path(), opts.clone()).await.expect("reopen");
-            let mut before: Vec<(u32, u64, u64)> = db
-                .stats()
-                .files
-                .iter()
-                .map(|f| (f.file_id, f.total_bytes, f.dead_bytes))
-                .collect();
+            let mut before = file_accounting(&db);
             let keys = db.len();
             db.close().await.expect("close");
             if drop_hints {
@@ -234,14 +228,7 @@ fn space_accounting_is_the_same_after_reopen() {
                 }
             }
             let db = Db::open(tmp.path(), opts.clone()).await.expect("reopen");
-            let mut after: Vec<(u32, u64, u64)> = db
-                .stats()
-                .files
-                .iter()
-                .map(|f| (f.file_id, f.total_bytes, f.dead_bytes))
-                .collect();
-            before.sort();
-            after.sort();
+            let mut after = file_accounting(&db);
             // The first reopen's active file stayed empty and was removed at close.
             before.retain(|f| f.1 > 20);
             after.retain(|f| f.1 > 20);
@@ -261,16 +248,7 @@ fn space_accounting_while_writing_matches_open() {
     let opts = small_opts().max_file_bytes(4096).auto_merge(false);
     run(async {
         let db = Db::open(tmp.path(), opts.clone()).await.expect("open");
-        let mut rng = Rng::new(11);
-        for i in 0..1200u32 {
-            let k = format!("k{}", rng.below(100));
-            if i % 5 == 1 {
-                db.delete(k).await.expect("delete");
-            } else {
-                let len = rng.below(70) as usize;
-                db.put(k, rng.bytes(len)).await.expect("put");
-            }
-        }
+        common::churn(&db, 11, 1200, 100, 70, 5).await;
         let live_dead = |db: &Db| -> u64 {
             let st = db.stats();
             // Dead bytes of sealed files only: the active file is trimmed at close.

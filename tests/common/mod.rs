@@ -46,6 +46,30 @@ pub fn run<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// A multi-threaded tokio runtime with `workers` worker threads.
+pub fn multi_thread_rt(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
+/// `ops` random puts (values up to `max_len` bytes) and deletes (every `delete_every`-th op)
+/// over keys `k0..k{keys}`.
+pub async fn churn(db: &Db, seed: u64, ops: u32, keys: u64, max_len: u64, delete_every: u32) {
+    let mut rng = Rng::new(seed);
+    for i in 0..ops {
+        let k = format!("k{}", rng.below(keys));
+        if i % delete_every == delete_every / 2 {
+            db.delete(k).await.expect("delete");
+        } else {
+            let len = rng.below(max_len) as usize;
+            db.put(k, rng.bytes(len)).await.expect("put");
+        }
+    }
+}
+
 /// Options for tests: small files so that rotation happens, no sync for speed.
 pub fn small_opts() -> Options {
     Options::default()
