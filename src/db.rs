@@ -19,7 +19,7 @@ use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
 use crate::stats::{FileStats, Shared, Stats};
-use crate::writer::{Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
+use crate::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
 use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
@@ -406,17 +406,7 @@ impl Db {
     /// [`Error::Io`] / [`Error::Poisoned`]; [`Error::Closed`].
     pub async fn sync(&self) -> Result<()> {
         let inner = self.live()?;
-        let (reply, rx) = oneshot::channel();
-        inner
-            .write_tx
-            .send(WriteMsg::Sync {
-                upto: u64::MAX,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        let reply = rx.await.map_err(|_| Error::Closed)?;
-        reply.result.clone().into_result()
+        writer::request_sync(&inner.write_tx, u64::MAX).await
     }
 
     /// Merges every sealed datafile now: live records are rewritten into new files (with hint
@@ -538,14 +528,7 @@ impl Inner {
         if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
             return Ok(());
         }
-        let (reply, rx) = oneshot::channel();
-        self.write_tx
-            .send(WriteMsg::Sync { upto: seq, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
-        let reply = rx.await.map_err(|_| Error::Closed)?;
-        // Dropping the reply wakes the waiters it carries.
-        reply.result.clone().into_result()
+        writer::request_sync(&self.write_tx, seq).await
     }
 
     /// Hands `req` to the writer thread and waits for its acknowledgement.

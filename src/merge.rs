@@ -39,7 +39,7 @@ use crate::record::{
     self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
 };
 use crate::stats::{FileStats, Shared};
-use crate::writer::WriteMsg;
+use crate::writer::{self, WriteMsg};
 use crate::{now_ms, Error, Options, Result};
 
 /// Name of the merge manifest in a store directory.
@@ -474,16 +474,7 @@ impl Merger {
 
     /// Asks the writer for an `fdatasync` of everything acknowledged so far.
     async fn sync_writer(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteMsg::Sync {
-                upto: u64::MAX,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        let reply = rx.await.map_err(|_| Error::Closed)?;
-        reply.result.clone().into_result()
+        writer::request_sync(&self.writer, u64::MAX).await
     }
 
     /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).

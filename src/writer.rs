@@ -150,6 +150,18 @@ impl SyncResult {
     }
 }
 
+/// Asks the writer thread behind `tx` to make every record up to seq `upto` durable
+/// (`u64::MAX`: everything written so far) and waits for the answer.
+pub(crate) async fn request_sync(tx: &mpsc::Sender<WriteMsg>, upto: u64) -> Result<()> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(WriteMsg::Sync { upto, reply })
+        .await
+        .map_err(|_| Error::Closed)?;
+    let reply = rx.await.map_err(|_| Error::Closed)?;
+    // Dropping the reply wakes the waiters it carries.
+    reply.result.clone().into_result()
+}
+
 /// Where a sync waiter's answer goes.
 pub(crate) type SyncSender = oneshot::Sender<SyncReply>;
 
