@@ -91,6 +91,19 @@ impl HintBuilder {
         out
     }
 
+    /// [`HintBuilder::finish`] that hands over the records' buffer instead of copying it: the
+    /// header is shifted in front of the records in place (recovery builds the hint of every
+    /// scanned datafile this way; a copy doubled its memory, 53 MB per million records).
+    pub(crate) fn into_file(mut self, file_id: u32, data_len: u64) -> Vec<u8> {
+        let mut header = Vec::with_capacity(FILE_HEADER_LEN);
+        record::encode_file_header(&mut header, FileKind::Hint, file_id);
+        let mut out = std::mem::take(&mut self.records);
+        out.reserve(FILE_HEADER_LEN + HINT_FOOTER_LEN);
+        out.splice(0..0, header);
+        encode_footer(&mut out, self.count, data_len);
+        out
+    }
+
     /// Writes the hint file of the datafile this builder describes (`data_len` bytes) under its
     /// final name, atomically: completes the spilled temporary file, or writes it whole.
     pub(crate) async fn write(
@@ -291,4 +304,33 @@ pub(crate) fn load_bytes(
         off += n;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn into_file_equals_finish() {
+        let mut b = HintBuilder::default();
+        for i in 0..100u64 {
+            let key = format!("key{i:04}");
+            let tombstone = i % 7 == 0;
+            let value_len = if tombstone { 0 } else { 10 };
+            b.push(&HintRecord {
+                seq: i + 1,
+                expiry_ms: 0,
+                offset: 20 + i * 50,
+                record_len: record::record_len(key.len(), value_len) as u32,
+                tombstone,
+                key: key.as_bytes(),
+            });
+        }
+        let copied = b.finish(9, 5020);
+        let moved = b.into_file(9, 5020);
+        assert_eq!(copied, moved);
+        let mut n = 0;
+        let loaded = load_bytes(&moved, 9, 5020, |_| n += 1).expect("valid hint file");
+        assert_eq!((loaded, n), (100, 100));
+    }
 }

@@ -254,7 +254,7 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         out.removed = true;
         return Ok(out);
     }
-    out.hint = Some(hb.finish(id, out.file_len));
+    out.hint = Some(hb.into_file(id, out.file_len));
     Ok(out)
 }
 
