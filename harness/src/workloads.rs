@@ -206,6 +206,13 @@ fn peak_rss_bytes() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Closes engine `e` (its last handle) and measures the disk bytes of `data`.
+fn close_and_measure(e: Arc<dyn Engine>, label: &str, data: &Path) -> Outcome {
+    e.close();
+    drop(e);
+    Outcome::scalar(label, "MB", dir_bytes(data) as f64 / 1e6)
+}
+
 const STRIDE: u64 = 2_654_435_761;
 
 /// Every workload, in order, for engine `name` in `dir`.
@@ -231,13 +238,7 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
         ));
     }
     // Disk use after a clean close (preallocated space trimmed), and the reopen time.
-    e.close();
-    drop(e);
-    out.push(Outcome::scalar(
-        "disk after fill",
-        "MB",
-        dir_bytes(&data) as f64 / 1e6,
-    ));
+    out.push(close_and_measure(e, "disk after fill", &data));
     let started = Instant::now();
     let e: Arc<dyn Engine> = Arc::from(engines::open(name, &data, false));
     let reopen_secs = started.elapsed().as_secs_f64();
@@ -302,12 +303,10 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
         let e = e.clone();
         timed(1, n, move |_, k| e.put(&key(k), &value(vlen, k + 1)));
     }
-    e.close();
-    drop(e);
-    out.push(Outcome::scalar(
+    out.push(close_and_measure(
+        e,
         "disk after overwriting all once",
-        "MB",
-        dir_bytes(&data) as f64 / 1e6,
+        &data,
     ));
 
     // Durable puts, in a fresh store.
