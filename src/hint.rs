@@ -240,70 +240,188 @@ pub(crate) fn footer_count(path: &Path) -> Option<u64> {
         .map(|f| f.record_count)
 }
 
+/// Bytes a hint file is read in: loading never holds a whole hint file (~53 bytes per record)
+/// in memory.
+const LOAD_CHUNK: usize = 1 << 20;
+
 /// Loads the hint file at `path` for datafile `file_id` whose current length is `data_len`,
 /// calling `apply` for each record. `Err` carries why the hint cannot be trusted (the caller
 /// then scans the datafile); nothing is applied in that case.
+///
+/// The file is read twice in [`LOAD_CHUNK`]s: once to verify every record, once to apply them
+/// (the second read comes from the page cache).
 pub(crate) fn load(
     path: &Path,
     file_id: u32,
     data_len: u64,
     apply: impl FnMut(&HintRecord<'_>),
 ) -> Result<u64, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    load_bytes(&bytes, file_id, data_len, apply)
+    use std::os::unix::fs::FileExt;
+    let cannot = |e: std::io::Error| format!("cannot read: {e}");
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    let read_at = |buf: &mut [u8], off: u64| file.read_at(buf, off).map_err(cannot);
+    load_from(&read_at, len, file_id, data_len, LOAD_CHUNK, apply)
 }
 
 /// [`load`] over the bytes of a hint file.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn load_bytes(
     bytes: &[u8],
     file_id: u32,
     data_len: u64,
+    apply: impl FnMut(&HintRecord<'_>),
+) -> Result<u64, String> {
+    load_bytes_chunked(bytes, file_id, data_len, LOAD_CHUNK, apply)
+}
+
+/// [`load_bytes`] with a given chunk size (tests use tiny ones to cross every boundary).
+#[cfg(any(test, feature = "fuzzing"))]
+fn load_bytes_chunked(
+    bytes: &[u8],
+    file_id: u32,
+    data_len: u64,
+    chunk: usize,
+    apply: impl FnMut(&HintRecord<'_>),
+) -> Result<u64, String> {
+    let read_at = |buf: &mut [u8], off: u64| {
+        let from = usize::try_from(off).map_or(bytes.len(), |o| o.min(bytes.len()));
+        let n = buf.len().min(bytes.len() - from);
+        buf[..n].copy_from_slice(&bytes[from..from + n]);
+        Ok(n)
+    };
+    load_from(
+        &read_at,
+        bytes.len() as u64,
+        file_id,
+        data_len,
+        chunk,
+        apply,
+    )
+}
+
+/// Positioned reads of a hint file: `(buf, offset) -> bytes read` (0 at the end).
+type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> Result<usize, String> + 'a;
+
+/// Fills `buf` from `off`; fails if the file ends first.
+fn read_exact_at(read_at: &ReadAt<'_>, buf: &mut [u8], off: u64) -> Result<(), String> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read_at(&mut buf[done..], off + done as u64)? {
+            0 => return Err("the file shrank while it was read".into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+fn load_from(
+    read_at: &ReadAt<'_>,
+    len: u64,
+    file_id: u32,
+    data_len: u64,
+    chunk: usize,
     mut apply: impl FnMut(&HintRecord<'_>),
 ) -> Result<u64, String> {
-    let id = record::decode_file_header(bytes, FileKind::Hint).map_err(|e| e.to_string())?;
+    let mut header = [0u8; FILE_HEADER_LEN];
+    let head_len = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    read_exact_at(read_at, &mut header[..head_len], 0)?;
+    let id = record::decode_file_header(&header[..head_len], FileKind::Hint)
+        .map_err(|e| e.to_string())?;
     if id != file_id {
         return Err(format!("names file {id}, expected {file_id}"));
     }
-    if bytes.len() < FILE_HEADER_LEN + HINT_FOOTER_LEN {
+    if len < (FILE_HEADER_LEN + HINT_FOOTER_LEN) as u64 {
         return Err("too short for a footer".into());
     }
-    let body_end = bytes.len() - HINT_FOOTER_LEN;
-    let footer = record::decode_hint_footer(&bytes[body_end..]).map_err(|e| e.to_string())?;
+    let body_end = len - HINT_FOOTER_LEN as u64;
+    let mut foot = [0u8; HINT_FOOTER_LEN];
+    read_exact_at(read_at, &mut foot, body_end)?;
+    let footer = record::decode_hint_footer(&foot).map_err(|e| e.to_string())?;
     if footer.data_len != data_len {
         return Err(format!(
             "describes {} datafile bytes, the datafile has {data_len}",
             footer.data_len
         ));
     }
+    let body = FILE_HEADER_LEN as u64..body_end;
     // Validate everything before applying anything.
-    let body = &bytes[FILE_HEADER_LEN..body_end];
-    let mut off = 0usize;
-    let mut count = 0u64;
-    while off < body.len() {
-        let (h, n) =
-            record::decode_hint(&body[off..]).map_err(|e| format!("record {count}: {e}"))?;
+    let count = for_each_record(read_at, body.clone(), chunk, true, |h, i| {
         if h.offset + u64::from(h.record_len) > data_len {
-            return Err(format!("record {count} points past the datafile end"));
+            return Err(format!("record {i} points past the datafile end"));
         }
-        off += n;
-        count += 1;
-    }
+        Ok(())
+    })?;
     if count != footer.record_count {
         return Err(format!(
             "holds {count} records, footer says {}",
             footer.record_count
         ));
     }
-    let mut off = 0usize;
-    while off < body.len() {
-        // Every record was verified above; skip the second CRC.
-        let Ok((h, n)) = record::decode_hint_with(&body[off..], false) else {
-            break; // unreachable: validated above
-        };
-        apply(&h);
-        off += n;
+    // Every record was verified above; skip the second CRC.
+    for_each_record(read_at, body, chunk, false, |h, _| {
+        apply(h);
+        Ok(())
+    })
+}
+
+/// Decodes the hint records in `range` of the file, reading `chunk` bytes at a time (more when
+/// one record is larger), and calls `f(record, index)` for each; returns how many there were.
+fn for_each_record(
+    read_at: &ReadAt<'_>,
+    range: std::ops::Range<u64>,
+    chunk: usize,
+    verify_crc: bool,
+    mut f: impl FnMut(&HintRecord<'_>, u64) -> Result<(), String>,
+) -> Result<u64, String> {
+    let total = range.end - range.start;
+    let mut buf = vec![
+        0u8;
+        chunk
+            .max(1)
+            .min(usize::try_from(total).unwrap_or(usize::MAX))
+    ];
+    // `buf[at..filled]` holds the file's bytes from `range.start + pos + at`.
+    let (mut pos, mut at, mut filled) = (0u64, 0usize, 0usize);
+    let mut count = 0u64;
+    loop {
+        let mut needed = 0;
+        while at < filled {
+            match record::decode_hint_with(&buf[at..filled], verify_crc) {
+                Ok((h, n)) => {
+                    f(&h, count)?;
+                    at += n;
+                    count += 1;
+                }
+                Err(record::DecodeError::Truncated { needed: want, .. })
+                    if pos + (filled as u64) < total =>
+                {
+                    needed = usize::try_from(want).map_err(|e| e.to_string())?;
+                    break;
+                }
+                Err(e) => return Err(format!("record {count}: {e}")),
+            }
+        }
+        let unread = total - pos - filled as u64;
+        if unread == 0 {
+            return Ok(count);
+        }
+        // Keep the partial record, make room for the next one, read on.
+        buf.copy_within(at..filled, 0);
+        pos += at as u64;
+        filled -= at;
+        at = 0;
+        if needed > buf.len() {
+            buf.resize(needed, 0);
+        }
+        let want = (buf.len() - filled).min(usize::try_from(unread).unwrap_or(usize::MAX));
+        read_exact_at(
+            read_at,
+            &mut buf[filled..filled + want],
+            range.start + pos + filled as u64,
+        )?;
+        filled += want;
     }
-    Ok(count)
 }
 
 #[cfg(test)]
@@ -332,5 +450,83 @@ mod tests {
         let mut n = 0;
         let loaded = load_bytes(&moved, 9, 5020, |_| n += 1).expect("valid hint file");
         assert_eq!((loaded, n), (100, 100));
+    }
+
+    /// What a test looks at in a loaded record: key, seq, offset, tombstone.
+    type Seen = (Vec<u8>, u64, u64, bool);
+
+    /// A hint file of `n` records with keys of 1..=300 bytes, and the records.
+    fn sample(n: u64) -> (Vec<u8>, Vec<Seen>) {
+        let mut b = HintBuilder::default();
+        let mut recs = Vec::new();
+        for i in 0..n {
+            let key = vec![b'a' + (i % 26) as u8; 1 + (i as usize * 37) % 300];
+            let tombstone = i % 5 == 0;
+            let value_len = if tombstone { 0 } else { 10 };
+            let h = HintRecord {
+                seq: i + 1,
+                expiry_ms: i * 3,
+                offset: 20 + i * 400,
+                record_len: record::record_len(key.len(), value_len) as u32,
+                tombstone,
+                key: &key,
+            };
+            b.push(&h);
+            recs.push((key.clone(), h.seq, h.offset, tombstone));
+        }
+        (b.into_file(3, 20 + n * 400), recs)
+    }
+
+    fn collect(bytes: &[u8], chunk: usize) -> Result<Vec<Seen>, String> {
+        let mut got = Vec::new();
+        let data_len = 20 + 80 * 400;
+        let n = load_bytes_chunked(bytes, 3, data_len, chunk, |h| {
+            got.push((h.key.to_vec(), h.seq, h.offset, h.tombstone))
+        })?;
+        assert_eq!(n as usize, got.len());
+        Ok(got)
+    }
+
+    #[test]
+    fn chunked_load_sees_every_record_whatever_the_chunk() {
+        let (file, recs) = sample(80);
+        for chunk in [1, 2, 7, 52, 53, 54, 300, 301, 4096, 1 << 20] {
+            assert_eq!(collect(&file, chunk).as_ref(), Ok(&recs), "chunk {chunk}");
+        }
+        // The file-backed loader reads the same records.
+        let dir = std::env::temp_dir().join(format!("ringcask-hint-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("h");
+        std::fs::write(&path, &file).expect("write");
+        let mut got = Vec::new();
+        let n = load(&path, 3, 20 + 80 * 400, |h| {
+            got.push((h.key.to_vec(), h.seq, h.offset, h.tombstone))
+        });
+        assert_eq!((n, got), (Ok(80), recs));
+        assert!(load(&dir.join("missing"), 3, 0, |_| {}).is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn chunked_load_rejects_damage_and_applies_nothing() {
+        let (file, _) = sample(80);
+        let mut r = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300 {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            let chunk = [1, 5, 53, 200, 1 << 20][round % 5];
+            let mut bad = file.clone();
+            if round % 3 == 0 {
+                bad.truncate((r as usize) % file.len());
+            } else {
+                let at = (r as usize) % file.len();
+                bad[at] ^= 1 << (r % 8);
+            }
+            let mut applied = 0;
+            let res = load_bytes_chunked(&bad, 3, 20 + 80 * 400, chunk, |_| applied += 1);
+            assert!(res.is_err(), "round {round}: damage not seen");
+            assert_eq!(applied, 0, "round {round}: applied records of a bad file");
+        }
     }
 }

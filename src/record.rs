@@ -390,6 +390,7 @@ pub(crate) fn encode_hint(out: &mut Vec<u8>, h: &HintRecord<'_>) {
 }
 
 /// Decodes the hint record at the start of `buf`; returns it and its encoded length.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_hint(buf: &[u8]) -> Result<(HintRecord<'_>, usize), DecodeError> {
     decode_hint_with(buf, true)
 }

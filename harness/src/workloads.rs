@@ -131,6 +131,75 @@ fn value(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Latency histogram: 64 linear sub-buckets per power of two of nanoseconds (at most 1/64 ≈ 1.6 %
+/// error), a few KiB whatever the op count, so that recording latencies adds nothing to an
+/// engine's peak RSS (a `Vec<Duration>` of 1M ops held 16 MB).
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+const SUB_BITS: u32 = 6;
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            counts: vec![0; (64 << SUB_BITS) as usize],
+            total: 0,
+        }
+    }
+
+    fn bucket(ns: u64) -> usize {
+        if ns < (1 << SUB_BITS) {
+            return ns as usize;
+        }
+        let exp = 63 - ns.leading_zeros(); // >= SUB_BITS
+        let shift = exp - SUB_BITS;
+        let mantissa = (ns >> shift) as usize & ((1 << SUB_BITS) - 1);
+        (((shift + 1) as usize) << SUB_BITS) | mantissa
+    }
+
+    /// The smallest value that falls in bucket `b` (the inverse of [`Histogram::bucket`]).
+    fn low(b: usize) -> u64 {
+        let group = b >> SUB_BITS;
+        let mantissa = (b & ((1 << SUB_BITS) - 1)) as u64;
+        if group == 0 {
+            mantissa
+        } else {
+            ((1 << SUB_BITS) | mantissa) << (group - 1)
+        }
+    }
+
+    fn record(&mut self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::bucket(ns)] += 1;
+        self.total += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    /// The `q` quantile in µs (the low edge of its bucket), 0 when empty.
+    fn quantile_us(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let rank = ((self.total - 1) as f64 * q) as u64;
+        let mut seen = 0;
+        for (b, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::low(b) as f64 / 1e3;
+            }
+        }
+        0.0
+    }
+}
+
 /// Runs `per_thread(thread, op_index)` for `ops` operations split over `threads` threads;
 /// returns ops/s and the p50 / p99 latency in µs.
 fn timed(threads: u64, ops: u64, f: impl Fn(u64, u64) + Send + Sync + 'static) -> (f64, f64, f64) {
@@ -141,28 +210,26 @@ fn timed(threads: u64, ops: u64, f: impl Fn(u64, u64) + Send + Sync + 'static) -
             let f = f.clone();
             std::thread::spawn(move || {
                 let mine = ops / threads + u64::from(t < ops % threads);
-                let mut lat = Vec::with_capacity(mine as usize);
+                let mut lat = Histogram::new();
                 for i in 0..mine {
                     let s = Instant::now();
                     f(t, i);
-                    lat.push(s.elapsed());
+                    lat.record(s.elapsed());
                 }
                 lat
             })
         })
         .collect();
-    let mut all: Vec<Duration> = Vec::with_capacity(ops as usize);
+    let mut all = Histogram::new();
     for h in handles {
-        all.extend(h.join().expect("worker"));
+        all.merge(&h.join().expect("worker"));
     }
     let secs = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let p = |q: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * q) as usize)
-            .map(|d| d.as_secs_f64() * 1e6)
-            .unwrap_or(0.0)
-    };
-    (ops as f64 / secs, p(0.5), p(0.99))
+    (
+        ops as f64 / secs,
+        all.quantile_us(0.5),
+        all.quantile_us(0.99),
+    )
 }
 
 fn rate(workload: &str, (v, p50, p99): (f64, f64, f64)) -> Outcome {
@@ -193,12 +260,13 @@ fn dir_bytes(dir: &Path) -> u64 {
     walk(dir)
 }
 
-fn peak_rss_bytes() -> f64 {
+/// A `/proc/self/status` field in bytes (`VmHWM`: peak RSS, `VmRSS`: current), 0 if unreadable.
+fn status_bytes(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -206,11 +274,29 @@ fn peak_rss_bytes() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// With `RINGCASK_BENCH_TRACE_RSS` set, prints the current and peak RSS after a phase to stderr,
+/// to find which phase sets an engine's peak.
+fn trace_rss(phase: &str) {
+    if std::env::var_os("RINGCASK_BENCH_TRACE_RSS").is_some() {
+        eprintln!(
+            "rss after {phase:<40} now {:>7.1} MB  peak {:>7.1} MB",
+            status_bytes("VmRSS:") / 1e6,
+            status_bytes("VmHWM:") / 1e6
+        );
+    }
+}
+
 /// Closes engine `e` (its last handle) and measures the disk bytes of `data`.
 fn close_and_measure(e: Arc<dyn Engine>, label: &str, data: &Path) -> Outcome {
     e.close();
     drop(e);
     Outcome::scalar(label, "MB", dir_bytes(data) as f64 / 1e6)
+}
+
+/// Appends `o` to `out` (and traces RSS after it).
+fn push(out: &mut Vec<Outcome>, o: Outcome) {
+    trace_rss(&o.workload);
+    out.push(o);
 }
 
 const STRIDE: u64 = 2_654_435_761;
@@ -227,24 +313,31 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
     let e: Arc<dyn Engine> = Arc::from(engines::open(name, &data, false));
     {
         let e = e.clone();
-        out.push(rate(
-            "fill random",
-            timed(1, n, move |_, i| {
-                // A permutation of 0..n: i * STRIDE mod n, STRIDE a prime that divides no n
-                // used here (n < STRIDE).
-                let k = ((u128::from(i) * u128::from(STRIDE)) % u128::from(n)) as u64;
-                e.put(&key(k), &value(vlen, k));
-            }),
-        ));
+        push(
+            &mut out,
+            rate(
+                "fill random",
+                timed(1, n, move |_, i| {
+                    // A permutation of 0..n: i * STRIDE mod n, STRIDE a prime that divides no n
+                    // used here (n < STRIDE).
+                    let k = ((u128::from(i) * u128::from(STRIDE)) % u128::from(n)) as u64;
+                    e.put(&key(k), &value(vlen, k));
+                }),
+            ),
+        );
     }
     // Disk use after a clean close (preallocated space trimmed), and the reopen time.
-    out.push(close_and_measure(e, "disk after fill", &data));
+    push(&mut out, close_and_measure(e, "disk after fill", &data));
     let started = Instant::now();
     let e: Arc<dyn Engine> = Arc::from(engines::open(name, &data, false));
     let reopen_secs = started.elapsed().as_secs_f64();
+    trace_rss("reopen");
     if name != "raw" {
         // (The raw floor keeps no index on disk; it cannot reopen.)
-        out.push(Outcome::scalar("reopen after fill", "s", reopen_secs));
+        push(
+            &mut out,
+            Outcome::scalar("reopen after fill", "s", reopen_secs),
+        );
     } else {
         timed(1, n, {
             let e = e.clone();
@@ -253,23 +346,29 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
     }
     for (label, threads) in [("get random, 1 thread", 1), ("get random, 2 threads", 2)] {
         let e = e.clone();
-        out.push(rate(
-            label,
-            timed(threads, p.ops, move |t, i| {
-                let mut r = SplitMix(i * 31 + t);
-                let k = r.next() % n;
-                assert!(e.get(&key(k)).is_some(), "key {k} missing");
-            }),
-        ));
+        push(
+            &mut out,
+            rate(
+                label,
+                timed(threads, p.ops, move |t, i| {
+                    let mut r = SplitMix(i * 31 + t);
+                    let k = r.next() % n;
+                    assert!(e.get(&key(k)).is_some(), "key {k} missing");
+                }),
+            ),
+        );
     }
     {
         let e = e.clone();
-        out.push(rate(
-            "get missing",
-            timed(1, p.ops, move |_, i| {
-                assert!(e.get(&missing_key(i)).is_none());
-            }),
-        ));
+        push(
+            &mut out,
+            rate(
+                "get missing",
+                timed(1, p.ops, move |_, i| {
+                    assert!(e.get(&missing_key(i)).is_none());
+                }),
+            ),
+        );
     }
     let zipf = Arc::new(Zipf::new(n));
     for (label, read_share, rmw) in [
@@ -280,34 +379,44 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
     ] {
         let e = e.clone();
         let zipf = zipf.clone();
-        out.push(rate(
-            label,
-            timed(2, p.ops, move |t, i| {
-                let mut r = SplitMix(i.wrapping_mul(7919) + t * 1_000_003 + 17);
-                let k = zipf.sample(&mut r);
-                if r.unit() < read_share {
-                    let got = e.get(&key(k));
-                    assert!(got.is_some());
-                } else if rmw {
-                    let got = e.get(&key(k));
-                    assert!(got.is_some());
-                    e.put(&key(k), &value(vlen, i));
-                } else {
-                    e.put(&key(k), &value(vlen, i));
-                }
-            }),
-        ));
+        push(
+            &mut out,
+            rate(
+                label,
+                timed(2, p.ops, move |t, i| {
+                    let mut r = SplitMix(i.wrapping_mul(7919) + t * 1_000_003 + 17);
+                    let k = zipf.sample(&mut r);
+                    if r.unit() < read_share {
+                        let got = e.get(&key(k));
+                        assert!(got.is_some());
+                    } else if rmw {
+                        let got = e.get(&key(k));
+                        assert!(got.is_some());
+                        e.put(&key(k), &value(vlen, i));
+                    } else {
+                        e.put(&key(k), &value(vlen, i));
+                    }
+                }),
+            ),
+        );
     }
     // Overwrite everything once.
     {
         let e = e.clone();
         timed(1, n, move |_, k| e.put(&key(k), &value(vlen, k + 1)));
     }
-    out.push(close_and_measure(
-        e,
-        "disk after overwriting all once",
-        &data,
-    ));
+    trace_rss("overwrite all once");
+    // The first store's peak: the process held only this store of n keys so far (fill, reopen,
+    // reads, updates). The whole run's peak below also holds what the allocator kept of it
+    // while the durable and batch stores ran.
+    push(
+        &mut out,
+        Outcome::scalar("peak RSS, n-key store", "MB", status_bytes("VmHWM:") / 1e6),
+    );
+    push(
+        &mut out,
+        close_and_measure(e, "disk after overwriting all once", &data),
+    );
 
     // Durable puts, in a fresh store.
     let durable_dir = dir.join("durable");
@@ -317,12 +426,15 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
         ("durable put, 32 writers", 32, 32 * 200),
     ] {
         let e = e.clone();
-        out.push(rate(
-            label,
-            timed(threads, ops, move |t, i| {
-                e.put(&key(t * 1_000_000 + i), &value(vlen, i));
-            }),
-        ));
+        push(
+            &mut out,
+            rate(
+                label,
+                timed(threads, ops, move |t, i| {
+                    e.put(&key(t * 1_000_000 + i), &value(vlen, i));
+                }),
+            ),
+        );
     }
     e.close();
     drop(e);
@@ -338,12 +450,63 @@ pub fn run_all(name: &str, dir: &Path, p: &Params) -> Vec<Outcome> {
         e.put_batch(&kvs);
         k = end;
     }
-    out.push(Outcome::scalar(
-        "batch fill (1000 per batch)",
-        "ops/s",
-        n as f64 / started.elapsed().as_secs_f64(),
-    ));
+    push(
+        &mut out,
+        Outcome::scalar(
+            "batch fill (1000 per batch)",
+            "ops/s",
+            n as f64 / started.elapsed().as_secs_f64(),
+        ),
+    );
     e.close();
-    out.push(Outcome::scalar("peak RSS", "MB", peak_rss_bytes() / 1e6));
+    push(
+        &mut out,
+        Outcome::scalar("peak RSS, whole run", "MB", status_bytes("VmHWM:") / 1e6),
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_invert_and_stay_within_one_sixty_fourth() {
+        for ns in (0..5000u64).chain([1 << 20, 123_456_789, u64::MAX / 3]) {
+            let b = Histogram::bucket(ns);
+            let low = Histogram::low(b);
+            assert!(low <= ns, "{ns}: low {low}");
+            assert!((ns - low) as f64 <= ns as f64 / 64.0, "{ns}: low {low}");
+            assert_eq!(Histogram::bucket(low), b, "{ns}");
+        }
+    }
+
+    #[test]
+    fn histogram_quantiles_match_a_sorted_list() {
+        let mut h = Histogram::new();
+        let mut other = Histogram::new();
+        let mut all = Vec::new();
+        let mut r = SplitMix(7);
+        for i in 0..10_000u64 {
+            let ns = r.next() % 2_000_000;
+            all.push(ns);
+            let d = Duration::from_nanos(ns);
+            if i % 2 == 0 {
+                h.record(d)
+            } else {
+                other.record(d)
+            }
+        }
+        h.merge(&other);
+        all.sort_unstable();
+        for q in [0.0, 0.5, 0.99, 1.0] {
+            let exact = all[((all.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+            let got = h.quantile_us(q);
+            assert!(
+                got <= exact && exact - got <= exact / 64.0 + 1e-9,
+                "q {q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(Histogram::new().quantile_us(0.5), 0.0);
+    }
 }
