@@ -95,10 +95,27 @@ pub fn record_spans(file: &[u8]) -> Vec<(usize, usize)> {
 
 /// Loads `data` as the hint file of datafile 1 of `data_len` bytes: every record it applies
 /// must lie inside the datafile.
+/// Loaded whole and, with small reads, split over three threads: both see the same records.
 pub fn hint_file(data: &[u8], data_len: u64) {
-    let _ = crate::hint::load_bytes(data, 1, data_len, |h| {
-        assert!(h.offset + u64::from(h.record_len) <= data_len);
+    use crate::hint::{load_bytes, How};
+    let seen = |how: How| {
+        load_bytes(data, 1, data_len, how, Vec::new, |v, h| {
+            assert!(h.offset + u64::from(h.record_len) <= data_len);
+            v.push((h.seq, h.offset, h.key.to_vec()));
+        })
+        .map(|(n, parts)| {
+            let all: Vec<_> = parts.into_iter().flatten().collect();
+            assert_eq!(all.len() as u64, n);
+            all
+        })
+    };
+    let whole = seen(How::default());
+    let split = seen(How {
+        chunk: 61,
+        parts: 3,
+        min_part_bytes: 1,
     });
+    assert_eq!(whole, split);
 }
 
 /// Scans `body` as the records of datafile 1 (a valid header is put in front), in both modes,

@@ -242,48 +242,70 @@ pub(crate) fn footer_count(path: &Path) -> Option<u64> {
 
 /// Bytes a hint file is read in: loading never holds a whole hint file (~53 bytes per record)
 /// in memory.
-const LOAD_CHUNK: usize = 1 << 20;
+const LOAD_CHUNK: usize = 128 << 10;
 
-/// Loads the hint file at `path` for datafile `file_id` whose current length is `data_len`,
-/// calling `apply` for each record. `Err` carries why the hint cannot be trusted (the caller
-/// then scans the datafile); nothing is applied in that case.
+/// Why a hint file was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoadError {
+    /// The hint cannot be trusted (damaged, stale, unreadable). Nothing was applied: the caller
+    /// scans the datafile instead.
+    Unusable(String),
+    /// Reading failed after records were applied (the disk failed, or the file changed while
+    /// it was read): the load cannot be completed or undone.
+    Failed(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unusable(why) | LoadError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Loads the hint file at `path` for datafile `file_id` whose current length is `data_len`.
 ///
 /// The file is read twice in [`LOAD_CHUNK`]s: once to verify every record, once to apply them
-/// (the second read comes from the page cache).
-pub(crate) fn load(
+/// (the second read comes from the page cache). The second pass is split into up to `parts`
+/// ranges of records applied on their own threads, each with its own `state()`; `apply` is
+/// called once per record. Returns the record count and the states, in file order.
+pub(crate) fn load<S: Send>(
     path: &Path,
     file_id: u32,
     data_len: u64,
-    apply: impl FnMut(&HintRecord<'_>),
-) -> Result<u64, String> {
+    parts: usize,
+    state: impl Fn() -> S + Sync,
+    apply: impl Fn(&mut S, &HintRecord<'_>) + Sync,
+) -> Result<(u64, Vec<S>), LoadError> {
     use std::os::unix::fs::FileExt;
     let cannot = |e: std::io::Error| format!("cannot read: {e}");
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let len = file.metadata().map_err(cannot)?.len();
+    let file = std::fs::File::open(path)
+        .map_err(cannot)
+        .map_err(LoadError::Unusable)?;
+    let len = file
+        .metadata()
+        .map_err(cannot)
+        .map_err(LoadError::Unusable)?
+        .len();
     let read_at = |buf: &mut [u8], off: u64| file.read_at(buf, off).map_err(cannot);
-    load_from(&read_at, len, file_id, data_len, LOAD_CHUNK, apply)
+    let how = How {
+        parts,
+        ..How::default()
+    };
+    load_from(&read_at, len, file_id, data_len, how, state, apply)
 }
 
-/// [`load`] over the bytes of a hint file.
+/// [`load`] over the bytes of a hint file, `chunk` bytes at a time (tests use tiny chunks to
+/// cross every boundary).
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn load_bytes(
+pub(crate) fn load_bytes<S: Send>(
     bytes: &[u8],
     file_id: u32,
     data_len: u64,
-    apply: impl FnMut(&HintRecord<'_>),
-) -> Result<u64, String> {
-    load_bytes_chunked(bytes, file_id, data_len, LOAD_CHUNK, apply)
-}
-
-/// [`load_bytes`] with a given chunk size (tests use tiny ones to cross every boundary).
-#[cfg(any(test, feature = "fuzzing"))]
-fn load_bytes_chunked(
-    bytes: &[u8],
-    file_id: u32,
-    data_len: u64,
-    chunk: usize,
-    apply: impl FnMut(&HintRecord<'_>),
-) -> Result<u64, String> {
+    how: How,
+    state: impl Fn() -> S + Sync,
+    apply: impl Fn(&mut S, &HintRecord<'_>) + Sync,
+) -> Result<(u64, Vec<S>), LoadError> {
     let read_at = |buf: &mut [u8], off: u64| {
         let from = usize::try_from(off).map_or(bytes.len(), |o| o.min(bytes.len()));
         let n = buf.len().min(bytes.len() - from);
@@ -295,13 +317,38 @@ fn load_bytes_chunked(
         bytes.len() as u64,
         file_id,
         data_len,
-        chunk,
+        how,
+        state,
         apply,
     )
 }
 
+/// How a hint file is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct How {
+    /// Bytes per read.
+    pub chunk: usize,
+    /// Most ranges the apply pass is split into.
+    pub parts: usize,
+    /// Fewest body bytes per range: a small hint is not worth a thread.
+    pub min_part_bytes: u64,
+}
+
+impl Default for How {
+    fn default() -> How {
+        How {
+            chunk: LOAD_CHUNK,
+            parts: 1,
+            min_part_bytes: MIN_PART_BYTES,
+        }
+    }
+}
+
+/// Default [`How::min_part_bytes`]: ~20k records of 16-byte keys.
+const MIN_PART_BYTES: u64 = 1 << 20;
+
 /// Positioned reads of a hint file: `(buf, offset) -> bytes read` (0 at the end).
-type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> Result<usize, String> + 'a;
+type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> Result<usize, String> + Sync + 'a;
 
 /// Fills `buf` from `off`; fails if the file ends first.
 fn read_exact_at(read_at: &ReadAt<'_>, buf: &mut [u8], off: u64) -> Result<(), String> {
@@ -315,14 +362,62 @@ fn read_exact_at(read_at: &ReadAt<'_>, buf: &mut [u8], off: u64) -> Result<(), S
     Ok(())
 }
 
-fn load_from(
+fn load_from<S: Send>(
     read_at: &ReadAt<'_>,
     len: u64,
     file_id: u32,
     data_len: u64,
-    chunk: usize,
-    mut apply: impl FnMut(&HintRecord<'_>),
-) -> Result<u64, String> {
+    how: How,
+    state: impl Fn() -> S + Sync,
+    apply: impl Fn(&mut S, &HintRecord<'_>) + Sync,
+) -> Result<(u64, Vec<S>), LoadError> {
+    let (count, bounds) =
+        verify(read_at, len, file_id, data_len, how).map_err(LoadError::Unusable)?;
+    // Every record was verified above; skip the second CRC.
+    let apply_range = |r: std::ops::Range<u64>| {
+        let mut st = state();
+        for_each_record(read_at, r, how.chunk, false, |h, _, _| {
+            apply(&mut st, h);
+            Ok(())
+        })
+        .map(|_| st)
+    };
+    let states = if bounds.len() == 2 {
+        vec![apply_range(bounds[0]..bounds[1])]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let r = w[0]..w[1];
+                    s.spawn(|| apply_range(r))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a hint loading thread panicked".into()))
+                })
+                .collect()
+        })
+    };
+    let states = states
+        .into_iter()
+        .collect::<Result<Vec<S>, String>>()
+        .map_err(LoadError::Failed)?;
+    Ok((count, states))
+}
+
+/// Checks the whole hint file; returns its record count and record boundaries that split its
+/// body into up to `how.parts` ranges (first and last: the body's start and end).
+fn verify(
+    read_at: &ReadAt<'_>,
+    len: u64,
+    file_id: u32,
+    data_len: u64,
+    how: How,
+) -> Result<(u64, Vec<u64>), String> {
     let mut header = [0u8; FILE_HEADER_LEN];
     let head_len = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
     read_exact_at(read_at, &mut header[..head_len], 0)?;
@@ -345,10 +440,20 @@ fn load_from(
         ));
     }
     let body = FILE_HEADER_LEN as u64..body_end;
-    // Validate everything before applying anything.
-    let count = for_each_record(read_at, body.clone(), chunk, true, |h, i| {
+    // Validate everything before applying anything; note record boundaries near the points
+    // that split the body into `parts` equal ranges.
+    let body_len = body.end - body.start;
+    let parts = (how.parts as u64)
+        .min(body_len / how.min_part_bytes.max(1))
+        .max(1);
+    let step = (body_len / parts).max(1);
+    let mut bounds = vec![body.start];
+    let count = for_each_record(read_at, body.clone(), how.chunk, true, |h, i, at| {
         if h.offset + u64::from(h.record_len) > data_len {
             return Err(format!("record {i} points past the datafile end"));
+        }
+        if (bounds.len() as u64) < parts && at >= body.start + step * bounds.len() as u64 {
+            bounds.push(at);
         }
         Ok(())
     })?;
@@ -358,21 +463,19 @@ fn load_from(
             footer.record_count
         ));
     }
-    // Every record was verified above; skip the second CRC.
-    for_each_record(read_at, body, chunk, false, |h, _| {
-        apply(h);
-        Ok(())
-    })
+    bounds.push(body.end);
+    Ok((count, bounds))
 }
 
 /// Decodes the hint records in `range` of the file, reading `chunk` bytes at a time (more when
-/// one record is larger), and calls `f(record, index)` for each; returns how many there were.
+/// one record is larger), and calls `f(record, index in the range, file offset)` for each;
+/// returns how many there were.
 fn for_each_record(
     read_at: &ReadAt<'_>,
     range: std::ops::Range<u64>,
     chunk: usize,
     verify_crc: bool,
-    mut f: impl FnMut(&HintRecord<'_>, u64) -> Result<(), String>,
+    mut f: impl FnMut(&HintRecord<'_>, u64, u64) -> Result<(), String>,
 ) -> Result<u64, String> {
     let total = range.end - range.start;
     let mut buf = vec![
@@ -389,7 +492,7 @@ fn for_each_record(
         while at < filled {
             match record::decode_hint_with(&buf[at..filled], verify_crc) {
                 Ok((h, n)) => {
-                    f(&h, count)?;
+                    f(&h, count, range.start + pos + at as u64)?;
                     at += n;
                     count += 1;
                 }
@@ -447,9 +550,9 @@ mod tests {
         let copied = b.finish(9, 5020);
         let moved = b.into_file(9, 5020);
         assert_eq!(copied, moved);
-        let mut n = 0;
-        let loaded = load_bytes(&moved, 9, 5020, |_| n += 1).expect("valid hint file");
-        assert_eq!((loaded, n), (100, 100));
+        let (loaded, parts) = load_bytes(&moved, 9, 5020, How::default(), || 0, |n, _| *n += 1)
+            .expect("valid hint file");
+        assert_eq!((loaded, parts), (100, vec![100]));
     }
 
     /// What a test looks at in a loaded record: key, seq, offset, tombstone.
@@ -477,33 +580,65 @@ mod tests {
         (b.into_file(3, 20 + n * 400), recs)
     }
 
-    fn collect(bytes: &[u8], chunk: usize) -> Result<Vec<Seen>, String> {
-        let mut got = Vec::new();
+    fn seen(v: &mut Vec<Seen>, h: &HintRecord<'_>) {
+        v.push((h.key.to_vec(), h.seq, h.offset, h.tombstone));
+    }
+
+    fn how(chunk: usize, parts: usize) -> How {
+        How {
+            chunk,
+            parts,
+            min_part_bytes: 1,
+        }
+    }
+
+    /// Loads `bytes`; returns the records in file order and how many parts were used.
+    fn collect(bytes: &[u8], how: How) -> Result<(Vec<Seen>, usize), LoadError> {
         let data_len = 20 + 80 * 400;
-        let n = load_bytes_chunked(bytes, 3, data_len, chunk, |h| {
-            got.push((h.key.to_vec(), h.seq, h.offset, h.tombstone))
-        })?;
+        let (n, parts) = load_bytes(bytes, 3, data_len, how, Vec::new, seen)?;
+        let used = parts.len();
+        let got: Vec<Seen> = parts.into_iter().flatten().collect();
         assert_eq!(n as usize, got.len());
-        Ok(got)
+        Ok((got, used))
     }
 
     #[test]
     fn chunked_load_sees_every_record_whatever_the_chunk() {
         let (file, recs) = sample(80);
         for chunk in [1, 2, 7, 52, 53, 54, 300, 301, 4096, 1 << 20] {
-            assert_eq!(collect(&file, chunk).as_ref(), Ok(&recs), "chunk {chunk}");
+            for parts in [1, 2, 3, 7, 80, 500] {
+                let (got, used) = collect(&file, how(chunk, parts)).expect("loads");
+                assert_eq!(got, recs, "chunk {chunk}, parts {parts}");
+                // Ranges split at byte offsets: a long record can swallow a split point.
+                let expect = if parts <= 7 { parts..=parts } else { 7..=80 };
+                assert!(
+                    expect.contains(&used),
+                    "chunk {chunk}, parts {parts}: {used}"
+                );
+            }
         }
+        // A small hint is not split unless asked to.
+        let (_, used) = collect(
+            &file,
+            How {
+                parts: 4,
+                ..How::default()
+            },
+        )
+        .expect("loads");
+        assert_eq!(used, 1);
         // The file-backed loader reads the same records.
         let dir = std::env::temp_dir().join(format!("ringcask-hint-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("h");
         std::fs::write(&path, &file).expect("write");
-        let mut got = Vec::new();
-        let n = load(&path, 3, 20 + 80 * 400, |h| {
-            got.push((h.key.to_vec(), h.seq, h.offset, h.tombstone))
-        });
-        assert_eq!((n, got), (Ok(80), recs));
-        assert!(load(&dir.join("missing"), 3, 0, |_| {}).is_err());
+        let (n, parts) = load(&path, 3, 20 + 80 * 400, 2, Vec::new, seen).expect("loads");
+        assert_eq!(n, 80);
+        assert_eq!(parts.concat(), recs);
+        assert!(matches!(
+            load(&dir.join("missing"), 3, 0, 1, || (), |_, _| {}),
+            Err(LoadError::Unusable(_))
+        ));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
@@ -523,10 +658,26 @@ mod tests {
                 let at = (r as usize) % file.len();
                 bad[at] ^= 1 << (r % 8);
             }
-            let mut applied = 0;
-            let res = load_bytes_chunked(&bad, 3, 20 + 80 * 400, chunk, |_| applied += 1);
-            assert!(res.is_err(), "round {round}: damage not seen");
-            assert_eq!(applied, 0, "round {round}: applied records of a bad file");
+            let applied = std::sync::atomic::AtomicU64::new(0);
+            let res = load_bytes(
+                &bad,
+                3,
+                20 + 80 * 400,
+                how(chunk, 1 + round % 3),
+                || (),
+                |_, _| {
+                    applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                },
+            );
+            assert!(
+                matches!(res, Err(LoadError::Unusable(_))),
+                "round {round}: damage not seen"
+            );
+            assert_eq!(
+                applied.into_inner(),
+                0,
+                "round {round}: applied records of a bad file"
+            );
         }
     }
 }

@@ -34,6 +34,7 @@ pub struct Options {
     pub(crate) max_key_bytes: usize,
     pub(crate) max_value_bytes: usize,
     pub(crate) read_threads: usize,
+    pub(crate) recovery_threads: usize,
     pub(crate) io_backend: IoBackend,
     pub(crate) skip_damaged_records: bool,
     pub(crate) preallocate_bytes: u64,
@@ -53,7 +54,8 @@ pub struct Options {
 
 impl Default for Options {
     /// `sync(SyncPolicy::Always)`, `max_file_bytes(256 MiB)`, `max_key_bytes(64 KiB)`,
-    /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `io_backend(IoBackend::Auto)`,
+    /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `recovery_threads(0)` (one per CPU, at most 4),
+    /// `io_backend(IoBackend::Auto)`,
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
@@ -66,6 +68,7 @@ impl Default for Options {
             max_key_bytes: 64 << 10,
             max_value_bytes: 64 << 20,
             read_threads: 1,
+            recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
             preallocate_bytes: 64 << 20,
@@ -114,6 +117,14 @@ impl Options {
     /// Number of io threads serving value reads (default 1, at most 64).
     pub fn read_threads(mut self, n: usize) -> Self {
         self.read_threads = n;
+        self
+    }
+
+    /// Threads that rebuild the keydir at open (default 0: one per CPU, at most 4; at most 64).
+    /// Datafiles load side by side; when there are fewer files than threads, a large hint file
+    /// (over 1 MiB per thread) is split between them.
+    pub fn recovery_threads(mut self, n: usize) -> Self {
+        self.recovery_threads = n;
         self
     }
 
@@ -252,6 +263,12 @@ impl Options {
         if self.read_threads == 0 || self.read_threads > 64 {
             return bad(format!("read_threads {} outside 1..=64", self.read_threads));
         }
+        if self.recovery_threads > 64 {
+            return bad(format!(
+                "recovery_threads {} outside 0..=64",
+                self.recovery_threads
+            ));
+        }
         if self.write_queue_depth == 0 {
             return bad("write_queue_depth must be at least 1".into());
         }
@@ -289,6 +306,7 @@ mod tests {
         assert_eq!(o.max_key_bytes, 64 << 10);
         assert_eq!(o.max_value_bytes, 64 << 20);
         assert_eq!(o.read_threads, 1);
+        assert_eq!(o.recovery_threads, 0);
         assert_eq!(o.io_backend, IoBackend::Auto);
         assert!(!o.skip_damaged_records);
         assert_eq!(o.preallocate_bytes, 64 << 20);
@@ -312,6 +330,7 @@ mod tests {
             Options::default().max_key_bytes(KEY_LEN_LIMIT as usize + 1),
             Options::default().max_value_bytes(VALUE_LEN_LIMIT as usize + 1),
             Options::default().read_threads(0),
+            Options::default().recovery_threads(65),
             Options::default().write_queue_depth(0),
             Options::default().sync(SyncPolicy::IntervalMs(0)),
             Options::default().merge_trigger_ratio(1.5),

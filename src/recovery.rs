@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -54,9 +54,9 @@ struct Loaded {
     file_len: u64,
     truncated_bytes: u64,
     skipped_bytes: u64,
-    min_seq: u64,
     hint: Option<Vec<u8>>,
-    tally: Tally,
+    /// What its records did to the keydir.
+    applied: Applied,
 }
 
 fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
@@ -81,17 +81,49 @@ struct Tally {
     ttl: bool,
 }
 
+impl Tally {
+    /// Adds what another load of records (of the same file) did.
+    fn absorb(&mut self, other: Tally) {
+        self.own += other.own;
+        for (id, d) in other.others {
+            *self.others.entry(id).or_default() += d;
+        }
+        self.markers += other.markers;
+        self.ttl |= other.ttl;
+    }
+}
+
+/// What applying a run of records of one file did: the tally and the seq range seen.
+#[derive(Debug)]
+struct Applied {
+    tally: Tally,
+    min_seq: u64,
+    max_seq: u64,
+}
+
+impl Default for Applied {
+    fn default() -> Applied {
+        Applied {
+            tally: Tally::default(),
+            min_seq: u64::MAX,
+            max_seq: 0,
+        }
+    }
+}
+
+impl Applied {
+    fn absorb(&mut self, other: Applied) {
+        self.tally.absorb(other.tally);
+        self.min_seq = self.min_seq.min(other.min_seq);
+        self.max_seq = self.max_seq.max(other.max_seq);
+    }
+}
+
 /// Installs one record (from a hint or a scan) of datafile `file_id` into the keydir.
-fn apply(
-    keydir: &KeyDir,
-    file_id: u32,
-    h: &HintRecord<'_>,
-    now: u64,
-    max_seq: &AtomicU64,
-    tally: &mut Tally,
-) {
-    max_seq.fetch_max(h.seq, Ordering::Relaxed);
-    // (The caller tracks the file's smallest seq.)
+fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, seen: &mut Applied) {
+    seen.min_seq = seen.min_seq.min(h.seq);
+    seen.max_seq = seen.max_seq.max(h.seq);
+    let tally = &mut seen.tally;
     let entry = if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
         Entry::marker(h.seq)
     } else {
@@ -131,7 +163,8 @@ struct Ctx<'a> {
     opts: &'a Options,
     keydir: &'a KeyDir,
     now: u64,
-    max_seq: AtomicU64,
+    /// Threads one hint file's records are applied on.
+    hint_parts: usize,
 }
 
 fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
@@ -140,7 +173,7 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         opts,
         keydir,
         now,
-        ref max_seq,
+        hint_parts,
     } = *cx;
     let path = data_path(dir, id);
     let file = std::fs::File::open(&path)?;
@@ -183,23 +216,28 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     drop(file);
     if has_hint {
         let hp = hint_path(dir, id);
-        let mut min_seq = u64::MAX;
-        let tally = &mut out.tally;
-        let loaded = hint::load(&hp, id, file_len, |h| {
-            min_seq = min_seq.min(h.seq);
-            apply(keydir, id, h, now, max_seq, tally)
+        let loaded = hint::load(&hp, id, file_len, hint_parts, Applied::default, |a, h| {
+            apply(keydir, id, h, now, a)
         });
         match loaded {
-            Ok(n) => {
+            Ok((n, parts)) => {
                 out.from_hint = true;
                 out.records = n;
-                out.min_seq = min_seq;
+                for a in parts {
+                    out.applied.absorb(a);
+                }
                 return Ok(out);
             }
-            Err(why) => tracing::warn!(
+            Err(hint::LoadError::Unusable(why)) => tracing::warn!(
                 hint = %hp.display(),
                 "hint file unusable ({why}); scanning the datafile instead"
             ),
+            Err(hint::LoadError::Failed(why)) => {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "loading hint file {}: {why}",
+                    hp.display()
+                ))))
+            }
         }
     }
     let mode = if !is_last && opts.skip_damaged_records {
@@ -208,11 +246,9 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         ScanMode::Stop
     };
     let mut hb = HintBuilder::default();
-    let mut min_seq = u64::MAX;
-    let tally = &mut out.tally;
+    let applied = &mut out.applied;
     let scanned = datafile::scan(&path, id, mode, |h| {
-        min_seq = min_seq.min(h.seq);
-        apply(keydir, id, h, now, max_seq, tally);
+        apply(keydir, id, h, now, applied);
         hb.push(h);
     });
     let outcome = match scanned {
@@ -224,7 +260,6 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         }
     };
     out.records = hb.count();
-    out.min_seq = min_seq;
     out.skipped_bytes = outcome.skipped_bytes;
     match outcome.end {
         ScanEnd::Clean => {}
@@ -336,21 +371,25 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
     }
     let ids: Vec<u32> = data_ids.iter().copied().collect();
     let last = last_log_file(dir, &ids)?;
+    // Files load in parallel; when there are fewer files than threads, hint files are split.
+    let parallelism = match opts.recovery_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4),
+        n => n,
+    };
     let cx = Ctx {
         dir,
         opts,
         keydir,
         now: now_ms(),
-        max_seq: AtomicU64::new(0),
+        hint_parts: (parallelism / ids.len().max(1)).max(1),
     };
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Result<Loaded>>> = Mutex::new(Vec::with_capacity(ids.len()));
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
-        .min(ids.len().max(1));
+    let workers = parallelism.min(ids.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
@@ -378,13 +417,16 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
     let mut live: BTreeMap<u32, i64> = BTreeMap::new();
     let mut markers = 0;
     let mut has_ttl = false;
+    let mut max_seq = 0;
     for l in &loaded {
-        *live.entry(l.id).or_default() += l.tally.own;
-        for (id, d) in &l.tally.others {
+        let tally = &l.applied.tally;
+        *live.entry(l.id).or_default() += tally.own;
+        for (id, d) in &tally.others {
             *live.entry(*id).or_default() += d;
         }
-        markers += l.tally.markers;
-        has_ttl |= l.tally.ttl;
+        markers += tally.markers;
+        has_ttl |= tally.ttl;
+        max_seq = max_seq.max(l.applied.max_seq);
     }
     if markers > 0 {
         keydir.sweep(cx.now);
@@ -410,7 +452,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         }
         let mut f = FileStats::new(l.id);
         f.total_bytes = l.file_len;
-        f.min_seq = l.min_seq;
+        f.min_seq = l.applied.min_seq;
         f.sealed = true;
         usage.insert(l.id, f);
     }
@@ -436,7 +478,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         "recovered store"
     );
     Ok(Recovered {
-        next_seq: cx.max_seq.load(Ordering::Relaxed) + 1,
+        next_seq: max_seq + 1,
         next_file_id,
         hints_to_write,
         usage,

@@ -241,6 +241,80 @@ fn space_accounting_is_the_same_after_reopen() {
     }
 }
 
+/// Every key and value of `db`, sorted.
+async fn contents(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut keys = db.keys();
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("listed key has a value");
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    out
+}
+
+/// What a reopen saw: contents, per-file accounting, key count.
+type Seen = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(u32, u64, u64)>, usize);
+
+/// A hint file large enough to be split between recovery threads loads the same keys, values
+/// and space accounting as one thread reading it whole, and as a scan of its datafile.
+#[test]
+fn split_hint_load_matches_whole_load_and_scan() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // One big datafile: ~90k records over 20k keys (overwrites, deletes, some TTLs), so its
+    // hint body is ~4 MB: three ranges of over 1 MiB.
+    let opts = small_opts()
+        .max_file_bytes(64 << 20)
+        .preallocate_bytes(1 << 20)
+        .auto_merge(false);
+    run(async {
+        let db = Db::open(tmp.path(), opts.clone()).await.expect("open");
+        common::churn(&db, 21, 90_000, 20_000, 40, 9).await;
+        for i in 0..500u32 {
+            let ttl = std::time::Duration::from_secs(if i % 2 == 0 { 3600 } else { 0 });
+            db.put_with_ttl(format!("t{i}"), b"x", ttl)
+                .await
+                .expect("ttl put");
+        }
+        db.close().await.expect("close");
+        assert_eq!(common::hint_files(tmp.path()).len(), 1, "one sealed file");
+        let load = |threads: usize| {
+            let opts = opts.clone().recovery_threads(threads);
+            let dir = tmp.path().to_path_buf();
+            async move {
+                let db = Db::open(&dir, opts).await.expect("reopen");
+                let st = db.stats().recovery;
+                let seen = (contents(&db).await, file_accounting(&db), db.len());
+                db.close().await.expect("close");
+                (seen, st.files_from_hints, st.records_loaded)
+            }
+        };
+        let (whole, from_hints, records) = load(1).await;
+        assert_eq!(from_hints, 1);
+        assert!(records > 90_000, "{records} records");
+        assert!(whole.2 > 10_000, "{} keys", whole.2);
+        // (Contents compared without printing thousands of keys on failure.)
+        let same = |a: &Seen, b: &Seen, what: &str| {
+            assert_eq!((&a.1, a.2), (&b.1, b.2), "{what}: accounting or key count");
+            let differ = a.0.iter().zip(&b.0).filter(|(x, y)| x != y).count();
+            assert!(a.0 == b.0, "{what}: {differ} keys or values differ");
+        };
+        let (split, from_hints, _) = load(3).await;
+        assert_eq!(from_hints, 1);
+        same(&split, &whole, "split hint load vs whole");
+        for h in common::hint_files(tmp.path()) {
+            std::fs::remove_file(h).expect("rm hint");
+        }
+        let (scanned, from_hints, _) = load(3).await;
+        assert_eq!(from_hints, 0);
+        same(&scanned, &whole, "scan vs hint load");
+    });
+}
+
 /// Live accounting while writing matches what open computes from the files.
 #[test]
 fn space_accounting_while_writing_matches_open() {
