@@ -5,23 +5,31 @@
 //! their updates does not matter. Callers copy the small `Copy` entry out; no map guard ever
 //! lives across an `.await`.
 
-use dashmap::mapref::entry::Entry as MapEntry;
-use dashmap::DashMap;
+use std::hash::BuildHasher;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 mod cas;
+mod table;
 
 pub(crate) use cas::{Entry, Installed};
+use table::Table;
 
 type Hasher = foldhash::fast::RandomState;
 
-/// Key storage: keys up to 16 bytes live inline in the map's slot (24 bytes in all), longer
-/// ones in one heap allocation. A `Box<[u8]>` cost 16 bytes in the slot plus a 32-byte heap
-/// block for a 16-byte key.
-pub(crate) type KeyBuf = smallvec::SmallVec<[u8; 16]>;
+/// Shards (a power of two): each is a [`Table`] behind its own lock, chosen by the top bits of
+/// the key's hash. Many shards keep lock collisions rare and make a shard's rebuild (which
+/// holds its write lock) short: at 1M keys a shard holds ~16k.
+const SHARDS: usize = 64;
+const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
+
+/// One shard, on its own cache lines so that locking one does not slow its neighbours.
+#[repr(align(128))]
+struct Shard(RwLock<Table>);
 
 /// The concurrent key directory.
 pub(crate) struct KeyDir {
-    map: DashMap<KeyBuf, Entry, Hasher>,
+    shards: Box<[Shard]>,
+    hasher: Hasher,
 }
 
 impl KeyDir {
@@ -33,59 +41,92 @@ impl KeyDir {
 
     /// An empty keydir with room for about `n` keys.
     pub(crate) fn with_capacity(n: usize) -> KeyDir {
+        // Shards fill unevenly: leave ~10 % (plus a little) of headroom each.
+        let per_shard = if n == 0 {
+            0
+        } else {
+            n / SHARDS + n / SHARDS / 10 + 16
+        };
         KeyDir {
-            map: DashMap::with_capacity_and_hasher(n, Hasher::default()),
+            shards: (0..SHARDS)
+                .map(|_| Shard(RwLock::new(Table::with_capacity(per_shard))))
+                .collect(),
+            hasher: Hasher::default(),
         }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Table> {
+        &self.shards[(hash >> SHARD_SHIFT) as usize].0
+    }
+
+    // A panic while a shard was locked (a bug) must not make the keydir unusable: the table
+    // is consistent between statements that could panic, so the poison is ignored.
+    fn read(lock: &RwLock<Table>) -> RwLockReadGuard<'_, Table> {
+        lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(lock: &RwLock<Table>) -> RwLockWriteGuard<'_, Table> {
+        lock.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// [`KeyDir::install`] for recovery, where most keys are new: one hash and one lookup.
     pub(crate) fn install_new(&self, key: &[u8], entry: Entry) -> Installed {
-        match self.map.entry(KeyBuf::from_slice(key)) {
-            MapEntry::Occupied(mut o) => Self::swap_if_newer(o.get_mut(), entry),
-            MapEntry::Vacant(v) => {
-                v.insert(entry);
-                Installed::New
-            }
-        }
+        self.install(key, entry)
     }
 
     /// A copy of the entry for `key`, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Entry> {
-        self.map.get(key).map(|r| *r.value())
+        let h = self.hash(key);
+        let t = Self::read(self.shard(h));
+        t.find(key, h).map(|i| t.entry(i))
     }
 
     /// Installs `entry` for `key` unless the map holds an entry with an equal or larger seq.
     pub(crate) fn install(&self, key: &[u8], entry: Entry) -> Installed {
-        if let Some(mut cur) = self.map.get_mut(key) {
-            return Self::swap_if_newer(cur.value_mut(), entry);
-        }
-        match self.map.entry(KeyBuf::from_slice(key)) {
-            MapEntry::Occupied(mut o) => Self::swap_if_newer(o.get_mut(), entry),
-            MapEntry::Vacant(v) => {
-                v.insert(entry);
+        let h = self.hash(key);
+        let mut t = Self::write(self.shard(h));
+        match t.find(key, h) {
+            Some(i) => {
+                let mut cur = t.entry(i);
+                let r = cas::install_over(&mut cur, entry);
+                if matches!(r, Installed::Replaced(_)) {
+                    t.set_entry(i, &cur);
+                }
+                r
+            }
+            None => {
+                t.insert_new(key, h, &entry, &|k| self.hash(k));
                 Installed::New
             }
         }
     }
 
-    fn swap_if_newer(cur: &mut Entry, entry: Entry) -> Installed {
-        cas::install_over(cur, entry)
+    /// Removes `key` if `remove(entry)` says so; returns the removed entry.
+    fn remove_when(&self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
+        let h = self.hash(key);
+        let mut t = Self::write(self.shard(h));
+        let i = t.find(key, h)?;
+        remove(&t.entry(i)).then(|| t.remove_at(i))
     }
 
     /// Removes `key` if its entry is older than `seq` (a delete with that seq); returns it.
     pub(crate) fn remove_older(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map
-            .remove_if(key, |_, e| cas::delete_removes(e, seq))
-            .map(|(_, e)| e)
+        self.remove_when(key, |e| cas::delete_removes(e, seq))
     }
 
     /// Points `key` at a merged copy of its record: only if the entry still has `seq` and still
     /// lives in `from_file` (a put or delete that raced the merge wins).
     pub(crate) fn repoint(&self, key: &[u8], seq: u64, from_file: u32, to: Entry) -> bool {
         debug_assert_eq!(to.seq, seq);
-        match self.map.get_mut(key) {
-            Some(mut e) if cas::repoint_allowed(&e, seq, from_file) => {
-                *e = to;
+        let h = self.hash(key);
+        let mut t = Self::write(self.shard(h));
+        match t.find(key, h) {
+            Some(i) if cas::repoint_allowed(&t.entry(i), seq, from_file) => {
+                t.set_entry(i, &to);
                 true
             }
             _ => false,
@@ -95,42 +136,47 @@ impl KeyDir {
     /// Removes `key` if its entry has exactly `seq` (an expired record a merge turned into a
     /// tombstone); returns it.
     pub(crate) fn remove_if_seq(&self, key: &[u8], seq: u64) -> Option<Entry> {
-        self.map
-            .remove_if(key, |_, e| cas::expire_removes(e, seq))
-            .map(|(_, e)| e)
+        self.remove_when(key, |e| cas::expire_removes(e, seq))
     }
 
     /// Removes every entry expired at `now_ms`; returns (file id, record length) of each.
     pub(crate) fn take_expired(&self, now_ms: u64) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        self.map.retain(|_, e| {
-            let expired = e.is_expired(now_ms);
-            if expired {
-                out.push((e.file_id, e.len));
-            }
-            !expired
-        });
+        for s in self.shards.iter() {
+            Self::write(&s.0).retain(|_, e| {
+                let expired = e.is_expired(now_ms);
+                if expired {
+                    out.push((e.file_id, e.len));
+                }
+                !expired
+            });
+        }
         out
     }
 
     /// Number of entries (live or expired-but-not-yet-reclaimed).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.shards.iter().map(|s| Self::read(&s.0).len()).sum()
     }
 
     /// Calls `f` for every entry. Holds one shard's read lock at a time.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&[u8], &Entry)) {
-        for r in self.map.iter() {
-            f(r.key(), r.value());
+        for s in self.shards.iter() {
+            Self::read(&s.0).for_each(&mut f);
         }
     }
 
     /// Drops recovery markers and entries expired at `now_ms`; returns how many were dropped.
     pub(crate) fn sweep(&self, now_ms: u64) -> usize {
-        let before = self.map.len();
-        self.map
-            .retain(|_, e| !e.is_marker() && !e.is_expired(now_ms));
-        before - self.map.len()
+        let mut dropped = 0;
+        for s in self.shards.iter() {
+            Self::write(&s.0).retain(|_, e| {
+                let drop = e.is_marker() || e.is_expired(now_ms);
+                dropped += usize::from(drop);
+                !drop
+            });
+        }
+        dropped
     }
 }
 
@@ -150,8 +196,7 @@ mod tests {
 
     #[test]
     fn key_slots_stay_small() {
-        assert_eq!(std::mem::size_of::<KeyBuf>(), 24);
-        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(table::SLOT, 45);
         let k = KeyDir::new();
         let long = vec![b'x'; 100];
         k.install(&long, e(1));
