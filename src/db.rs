@@ -18,7 +18,7 @@ use crate::lock::DirLock;
 use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
-use crate::stats::{FileStats, Shared, Stats};
+use crate::stats::{Counter, FileStats, Shared, Stats};
 use crate::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
 use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
 
@@ -252,7 +252,7 @@ impl Db {
     /// [`Error::Closed`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         let inner = self.live()?;
-        Shared::add(&inner.shared.gets, 1);
+        inner.shared.gets.add(1);
         let Some(e) = inner.keydir.get(key) else {
             return Ok(None);
         };
@@ -433,7 +433,7 @@ impl Db {
         let files: Vec<FileStats> = s.with_usage(|u| u.values().copied().collect());
         let total_bytes = files.iter().map(|f| f.total_bytes).sum::<u64>();
         let dead_bytes = files.iter().map(|f| f.dead_bytes).sum::<u64>();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let load = Counter::get;
         Stats {
             keys: self.inner.keydir.len(),
             io_backend: self.inner.kind.into(),
@@ -548,7 +548,7 @@ impl Inner {
             return self.read_record(key, e).await;
         };
         if let Some(v) = cache.get(&e) {
-            Shared::add(&self.shared.reads_cached, 1);
+            self.shared.reads_cached.add(1);
             return Ok(v);
         }
         let v = self.read_record(key, e).await?;
@@ -561,11 +561,11 @@ impl Inner {
         let offset = u64::from(e.offset);
         if self.opts.inline_reads {
             if let Some(buf) = self.files.read_nowait(e.file_id, offset, e.len as usize)? {
-                Shared::add(&self.shared.reads_inline, 1);
+                self.shared.reads_inline.add(1);
                 return self.verify(key, e, buf);
             }
         }
-        Shared::add(&self.shared.reads_io_thread, 1);
+        self.shared.reads_io_thread.add(1);
         let n = self.readers.len();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         let (reply, rx) = oneshot::channel();

@@ -271,8 +271,10 @@ impl Merger {
         report.output_bytes = outputs.iter().map(|o| o.len).sum();
         report.reclaimed_bytes = report.input_bytes.saturating_sub(report.output_bytes);
         report.duration = started.elapsed();
-        Shared::add(&self.shared.merges, 1);
-        Shared::add(&self.shared.merge_reclaimed_bytes, report.reclaimed_bytes);
+        self.shared.merges.add(1);
+        self.shared
+            .merge_reclaimed_bytes
+            .add(report.reclaimed_bytes);
         tracing::info!(
             inputs = report.inputs.len(),
             outputs = report.outputs.len(),

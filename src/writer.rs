@@ -438,8 +438,8 @@ impl Appender {
         io::pwrite_all(self.fault.as_deref(), &active.fd, buf, active.len)?;
         active.len += need;
         self.dirty.store(true, Ordering::Release);
-        Shared::add(&self.shared.bytes_written, need);
-        Shared::add(&self.shared.appends, 1);
+        self.shared.bytes_written.add(need);
+        self.shared.appends.add(1);
         Ok(())
     }
 
@@ -668,7 +668,7 @@ impl Writer {
                 a.poison(&e);
                 return Err(Error::Io(e));
             }
-            Shared::add(&self.shared.syncs, 1);
+            self.shared.syncs.add(1);
         }
         a.synced_seq.fetch_max(upto, Ordering::AcqRel);
         Ok(())
@@ -841,10 +841,10 @@ impl Counts {
     }
 
     fn record(self, s: &Shared) {
-        Shared::add(&s.puts, self.puts);
-        Shared::add(&s.deletes, self.deletes);
+        s.puts.add(self.puts);
+        s.deletes.add(self.deletes);
         if self.batch {
-            Shared::add(&s.batches, 1);
+            s.batches.add(1);
         }
     }
 }
