@@ -250,7 +250,8 @@ impl Db {
     /// # Errors
     /// [`Error::Corrupt`] if the record on disk fails its checksum; [`Error::Io`];
     /// [`Error::Closed`].
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let key = key.as_ref();
         let inner = self.live()?;
         inner.shared.gets.add(1);
         let Some(e) = inner.keydir.get(key) else {
@@ -283,10 +284,10 @@ impl Db {
     }
 
     /// Whether `key` has a live (present, unexpired) value. Answered from memory.
-    pub fn contains_key(&self, key: &[u8]) -> bool {
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
         self.inner
             .keydir
-            .get(key)
+            .get(key.as_ref())
             .is_some_and(|e| e.expiry_ms == 0 || !e.is_expired(now_ms()))
     }
 
@@ -309,11 +310,12 @@ impl Db {
 
     /// All live keys, in no particular order.
     pub fn keys(&self) -> Vec<Bytes> {
-        self.keys_with_prefix(&[])
+        self.keys_with_prefix([])
     }
 
     /// All live keys starting with `prefix`, in no particular order.
-    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Vec<Bytes> {
+    pub fn keys_with_prefix(&self, prefix: impl AsRef<[u8]>) -> Vec<Bytes> {
+        let prefix = prefix.as_ref();
         let now = now_ms();
         let mut out = Vec::new();
         self.inner.keydir.for_each(|k, e| {

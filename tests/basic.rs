@@ -484,3 +484,30 @@ fn a_large_active_file_spills_its_hint_and_reopens_from_it() {
         }
     });
 }
+
+/// Reads and lookups take any byte-like key, as writes do.
+#[test]
+fn reads_take_any_byte_like_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    common::run(async {
+        let db = Db::open(tmp.path(), common::small_opts())
+            .await
+            .expect("open");
+        db.put("name", "ringcask").await.expect("put");
+        let want = Some(bytes::Bytes::from_static(b"ringcask"));
+        assert_eq!(db.get("name").await.expect("get &str"), want);
+        assert_eq!(
+            db.get(String::from("name")).await.expect("get String"),
+            want
+        );
+        assert_eq!(db.get(b"name").await.expect("get &[u8; N]"), want);
+        assert_eq!(db.get(b"name".to_vec()).await.expect("get Vec"), want);
+        let key = bytes::Bytes::from_static(b"name");
+        assert_eq!(db.get(&key).await.expect("get &Bytes"), want);
+        assert!(db.contains_key("name"));
+        assert!(!db.contains_key(String::from("other")));
+        assert_eq!(db.keys_with_prefix("na"), vec![key]);
+        assert!(db.keys_with_prefix("x").is_empty());
+        db.close().await.expect("close");
+    });
+}
