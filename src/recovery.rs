@@ -35,7 +35,7 @@ pub(crate) struct Recovered {
     /// First datafile id the writer may use.
     pub next_file_id: u32,
     /// Hint files to write for datafiles that had to be scanned: (file id, hint file bytes).
-    pub hints_to_write: Vec<(u32, Vec<u8>)>,
+    pub hints_to_write: Vec<(u32, u64, HintBuilder)>,
     /// Per-file space accounting.
     pub usage: BTreeMap<u32, FileStats>,
     /// The report shown in `Stats::recovery`.
@@ -54,7 +54,9 @@ struct Loaded {
     file_len: u64,
     truncated_bytes: u64,
     skipped_bytes: u64,
-    hint: Option<Vec<u8>>,
+    /// The hint records of a scanned file (spilled to its temporary hint file as the scan
+    /// goes, so a scan does not hold ~53 bytes per record in memory).
+    hint: Option<HintBuilder>,
     /// What its records did to the keydir.
     applied: Applied,
 }
@@ -245,7 +247,7 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     } else {
         ScanMode::Stop
     };
-    let mut hb = HintBuilder::default();
+    let mut hb = HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
     let applied = &mut out.applied;
     let scanned = datafile::scan(&path, id, mode, |h| {
         apply(keydir, id, h, now, applied);
@@ -289,7 +291,7 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         out.removed = true;
         return Ok(out);
     }
-    out.hint = Some(hb.into_file(id, out.file_len));
+    out.hint = Some(hb);
     Ok(out)
 }
 
@@ -312,6 +314,42 @@ fn last_log_file(dir: &Path, ids: &[u32]) -> Result<Option<u32>> {
     Ok(None)
 }
 
+/// Bytes of a datafile without a hint that [`estimate_records`] looks at.
+const ESTIMATE_SAMPLE: u64 = 1 << 20;
+
+/// The records in a datafile of `len` bytes that has no hint, estimated from the record sizes
+/// in its first MiB. A fixed bytes-per-record guess is wrong either way: too high for large
+/// values (the keydir would be sized, and its pages touched, for many times the keys), too low
+/// for tiny ones (many rebuilds while loading).
+fn estimate_records(path: &Path, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let body = len.saturating_sub(FILE_HEADER_LEN as u64);
+    let fallback = body / 256;
+    let Ok(f) = std::fs::File::open(path) else {
+        return fallback;
+    };
+    let mut buf = vec![0u8; body.min(ESTIMATE_SAMPLE) as usize];
+    if f.read_exact_at(&mut buf, FILE_HEADER_LEN as u64).is_err() {
+        return fallback;
+    }
+    let (mut off, mut n) = (0u64, 0u64);
+    while let Some(rest) = buf.get(off as usize..) {
+        let Ok(h) = crate::record::decode_record_header(rest) else {
+            break;
+        };
+        if off + h.record_len() > buf.len() as u64 {
+            break;
+        }
+        off += h.record_len();
+        n += 1;
+    }
+    if n == 0 {
+        return fallback;
+    }
+    // body < 4 GiB and n < 1 MiB: no overflow.
+    body / off.max(1) * n + body % off.max(1) * n / off.max(1)
+}
+
 /// A keydir sized for the store in `dir`: the record counts of its hint files, plus an estimate
 /// for datafiles without one. Saves the rehashing of a growing map during recovery.
 pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
@@ -322,7 +360,8 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
             match name.to_str().and_then(datafile::parse_name) {
                 Some(DirEntry::Hint(_)) => n += hint::footer_count(&e.path()).unwrap_or(0),
                 Some(DirEntry::Data(id)) if !hint_path(dir, id).exists() => {
-                    n += e.metadata().map(|m| m.len() / 64).unwrap_or(0);
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    n += estimate_records(&e.path(), len);
                 }
                 _ => {}
             }
@@ -448,7 +487,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
             report.files_scanned += 1;
         }
         if let Some(h) = l.hint.take() {
-            hints_to_write.push((l.id, h));
+            hints_to_write.push((l.id, l.file_len, h));
         }
         let mut f = FileStats::new(l.id);
         f.total_bytes = l.file_len;
@@ -485,4 +524,50 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         report,
         has_ttl,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Db, SyncPolicy};
+
+    /// The estimate of a hintless datafile's records is close for small and large values, and
+    /// falls back to a modest guess for bytes it cannot parse.
+    #[test]
+    fn record_estimate_follows_the_record_size() {
+        for value_len in [1usize, 10, 100, 4000] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let opts = Options::default()
+                .sync(SyncPolicy::Never)
+                .max_file_bytes(1 << 30)
+                .auto_merge(false);
+            let n = 3000u64;
+            futures::executor::block_on(async {
+                let db = Db::open(tmp.path(), opts).await.expect("open");
+                for i in 0..n {
+                    db.put(format!("key{i:05}"), vec![7u8; value_len])
+                        .await
+                        .expect("put");
+                }
+                db.close().await.expect("close");
+            });
+            let path = data_path(tmp.path(), 1);
+            let len = std::fs::metadata(&path).expect("datafile").len();
+            let est = estimate_records(&path, len);
+            let err = est.abs_diff(n) as f64 / n as f64;
+            assert!(
+                err < 0.02,
+                "value {value_len}: estimated {est} records of {n}"
+            );
+        }
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("garbage");
+        let mut bytes = vec![0xA5u8; 1 << 16];
+        bytes[..FILE_HEADER_LEN].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let body = (bytes.len() - FILE_HEADER_LEN) as u64;
+        assert_eq!(estimate_records(&path, bytes.len() as u64), body / 256);
+        let missing = estimate_records(&tmp.path().join("missing"), 1 << 20);
+        assert_eq!(missing, ((1 << 20) - FILE_HEADER_LEN as u64) / 256);
+    }
 }

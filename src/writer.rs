@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::datafile::data_path;
-use crate::hint::{self, HintBuilder};
+use crate::hint::HintBuilder;
 use crate::io::{self, FaultInjector, IoFile, Kind};
 use crate::keydir::{Entry, Installed, KeyDir};
 use crate::lock::DirLock;
@@ -599,10 +599,10 @@ impl Writer {
     }
 
     /// Writes the hints of datafiles that recovery had to scan.
-    pub(crate) async fn write_recovery_hints(&self, hints: Vec<(u32, Vec<u8>)>) {
-        for (id, bytes) in hints {
+    pub(crate) async fn write_recovery_hints(&self, hints: Vec<(u32, u64, HintBuilder)>) {
+        for (id, data_len, mut hb) in hints {
             let fault = self.opts.fault_injector.as_ref();
-            if let Err(e) = hint::write(self.kind, &self.dir, id, bytes, fault).await {
+            if let Err(e) = hb.write(self.kind, &self.dir, id, data_len, fault).await {
                 tracing::warn!(
                     id,
                     "could not write the hint file of a scanned datafile: {e}"
