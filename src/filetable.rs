@@ -9,13 +9,52 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::datafile::data_path;
 
-/// Datafile id → shared read-only handle.
+/// Most descriptors one datafile is read through.
+const MAX_FDS_PER_FILE: usize = 4;
+
+/// Read descriptors of one datafile. Threads read through descriptor `thread number % n`:
+/// every `pread` takes and drops a reference on its open file description in the kernel
+/// (`fdget`/`fput`, an atomic on a shared line in a multi-threaded process), so threads on
+/// different cores reading one file through one descriptor pass that line back and forth
+/// (measured: two threads, 149-byte preads, 1.8–2.0M/s through one descriptor, 2.2M/s through
+/// one each). Extra descriptors open on first use; if one cannot be opened (descriptor limit)
+/// the first is used.
+#[derive(Debug)]
+struct Handles {
+    first: File,
+    more: Box<[OnceLock<File>]>,
+}
+
+impl Handles {
+    /// The descriptor for this thread.
+    fn for_thread(&self, path: impl FnOnce() -> PathBuf) -> &File {
+        let n = self.more.len() + 1;
+        let i = crate::stats::thread_number() % n;
+        if i == 0 {
+            return &self.first;
+        }
+        let slot = &self.more[i - 1];
+        if let Some(f) = slot.get() {
+            return f;
+        }
+        match File::open(path()) {
+            Ok(f) => {
+                // A racing thread may have set it first: either descriptor reads the same file.
+                let _ = slot.set(f);
+                slot.get().unwrap_or(&self.first)
+            }
+            Err(_) => &self.first,
+        }
+    }
+}
+
+/// Datafile id → shared read-only handles.
 ///
 /// The map is replaced whole (copy on write) when a file is first read or retired, which is
 /// rare; a read only loads it. `ArcSwap::load` touches no shared reference count, so two
@@ -24,7 +63,9 @@ use crate::datafile::data_path;
 #[derive(Debug)]
 pub(crate) struct FileTable {
     dir: PathBuf,
-    files: ArcSwap<HashMap<u32, Arc<File>>>,
+    files: ArcSwap<HashMap<u32, Arc<Handles>>>,
+    /// Descriptors per file: one per CPU, at most [`MAX_FDS_PER_FILE`].
+    fds_per_file: usize,
 }
 
 impl FileTable {
@@ -32,12 +73,18 @@ impl FileTable {
         FileTable {
             dir,
             files: ArcSwap::from_pointee(HashMap::new()),
+            fds_per_file: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, MAX_FDS_PER_FILE),
         }
     }
 
     /// Opens datafile `id` and adds its handle (or the one a racing caller added).
-    fn open(&self, id: u32) -> io::Result<Arc<File>> {
-        let f = Arc::new(File::open(data_path(&self.dir, id))?);
+    fn open(&self, id: u32) -> io::Result<Arc<Handles>> {
+        let f = Arc::new(Handles {
+            first: File::open(data_path(&self.dir, id))?,
+            more: (1..self.fds_per_file).map(|_| OnceLock::new()).collect(),
+        });
         let mut out = f.clone();
         self.files.rcu(|m| {
             let mut m = HashMap::clone(m);
@@ -57,13 +104,14 @@ impl FileTable {
     ) -> io::Result<Option<Vec<u8>>> {
         let files = self.files.load();
         let opened;
-        let file: &File = match files.get(&id) {
-            Some(f) => f,
+        let handles: &Handles = match files.get(&id) {
+            Some(h) => h,
             None => {
                 opened = self.open(id)?;
                 &opened
             }
         };
+        let file = handles.for_thread(|| data_path(&self.dir, id));
         let mut buf = vec![0u8; len];
         let res = rustix::io::preadv2(
             file,

@@ -180,13 +180,19 @@ impl Counter {
     }
 }
 
-/// This thread's stripe: threads are numbered as they first count.
+/// This thread's stripe.
 fn stripe() -> usize {
+    thread_number() % STRIPES
+}
+
+/// A number for this thread, given in the order threads first ask (for striping).
+pub(crate) fn thread_number() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
     }
-    MINE.with(|s| *s)
+    // (0 while the thread's locals are being destroyed.)
+    MINE.try_with(|s| *s).unwrap_or(0)
 }
 
 /// State shared between the handle and the io threads.

@@ -316,7 +316,11 @@ fn split_hint_load_matches_whole_load_and_scan() {
         // writer completed it after open, and the next open loads it.
         let (rehinted, from_hints, _) = load(3).await;
         assert_eq!(from_hints, 1, "the hint written after the scan is used");
-        same(&rehinted, &whole, "hint written after a scan vs first hint load");
+        same(
+            &rehinted,
+            &whole,
+            "hint written after a scan vs first hint load",
+        );
     });
 }
 
