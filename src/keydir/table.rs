@@ -17,6 +17,7 @@
 //! A `Table` is not synchronised: [`super::KeyDir`] puts each in its own lock.
 
 use super::Entry;
+use crate::record::{u32_at as rd32, u64_at as rd64};
 
 const EMPTY: u8 = 0;
 const DELETED: u8 = 1;
@@ -63,18 +64,6 @@ fn home(hash: u64, cap: usize) -> usize {
 /// Control byte of a full slot for `hash` (bits 32..39; the shard uses the top bits).
 fn fingerprint(hash: u64) -> u8 {
     0x80 | ((hash >> 32) as u8 & 0x7F)
-}
-
-fn rd32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn rd64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn write_entry(slot: &mut [u8], e: &Entry) {
