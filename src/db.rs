@@ -522,7 +522,13 @@ impl Inner {
         if !self.opts.inline_writes || req.encoded_len() > INLINE_MAX {
             return Ok(None);
         }
-        self.appender.try_append(req)
+        let appended = self.appender.try_append(req)?;
+        if let Some(seq) = appended {
+            if self.appender.take_writeback_due() {
+                writer::request_writeback(&self.write_tx, seq);
+            }
+        }
+        Ok(appended)
     }
 
     /// Under [`crate::SyncPolicy::Always`], waits for a sync covering seq `seq`.

@@ -408,3 +408,40 @@ fn value_cache_serves_repeats_and_never_stale_values() {
         db.close().await.expect("close");
     });
 }
+
+/// Under `SyncPolicy::Never`, every 16 MiB appended asks the writer for a background
+/// `fdatasync`, so that sealing a full file does not have to flush it all while appends wait.
+/// Less than that asks for nothing.
+#[test]
+fn never_policy_writes_back_in_the_background() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = ringcask::Options::default()
+        .sync(SyncPolicy::Never)
+        .max_file_bytes(1 << 30)
+        .auto_merge(false);
+    run(async {
+        let db = Db::open(tmp.path(), opts).await.expect("open");
+        let value = vec![5u8; 64 << 10];
+        // 8 MiB: below the writeback step.
+        for i in 0..128u32 {
+            db.put(format!("a{i}"), &value).await.expect("put");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(db.stats().syncs, 0, "no sync below 16 MiB");
+        // 40 MiB more: at least two writebacks.
+        for i in 0..640u32 {
+            db.put(format!("b{i}"), &value).await.expect("put");
+        }
+        let mut waited = 0;
+        while db.stats().syncs < 2 && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(
+            db.stats().syncs >= 2,
+            "{} syncs after 48 MiB",
+            db.stats().syncs
+        );
+        db.close().await.expect("close");
+    });
+}
