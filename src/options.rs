@@ -15,9 +15,10 @@ pub enum SyncPolicy {
     /// `fdatasync` in the background at most this many milliseconds after a write. A process
     /// crash loses nothing acknowledged; power loss can lose up to that window.
     IntervalMs(u64),
-    /// Never sync explicitly (the OS writes back when it likes); sealing a file and closing the
-    /// store still sync. A process crash loses nothing acknowledged; power loss can lose any
-    /// unsynced tail.
+    /// Never wait for a sync: the OS writes back when it likes, sealing a file and closing the
+    /// store still sync, and every 16 MiB appended starts a background `fdatasync` that no
+    /// write waits for (so that sealing a full file does not stall appends). A process crash
+    /// loses nothing acknowledged; power loss can lose any unsynced tail.
     Never,
 }
 
