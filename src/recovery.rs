@@ -139,7 +139,7 @@ fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, seen: &mut
             len: h.record_len,
         }
     };
-    let old = match keydir.install_new(h.key, entry) {
+    let old = match keydir.install(h.key, entry) {
         Installed::Stale => return,
         Installed::New => None,
         Installed::Replaced(old) => Some(old),

@@ -73,11 +73,6 @@ impl KeyDir {
         lock.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// [`KeyDir::install`] for recovery, where most keys are new: one hash and one lookup.
-    pub(crate) fn install_new(&self, key: &[u8], entry: Entry) -> Installed {
-        self.install(key, entry)
-    }
-
     /// A copy of the entry for `key`, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Entry> {
         let h = self.hash(key);
