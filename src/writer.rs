@@ -494,27 +494,39 @@ impl Appender {
         let mut own_dead = 0u64;
         let mut own_min_seq = u64::MAX;
         let mut others: Vec<(u32, u64)> = Vec::new();
-        for (key, p) in keys.zip(pending.drain(..)) {
+        let mut account = |p: &Pending, outcome: Installed| {
             own_min_seq = own_min_seq.min(p.entry.seq);
-            let old = if p.tombstone {
+            if p.tombstone || outcome == Installed::Stale {
+                // A tombstone is dead from the start; so is a put that lost to a newer entry.
                 own_dead += u64::from(p.entry.len);
-                keydir.remove_older(key, p.entry.seq)
-            } else {
-                match keydir.install(key, p.entry) {
-                    Installed::Replaced(old) => Some(old),
-                    Installed::New => None,
-                    Installed::Stale => {
-                        own_dead += u64::from(p.entry.len);
-                        None
-                    }
+            }
+            match outcome {
+                Installed::Replaced(old) if old.file_id == active.id => {
+                    own_dead += u64::from(old.len)
                 }
-            };
-            match old {
-                Some(old) if old.file_id == active.id => own_dead += u64::from(old.len),
-                Some(old) => others.push((old.file_id, u64::from(old.len))),
-                None => {}
+                Installed::Replaced(old) => others.push((old.file_id, u64::from(old.len))),
+                Installed::New | Installed::Stale => {}
+            }
+        };
+        if pending.len() > 1 {
+            // A batch: one lock per shard.
+            let writes = keys
+                .zip(pending.iter())
+                .map(|(k, p)| (k, p.entry, p.tombstone));
+            keydir.apply_many(writes, |i, outcome| account(&pending[i], outcome));
+        } else {
+            for (key, p) in keys.zip(pending.iter()) {
+                let outcome = if p.tombstone {
+                    keydir
+                        .remove_older(key, p.entry.seq)
+                        .map_or(Installed::Stale, Installed::Replaced)
+                } else {
+                    keydir.install(key, p.entry)
+                };
+                account(p, outcome);
             }
         }
+        pending.clear();
         self.shared.with_usage(|usage| {
             let own = Shared::usage_entry(usage, active.id);
             own.total_bytes = active.len;

@@ -100,6 +100,52 @@ impl KeyDir {
         }
     }
 
+    /// Applies many writes, taking each shard's lock once for all of its keys (a batch of 1000
+    /// keys otherwise locked a shard 1000 times). For each `(key, entry, tombstone)` in
+    /// `writes`, in no particular order, calls `done(index, outcome)`: a put's
+    /// [`KeyDir::install`] result, or for a tombstone what [`KeyDir::remove_older`] removed
+    /// (`Replaced(old)`, or `Stale` if nothing was).
+    pub(crate) fn apply_many<'k>(
+        &self,
+        writes: impl Iterator<Item = (&'k [u8], Entry, bool)>,
+        mut done: impl FnMut(usize, Installed),
+    ) {
+        let mut order: Vec<(usize, u64, &'k [u8], Entry, bool)> = writes
+            .enumerate()
+            .map(|(i, (k, e, tomb))| (i, self.hash(k), k, e, tomb))
+            .collect();
+        order.sort_by_key(|w| w.1 >> SHARD_SHIFT);
+        for group in order.chunk_by(|a, b| a.1 >> SHARD_SHIFT == b.1 >> SHARD_SHIFT) {
+            let mut t = Self::write(self.shard(group[0].1));
+            for &(i, h, key, entry, tombstone) in group {
+                let found = t.find(key, h);
+                let outcome = match (found, tombstone) {
+                    (Some(at), true) => {
+                        if cas::delete_removes(&t.entry(at), entry.seq) {
+                            Installed::Replaced(t.remove_at(at))
+                        } else {
+                            Installed::Stale
+                        }
+                    }
+                    (None, true) => Installed::Stale,
+                    (Some(at), false) => {
+                        let mut cur = t.entry(at);
+                        let r = cas::install_over(&mut cur, entry);
+                        if matches!(r, Installed::Replaced(_)) {
+                            t.set_entry(at, &cur);
+                        }
+                        r
+                    }
+                    (None, false) => {
+                        t.insert_new(key, h, &entry, &|k| self.hash(k));
+                        Installed::New
+                    }
+                };
+                done(i, outcome);
+            }
+        }
+    }
+
     /// Removes `key` if `remove(entry)` says so; returns the removed entry.
     fn remove_when(&self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
         let h = self.hash(key);
