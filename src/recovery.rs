@@ -121,12 +121,10 @@ impl Applied {
     }
 }
 
-/// Installs one record (from a hint or a scan) of datafile `file_id` into the keydir.
-fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, seen: &mut Applied) {
-    seen.min_seq = seen.min_seq.min(h.seq);
-    seen.max_seq = seen.max_seq.max(h.seq);
-    let tally = &mut seen.tally;
-    let entry = if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
+/// The keydir entry for one record of datafile `file_id`: a marker for a tombstone or an
+/// already expired record.
+fn entry_for(file_id: u32, h: &HintRecord<'_>, now: u64) -> Entry {
+    if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
         Entry::marker(h.seq)
     } else {
         Entry {
@@ -138,8 +136,15 @@ fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, seen: &mut
             offset: h.offset as u32,
             len: h.record_len,
         }
-    };
-    let old = match keydir.install(h.key, entry) {
+    }
+}
+
+/// Tallies what installing `entry` (of datafile `file_id`) did.
+fn tally(seen: &mut Applied, file_id: u32, entry: &Entry, outcome: Installed) {
+    seen.min_seq = seen.min_seq.min(entry.seq);
+    seen.max_seq = seen.max_seq.max(entry.seq);
+    let tally = &mut seen.tally;
+    let old = match outcome {
         Installed::Stale => return,
         Installed::New => None,
         Installed::Replaced(old) => Some(old),
@@ -156,6 +161,49 @@ fn apply(keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64, seen: &mut
         } else {
             *tally.others.entry(old.file_id).or_default() -= i64::from(old.len);
         }
+    }
+}
+
+/// Records of a hint or a scan collected for [`KeyDir::apply_many`]: one shard lock per shard and group
+/// instead of one per record.
+#[derive(Default)]
+struct Group {
+    keys: Vec<u8>,
+    /// (end of the key in `keys`, entry)
+    entries: Vec<(usize, Entry)>,
+    applied: Applied,
+}
+
+/// Records per [`Group`].
+const GROUP: usize = 4096;
+
+impl Group {
+    fn push(&mut self, keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64) {
+        self.keys.extend_from_slice(h.key);
+        self.entries
+            .push((self.keys.len(), entry_for(file_id, h, now)));
+        if self.entries.len() == GROUP {
+            self.flush(keydir, file_id);
+        }
+    }
+
+    fn flush(&mut self, keydir: &KeyDir, file_id: u32) {
+        let Group {
+            keys,
+            entries,
+            applied,
+        } = self;
+        let mut start = 0;
+        let writes = entries.iter().map(|&(end, e)| {
+            let key = &keys[start..end];
+            start = end;
+            (key, e, false)
+        });
+        keydir.apply_many(writes, |i, outcome| {
+            tally(applied, file_id, &entries[i].1, outcome)
+        });
+        keys.clear();
+        entries.clear();
     }
 }
 
@@ -218,15 +266,16 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
     drop(file);
     if has_hint {
         let hp = hint_path(dir, id);
-        let loaded = hint::load(&hp, id, file_len, hint_parts, Applied::default, |a, h| {
-            apply(keydir, id, h, now, a)
+        let loaded = hint::load(&hp, id, file_len, hint_parts, Group::default, |g, h| {
+            g.push(keydir, id, h, now)
         });
         match loaded {
             Ok((n, parts)) => {
                 out.from_hint = true;
                 out.records = n;
-                for a in parts {
-                    out.applied.absorb(a);
+                for mut g in parts {
+                    g.flush(keydir, id);
+                    out.applied.absorb(g.applied);
                 }
                 return Ok(out);
             }
@@ -248,11 +297,13 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
         ScanMode::Stop
     };
     let mut hb = HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
-    let applied = &mut out.applied;
+    let mut group = Group::default();
     let scanned = datafile::scan(&path, id, mode, |h| {
-        apply(keydir, id, h, now, applied);
+        group.push(keydir, id, h, now);
         hb.push(h);
     });
+    group.flush(keydir, id);
+    out.applied.absorb(group.applied);
     let outcome = match scanned {
         Ok(o) => o,
         Err(ScanError::Io(e)) => return Err(e.into()),
