@@ -84,6 +84,11 @@ impl KeyDir {
     pub(crate) fn install(&self, key: &[u8], entry: Entry) -> Installed {
         let h = self.hash(key);
         let mut t = Self::write(self.shard(h));
+        self.install_locked(&mut t, key, h, entry)
+    }
+
+    /// [`KeyDir::install`] into the locked shard `t` of `key` (hash `h`).
+    fn install_locked(&self, t: &mut Table, key: &[u8], h: u64, entry: Entry) -> Installed {
         match t.find(key, h) {
             Some(i) => {
                 let mut cur = t.entry(i);
@@ -118,28 +123,15 @@ impl KeyDir {
         for group in order.chunk_by(|a, b| a.1 >> SHARD_SHIFT == b.1 >> SHARD_SHIFT) {
             let mut t = Self::write(self.shard(group[0].1));
             for &(i, h, key, entry, tombstone) in group {
-                let found = t.find(key, h);
-                let outcome = match (found, tombstone) {
-                    (Some(at), true) => {
-                        if cas::delete_removes(&t.entry(at), entry.seq) {
+                let outcome = if tombstone {
+                    match t.find(key, h) {
+                        Some(at) if cas::delete_removes(&t.entry(at), entry.seq) => {
                             Installed::Replaced(t.remove_at(at))
-                        } else {
-                            Installed::Stale
                         }
+                        _ => Installed::Stale,
                     }
-                    (None, true) => Installed::Stale,
-                    (Some(at), false) => {
-                        let mut cur = t.entry(at);
-                        let r = cas::install_over(&mut cur, entry);
-                        if matches!(r, Installed::Replaced(_)) {
-                            t.set_entry(at, &cur);
-                        }
-                        r
-                    }
-                    (None, false) => {
-                        t.insert_new(key, h, &entry, &|k| self.hash(k));
-                        Installed::New
-                    }
+                } else {
+                    self.install_locked(&mut t, key, h, entry)
                 };
                 done(i, outcome);
             }
