@@ -20,7 +20,7 @@ use crate::reader::{self, ReadReq, ReaderMsg};
 use crate::record;
 use crate::stats::{Counter, FileStats, Shared, Stats};
 use crate::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
-use crate::{datafile, expiry_after, now_ms, recovery, Error, Options, Result};
+use crate::{datafile, expiry_after, now_ms, recovery, snapshot, Error, Options, Result};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
 ///
@@ -100,6 +100,9 @@ fn writer_main(
     };
     let prepared = DirLock::acquire(&dir).and_then(|lock| {
         let lock = Arc::new(lock);
+        if let Some((keydir, rec)) = snapshot::take(&dir, &opts)? {
+            return Ok((lock, rec, Arc::new(keydir)));
+        }
         let keydir = Arc::new(recovery::sized_keydir(&dir));
         let rec = recovery::recover(&dir, &opts, &keydir)?;
         Ok((lock, rec, keydir))

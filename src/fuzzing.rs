@@ -189,6 +189,35 @@ fn open_dir_name(sel: u8) -> String {
     }
 }
 
+/// Decodes `data` as a keydir snapshot: input is a flag byte, then the snapshot bytes. With
+/// bit 0 of the flag set, every checksum is recomputed first so that the input reaches the
+/// checks behind them; bit 1 picks one or two decoding threads. What decodes must be a keydir
+/// in which every stored key is found with its entry. Returns whether it decoded.
+pub fn keydir_snapshot(data: &[u8]) -> bool {
+    use crate::snapshot::{decode, fix_checksums, read_header, InMemory};
+    let Some((&flag, rest)) = data.split_first() else {
+        return false;
+    };
+    let mut bytes = rest.to_vec();
+    if flag & 1 == 1 {
+        fix_checksums(&mut bytes);
+    }
+    let src = InMemory(&bytes);
+    let Ok(head) = read_header(&src) else {
+        return false;
+    };
+    let Ok(d) = decode(&src, head, 1 + usize::from(flag >> 1 & 1), crate::now_ms()) else {
+        return false;
+    };
+    let mut n = 0;
+    d.keydir.for_each(|k, e| {
+        assert_eq!(d.keydir.get(k), Some(*e), "a stored key is not found");
+        n += 1;
+    });
+    assert_eq!(n, d.keydir.len());
+    true
+}
+
 /// Writes `data` as the files of a store directory `dir` (entries of selector byte, u16 LE
 /// length, bytes; the selector picks datafile, hint, manifest or temporary file and id 1..=4,
 /// its bit 3 puts a valid header first), opens it, reads every key, writes, merges and closes.

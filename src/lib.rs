@@ -46,6 +46,7 @@ mod options;
 mod reader;
 mod record;
 mod recovery;
+mod snapshot;
 mod stats;
 mod writer;
 

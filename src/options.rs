@@ -51,6 +51,7 @@ pub struct Options {
     pub(crate) inline_writes: bool,
     pub(crate) value_cache_bytes: u64,
     pub(crate) hint_spill_bytes: usize,
+    pub(crate) keydir_snapshot: bool,
 }
 
 impl Default for Options {
@@ -61,7 +62,7 @@ impl Default for Options {
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
     /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `inline_writes(true)`, `value_cache_bytes(0)`,
-    /// `hint_spill_bytes(1 MiB)`.
+    /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -85,6 +86,7 @@ impl Default for Options {
             inline_writes: true,
             value_cache_bytes: 0,
             hint_spill_bytes: 1 << 20,
+            keydir_snapshot: true,
         }
     }
 }
@@ -126,6 +128,15 @@ impl Options {
     /// (over 1 MiB per thread) is split between them.
     pub fn recovery_threads(mut self, n: usize) -> Self {
         self.recovery_threads = n;
+        self
+    }
+
+    /// Whether [`crate::Db::close`] saves the whole keydir to a snapshot file (`KEYDIR`) that
+    /// the next open loads instead of the hint files (default `true`). The snapshot is used
+    /// once, and only if no datafile changed since it was written; otherwise open falls back
+    /// to the hint files. With `false`, close writes none and open deletes any it finds.
+    pub fn keydir_snapshot(mut self, on: bool) -> Self {
+        self.keydir_snapshot = on;
         self
     }
 
@@ -320,6 +331,7 @@ mod tests {
         assert_eq!(o.merge_bytes_per_sec, 64 << 20);
         assert!(o.inline_reads);
         assert_eq!(o.hint_spill_bytes, 1 << 20);
+        assert!(o.keydir_snapshot);
     }
 
     #[test]

@@ -422,6 +422,17 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
     KeyDir::with_capacity(n.min(1 << 28) as usize)
 }
 
+/// Threads recovery uses (`Options::recovery_threads`, 0 meaning one per CPU, at most 4).
+pub(crate) fn threads(opts: &Options) -> usize {
+    match opts.recovery_threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4),
+        n => n,
+    }
+}
+
 /// Rebuilds `keydir` from the store in `dir`.
 pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
     let started = Instant::now();
@@ -462,13 +473,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
     let ids: Vec<u32> = data_ids.iter().copied().collect();
     let last = last_log_file(dir, &ids)?;
     // Files load in parallel; when there are fewer files than threads, hint files are split.
-    let parallelism = match opts.recovery_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 4),
-        n => n,
-    };
+    let parallelism = threads(opts);
     let cx = Ctx {
         dir,
         opts,

@@ -11,6 +11,9 @@ use crate::io::Kind;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecoveryReport {
+    /// Whether the keydir was loaded from the snapshot the last close saved (then no hint
+    /// file or datafile was read, and the counts of files below are zero).
+    pub from_snapshot: bool,
     /// Datafiles whose keys came from a valid hint file.
     pub files_from_hints: usize,
     /// Datafiles that were scanned record by record (no valid hint).

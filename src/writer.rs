@@ -667,7 +667,7 @@ impl Writer {
         let mut group = Vec::new();
         loop {
             let Some(first) = self.recv(&mut rx).await else {
-                if let Err(e) = self.shutdown().await {
+                if let Err(e) = self.shutdown(false).await {
                     tracing::warn!("closing the store on drop failed: {e}");
                 }
                 return;
@@ -680,7 +680,7 @@ impl Writer {
                 }
             }
             if let Some(close) = self.process(&mut group).await {
-                let res = self.shutdown().await;
+                let res = self.shutdown(true).await;
                 let _ = close.send(res);
                 // Anything still queued is answered with `Closed` when `rx` drops.
                 return;
@@ -835,18 +835,33 @@ impl Writer {
         Ok(())
     }
 
-    /// Final sync and seal on close or drop; releases the directory lock.
-    async fn shutdown(&mut self) -> Result<()> {
-        let active = {
+    /// Final sync and seal on close or drop; then, on an explicit close (`snapshot`: the merge
+    /// thread has stopped) with `Options::keydir_snapshot`, saves the keydir snapshot. Releases
+    /// the directory lock last.
+    async fn shutdown(&mut self, snapshot: bool) -> Result<()> {
+        let (active, next_seq) = {
             let mut st = self.appender.lock();
             st.closed = true;
-            st.active.take()
+            (st.active.take(), st.next_seq)
         };
         let res = match (self.appender.poisoned(), active) {
             (Some(p), _) => Err(Error::Poisoned(p)),
             (None, None) => Ok(()),
             (None, Some(a)) => self.close_active(a).await.map_err(Error::Io),
         };
+        let crashed = fault(&self.opts).is_some_and(|f| f.has_crashed());
+        if res.is_ok() && snapshot && self.opts.keydir_snapshot && !crashed {
+            let started = Instant::now();
+            let usage = self.shared.with_usage(|u| u.clone());
+            match crate::snapshot::save(&self.dir, &self.appender.keydir, next_seq, &usage) {
+                Ok(true) => tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "saved the keydir snapshot"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("could not save the keydir snapshot: {e}"),
+            }
+        }
         self.lock = None;
         res
     }

@@ -188,7 +188,7 @@ fn rotation_across_many_files_and_reopen_uses_hints() {
         db.close().await.expect("close");
         assert_eq!(hint_files(tmp.path()).len(), data_files(tmp.path()).len());
 
-        let db = open(tmp.path(), small_opts()).await;
+        let db = open(tmp.path(), small_opts().keydir_snapshot(false)).await;
         let r = db.stats().recovery;
         assert_eq!(r.files_scanned, 0, "every sealed file has a hint: {r:?}");
         assert_eq!(r.files_from_hints, files);
@@ -470,7 +470,7 @@ fn a_large_active_file_spills_its_hint_and_reopens_from_it() {
         db.delete("key-000000000007").await.expect("delete");
         db.close().await.expect("close");
         assert_eq!(hint_files(tmp.path()).len(), 1);
-        let db = open(tmp.path(), opts).await;
+        let db = open(tmp.path(), opts.keydir_snapshot(false)).await;
         let r = db.stats().recovery;
         assert_eq!((r.files_from_hints, r.files_scanned), (1, 0), "{r:?}");
         assert_eq!(db.len(), 39_999);

@@ -67,6 +67,14 @@ fn write_seed_corpora_from_a_real_store() {
         db.put("after", "merge").await.expect("put");
         db.close().await.expect("close");
     });
+    // keydir_snapshot: the snapshot the last close saved, as is and with checksums to fix.
+    let snap = std::fs::read(dir.join("KEYDIR")).expect("the close saved a keydir snapshot");
+    for flag in [0u8, 1, 2] {
+        let mut s = vec![flag];
+        s.extend_from_slice(&snap);
+        assert!(fuzzing::keydir_snapshot(&s), "a real snapshot decodes");
+        seed("keydir_snapshot", &format!("close{flag}"), &s);
+    }
     let datafiles = files(dir, "data");
     let hints = files(dir, "hint");
     assert!(datafiles.len() >= 2 && !hints.is_empty());

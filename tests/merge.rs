@@ -115,7 +115,9 @@ fn merging_a_fully_live_store_keeps_everything_and_reopen_uses_hints() {
         db.close().await.expect("close");
         let files = data_files(tmp.path()).len();
         assert_eq!(hint_files(tmp.path()).len(), files);
-        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        let db = Db::open(tmp.path(), opts().keydir_snapshot(false))
+            .await
+            .expect("reopen");
         let rep = db.stats().recovery;
         assert_eq!(rep.files_scanned, 0, "outputs have hints: {rep:?}");
         assert_eq!(rep.files_from_hints, files);

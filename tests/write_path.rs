@@ -283,7 +283,10 @@ fn split_hint_load_matches_whole_load_and_scan() {
         db.close().await.expect("close");
         assert_eq!(common::hint_files(tmp.path()).len(), 1, "one sealed file");
         let load = |threads: usize| {
-            let opts = opts.clone().recovery_threads(threads);
+            let opts = opts
+                .clone()
+                .recovery_threads(threads)
+                .keydir_snapshot(false);
             let dir = tmp.path().to_path_buf();
             async move {
                 let db = Db::open(&dir, opts).await.expect("reopen");
@@ -321,6 +324,22 @@ fn split_hint_load_matches_whole_load_and_scan() {
             &whole,
             "hint written after a scan vs first hint load",
         );
+        // The keydir snapshot a close saves loads the same keys, values and accounting.
+        let db = Db::open(tmp.path(), opts.clone()).await.expect("reopen");
+        assert!(!db.stats().recovery.from_snapshot);
+        db.close().await.expect("close saves a snapshot");
+        assert!(tmp.path().join("KEYDIR").exists());
+        let db = Db::open(tmp.path(), opts.clone()).await.expect("reopen");
+        let st = db.stats().recovery;
+        assert!(st.from_snapshot, "{st:?}");
+        assert_eq!((st.files_from_hints, st.files_scanned), (0, 0));
+        assert!(
+            !tmp.path().join("KEYDIR").exists(),
+            "a snapshot serves one open only"
+        );
+        let snap = (contents(&db).await, file_accounting(&db), db.len());
+        same(&snap, &whole, "snapshot load vs hint load");
+        db.close().await.expect("close");
     });
 }
 

@@ -13,13 +13,16 @@ mod table;
 
 pub(crate) use cas::{Entry, Installed};
 use table::Table;
+pub(crate) use table::{SnapshotFault, SLOT};
 
-type Hasher = foldhash::fast::RandomState;
+/// Seeded per store: a random seed when the keydir is built from the files, the stored seed
+/// when it is loaded from a keydir snapshot (whose slot positions depend on it).
+type Hasher = foldhash::fast::FixedState;
 
 /// Shards (a power of two): each is a [`Table`] behind its own lock, chosen by the top bits of
 /// the key's hash. Many shards keep lock collisions rare and make a shard's rebuild (which
 /// holds its write lock) short: at 1M keys a shard holds ~16k.
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 
 /// One shard, on its own cache lines so that locking one does not slow its neighbours.
@@ -30,6 +33,24 @@ struct Shard(RwLock<Table>);
 pub(crate) struct KeyDir {
     shards: Box<[Shard]>,
     hasher: Hasher,
+    seed: u64,
+}
+
+/// One shard's table loaded from a keydir snapshot, ready for [`KeyDir::from_shard_tables`].
+#[derive(Debug)]
+pub(crate) struct ShardTable(Table);
+
+impl ShardTable {
+    /// Calls `f` for every key and entry.
+    pub(crate) fn for_each(&self, f: impl FnMut(&[u8], &Entry)) {
+        self.0.for_each(f);
+    }
+}
+
+/// A seed no one outside this process can predict (keys chosen to collide would otherwise
+/// turn lookups linear).
+fn random_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x5EED_u64)
 }
 
 impl KeyDir {
@@ -42,6 +63,7 @@ impl KeyDir {
     /// An empty keydir with room for about `n` keys.
     pub(crate) fn with_capacity(n: usize) -> KeyDir {
         // Shards fill unevenly: leave ~10 % (plus a little) of headroom each.
+        let seed = random_seed();
         let per_shard = if n == 0 {
             0
         } else {
@@ -51,8 +73,58 @@ impl KeyDir {
             shards: (0..SHARDS)
                 .map(|_| Shard(RwLock::new(Table::with_capacity(per_shard))))
                 .collect(),
-            hasher: Hasher::default(),
+            hasher: Hasher::with_seed(seed),
+            seed,
         }
+    }
+
+    /// The hash seed (stored in a keydir snapshot).
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Writes shard `i` as a snapshot body (see [`Table::write_snapshot`]), under its read
+    /// lock; returns the body's length.
+    pub(crate) fn write_shard_snapshot(
+        &self,
+        i: usize,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<u64> {
+        let t = Self::read(&self.shards[i].0);
+        t.write_snapshot(out)?;
+        Ok(t.snapshot_len())
+    }
+
+    /// Loads shard `i` of a keydir with hash seed `seed` from a snapshot body of `body_len`
+    /// bytes read through `read` (see [`Table::read_snapshot`], which checks every slot).
+    pub(crate) fn read_shard_snapshot(
+        seed: u64,
+        i: usize,
+        body_len: u64,
+        read: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
+    ) -> Result<ShardTable, SnapshotFault> {
+        let hasher = Hasher::with_seed(seed);
+        let hash = |k: &[u8]| {
+            let h = hasher.hash_one(k);
+            ((h >> SHARD_SHIFT) as usize == i).then_some(h)
+        };
+        Table::read_snapshot(body_len, read, &hash).map(ShardTable)
+    }
+
+    /// A keydir made of the [`SHARDS`] tables loaded by [`KeyDir::read_shard_snapshot`] with
+    /// `seed`, in shard order; `None` if there are not exactly [`SHARDS`].
+    pub(crate) fn from_shard_tables(seed: u64, tables: Vec<ShardTable>) -> Option<KeyDir> {
+        if tables.len() != SHARDS {
+            return None;
+        }
+        Some(KeyDir {
+            shards: tables
+                .into_iter()
+                .map(|t| Shard(RwLock::new(t.0)))
+                .collect(),
+            hasher: Hasher::with_seed(seed),
+            seed,
+        })
     }
 
     fn hash(&self, key: &[u8]) -> u64 {

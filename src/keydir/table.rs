@@ -130,6 +130,16 @@ impl Table {
         }
     }
 
+    /// [`Table::key_at`] for a slot not yet validated: `None` where `key_at` would panic.
+    fn key_checked(&self, i: usize) -> Option<&[u8]> {
+        let s = self.slot(i);
+        if s[0] == LONG {
+            self.long.get(rd32(s, KEY_AT) as usize).map(|k| &**k)
+        } else {
+            s.get(KEY_AT..KEY_AT + s[0] as usize)
+        }
+    }
+
     /// The slot holding `key`, if any.
     pub(crate) fn find(&self, key: &[u8], hash: u64) -> Option<usize> {
         let cap = self.ctrl.len();
@@ -298,6 +308,201 @@ impl Table {
     }
 }
 
+/// Bytes before a table's control bytes in its snapshot body: capacity, live, deleted, long
+/// key count and long key bytes, each a u64.
+pub(crate) const SNAPSHOT_HEAD: usize = 40;
+
+impl Table {
+    /// Number of bytes [`Table::write_snapshot`] writes.
+    pub(crate) fn snapshot_len(&self) -> u64 {
+        let (_, long_bytes) = self.long_keys();
+        (SNAPSHOT_HEAD + self.ctrl.len() * (1 + SLOT)) as u64 + long_bytes
+    }
+
+    /// Count and encoded size (4-byte length + key) of the long keys of full slots.
+    fn long_keys(&self) -> (u64, u64) {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for i in 0..self.ctrl.len() {
+            if self.ctrl[i] >= 0x80 && self.slot(i)[0] == LONG {
+                n += 1;
+                bytes += 4 + self.key_at(i).len() as u64;
+            }
+        }
+        (n, bytes)
+    }
+
+    /// Writes the table as one shard body of a keydir snapshot: `cap | live | deleted |
+    /// long count | long bytes` (u64 each), the control bytes, the slots (slots that are not
+    /// full zeroed; a long key's arena index renumbered to its rank among long keys in slot
+    /// order), then each long key as `len u32 | bytes`, in slot order.
+    pub(crate) fn write_snapshot(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let cap = self.ctrl.len();
+        let (long_n, long_bytes) = self.long_keys();
+        let mut head = [0u8; SNAPSHOT_HEAD];
+        for (i, v) in [
+            cap as u64,
+            self.live as u64,
+            self.deleted as u64,
+            long_n,
+            long_bytes,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            head[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&head)?;
+        out.write_all(&self.ctrl)?;
+        const CHUNK: usize = 1024;
+        let mut buf = Vec::with_capacity(CHUNK * SLOT);
+        let mut rank = 0u32;
+        for first in (0..cap).step_by(CHUNK) {
+            let end = (first + CHUNK).min(cap);
+            buf.clear();
+            buf.extend_from_slice(&self.slots[first * SLOT..end * SLOT]);
+            for (j, s) in buf.chunks_exact_mut(SLOT).enumerate() {
+                if self.ctrl[first + j] < 0x80 {
+                    s.fill(0);
+                } else if s[0] == LONG {
+                    s[KEY_AT..KEY_AT + 4].copy_from_slice(&rank.to_le_bytes());
+                    rank += 1;
+                }
+            }
+            out.write_all(&buf)?;
+        }
+        for i in 0..cap {
+            if self.ctrl[i] >= 0x80 && self.slot(i)[0] == LONG {
+                let k = self.key_at(i);
+                out.write_all(&(k.len() as u32).to_le_bytes())?;
+                out.write_all(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a shard body written by [`Table::write_snapshot`] of exactly `body_len` bytes
+    /// through `read` (which fills the buffer it is given from the next bytes of the body),
+    /// and checks every slot: `hash` must send each key to this shard (`None` otherwise), its
+    /// control byte must be its fingerprint, no empty slot may lie on its probe path, and no
+    /// key may appear twice. A table that passes can be probed and grown like any other.
+    pub(crate) fn read_snapshot(
+        body_len: u64,
+        read: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
+        hash: &dyn Fn(&[u8]) -> Option<u64>,
+    ) -> Result<Table, SnapshotFault> {
+        use SnapshotFault::Invalid;
+        let mut head = [0u8; SNAPSHOT_HEAD];
+        read(&mut head)?;
+        let [cap, live, deleted, long_n, long_bytes] = std::array::from_fn(|i| rd64(&head, i * 8));
+        let table_bytes = cap
+            .checked_mul(1 + SLOT as u64)
+            .and_then(|b| b.checked_add(SNAPSHOT_HEAD as u64))
+            .and_then(|b| b.checked_add(long_bytes));
+        if table_bytes != Some(body_len) {
+            return Err(Invalid("shard body length does not match its header"));
+        }
+        // `cap` is now bounded by the body length, which the caller checked against the file.
+        let cap = cap as usize;
+        if cap != 0 && cap < MIN_CAP {
+            return Err(Invalid("capacity below the minimum"));
+        }
+        if live.saturating_add(deleted).saturating_mul(100) > (cap * MAX_LOAD_PCT) as u64 {
+            return Err(Invalid("table fuller than its load limit"));
+        }
+        if long_n.saturating_mul(4 + INLINE as u64 + 1) > long_bytes {
+            return Err(Invalid("long key count does not fit its bytes"));
+        }
+        let mut t = Table::default();
+        if cap > 0 {
+            t.resize(cap);
+        }
+        read(&mut t.ctrl)?;
+        read(&mut t.slots)?;
+        let mut long = vec![0u8; long_bytes as usize];
+        read(&mut long)?;
+        let mut at = 0usize;
+        t.long.reserve(long_n as usize);
+        while at < long.len() {
+            let len = rd32(&long, at) as usize;
+            let key = long
+                .get(at + 4..)
+                .and_then(|r| r.get(..len))
+                .ok_or(Invalid("long key runs past its section"))?;
+            if key.len() <= INLINE {
+                return Err(Invalid("long key short enough to be inline"));
+            }
+            t.long.push(key.into());
+            at += 4 + len;
+        }
+        if t.long.len() as u64 != long_n {
+            return Err(Invalid("long key count does not match its keys"));
+        }
+        let mut rank = 0u32;
+        for i in 0..cap {
+            match t.ctrl[i] {
+                EMPTY => {}
+                DELETED => t.deleted += 1,
+                c if c >= 0x80 => {
+                    let s = t.slot(i);
+                    if s[0] == LONG {
+                        if rd32(s, KEY_AT) != rank {
+                            return Err(Invalid("long key index out of order"));
+                        }
+                        rank += 1;
+                    } else if s[0] as usize > INLINE {
+                        return Err(Invalid("inline key length out of range"));
+                    }
+                    if u64::from(rank) > long_n {
+                        return Err(Invalid("more long keys than stored"));
+                    }
+                    let key = t.key_at(i);
+                    let h = hash(key).ok_or(Invalid("key in the wrong shard"))?;
+                    if fingerprint(h) != c {
+                        return Err(Invalid("control byte is not the key's fingerprint"));
+                    }
+                    // Walk the probe path from the key's home: no empty slot (a lookup would
+                    // stop there) and no earlier copy of the key.
+                    let mut j = home(h, cap);
+                    while j != i {
+                        match t.ctrl[j] {
+                            EMPTY => return Err(Invalid("key unreachable from its home slot")),
+                            cj if cj == c && t.key_checked(j) == Some(key) => {
+                                return Err(Invalid("key stored twice"))
+                            }
+                            _ => {}
+                        }
+                        j = if j + 1 == cap { 0 } else { j + 1 };
+                    }
+                    t.live += 1;
+                }
+                _ => return Err(Invalid("unknown control byte")),
+            }
+        }
+        if u64::from(rank) != long_n {
+            return Err(Invalid("long keys without a slot"));
+        }
+        if t.live as u64 != live || t.deleted as u64 != deleted {
+            return Err(Invalid("slot counts do not match the header"));
+        }
+        Ok(t)
+    }
+}
+
+/// Why a snapshot shard body could not be loaded.
+#[derive(Debug)]
+pub(crate) enum SnapshotFault {
+    /// Reading the body failed.
+    Io(std::io::Error),
+    /// The body is not a valid table.
+    Invalid(&'static str),
+}
+
+impl From<std::io::Error> for SnapshotFault {
+    fn from(e: std::io::Error) -> Self {
+        SnapshotFault::Io(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +652,185 @@ mod tests {
             del(&mut t, b"k");
         }
         assert!(t.deleted <= 1, "{} tombstones", t.deleted);
+    }
+
+    fn snapshot_of(t: &Table) -> Vec<u8> {
+        let mut out = Vec::new();
+        t.write_snapshot(&mut out).expect("write to a Vec");
+        assert_eq!(out.len() as u64, t.snapshot_len());
+        out
+    }
+
+    fn load(bytes: &[u8]) -> Result<Table, SnapshotFault> {
+        let mut at = 0usize;
+        let mut read = |buf: &mut [u8]| -> std::io::Result<()> {
+            let src = bytes
+                .get(at..at + buf.len())
+                .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            at += buf.len();
+            Ok(())
+        };
+        Table::read_snapshot(bytes.len() as u64, &mut read, &|k| Some(hash(k)))
+    }
+
+    /// Contents as a map, and a check that every stored key is found where it is stored.
+    fn consistent_contents(t: &Table) -> HashMap<Vec<u8>, Entry> {
+        let mut out = HashMap::new();
+        for i in 0..t.ctrl.len() {
+            if t.ctrl[i] >= 0x80 {
+                let k = t.key_at(i).to_vec();
+                assert_eq!(
+                    t.find(&k, hash(&k)),
+                    Some(i),
+                    "key {k:?} not found where stored"
+                );
+                assert!(out.insert(k, t.entry(i)).is_none(), "key stored twice");
+            }
+        }
+        assert_eq!(out.len(), t.len());
+        out
+    }
+
+    /// A table written as a snapshot body reads back with the same keys and entries, and
+    /// keeps working (inserts, removals, rebuilds) afterwards.
+    #[test]
+    fn snapshot_round_trips() {
+        let mut t = Table::default();
+        let mut model = HashMap::new();
+        for i in 0..3000u64 {
+            let k: Vec<u8> = format!("k{i}-{}", "x".repeat((i % 40) as usize)).into_bytes();
+            put(&mut t, &k, e(i));
+            model.insert(k, e(i));
+        }
+        for i in (0..3000u64).step_by(3) {
+            let k: Vec<u8> = format!("k{i}-{}", "x".repeat((i % 40) as usize)).into_bytes();
+            del(&mut t, &k);
+            model.remove(&k);
+        }
+        assert!(t.deleted > 0 && !t.free_long.is_empty());
+        let mut back = load(&snapshot_of(&t)).expect("valid snapshot");
+        assert_eq!(consistent_contents(&back), model);
+        assert_eq!((back.live, back.deleted), (t.live, t.deleted));
+        for i in 5000..9000u64 {
+            let k = format!("new{i}-{}", "y".repeat((i % 30) as usize)).into_bytes();
+            put(&mut back, &k, e(i));
+            model.insert(k, e(i));
+        }
+        assert_eq!(consistent_contents(&back), model);
+        let empty = load(&snapshot_of(&Table::default())).expect("empty table");
+        assert_eq!(empty.len(), 0);
+        assert_eq!(empty.find(b"a", hash(b"a")), None);
+    }
+
+    /// Damaged snapshot bodies (checksums aside: the caller checks those) are refused or, when
+    /// the damage is harmless (an entry field, an unused byte), load as a consistent table.
+    /// Never a panic, and never a table in which a stored key cannot be found.
+    #[test]
+    fn damaged_snapshot_bodies_are_refused_or_consistent() {
+        let mut t = Table::default();
+        for i in 0..400u64 {
+            let k = format!("key{i}{}", "z".repeat((i % 25) as usize)).into_bytes();
+            put(&mut t, &k, e(i));
+        }
+        for i in (0..400u64).step_by(5) {
+            let k = format!("key{i}{}", "z".repeat((i % 25) as usize)).into_bytes();
+            del(&mut t, &k);
+        }
+        let good = snapshot_of(&t);
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut refused, mut loaded) = (0, 0);
+        for round in 0..4000 {
+            let mut bad = good.clone();
+            match round % 4 {
+                // One flipped byte anywhere.
+                0 | 1 => {
+                    let at = next() as usize % bad.len();
+                    bad[at] ^= 1 + (next() % 255) as u8;
+                }
+                // Two slots swapped (control bytes and slots together).
+                2 => {
+                    let cap = t.ctrl.len();
+                    let (a, b) = (next() as usize % cap, next() as usize % cap);
+                    bad.swap(SNAPSHOT_HEAD + a, SNAPSHOT_HEAD + b);
+                    let base = SNAPSHOT_HEAD + cap;
+                    for j in 0..SLOT {
+                        bad.swap(base + a * SLOT + j, base + b * SLOT + j);
+                    }
+                }
+                // Cut short or lengthened.
+                _ => {
+                    let n = next() as usize % bad.len();
+                    if round % 8 == 3 {
+                        bad.truncate(n);
+                    } else {
+                        bad.extend(std::iter::repeat_n(0u8, 1 + n % 50));
+                    }
+                }
+            }
+            match load(&bad) {
+                Ok(back) => {
+                    consistent_contents(&back);
+                    loaded += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            refused > 1000 && loaded > 100,
+            "{refused} refused, {loaded} loaded"
+        );
+        // Targeted lies: a duplicate key, and a key moved off its probe path.
+        let cap = t.ctrl.len();
+        let full: Vec<usize> = (0..cap).filter(|&i| t.ctrl[i] >= 0x80).collect();
+        let empty = (0..cap)
+            .find(|&i| t.ctrl[i] == EMPTY)
+            .expect("an empty slot");
+        let mut dup = good.clone();
+        let src = full[0];
+        let base = SNAPSHOT_HEAD + cap;
+        let slot: Vec<u8> = dup[base + src * SLOT..base + (src + 1) * SLOT].to_vec();
+        // Put a copy of an inline key in every non-full slot right after it.
+        let inline_src = full
+            .iter()
+            .copied()
+            .find(|&i| t.slot(i)[0] != LONG)
+            .expect("an inline key");
+        let inline_slot: Vec<u8> =
+            dup[base + inline_src * SLOT..base + (inline_src + 1) * SLOT].to_vec();
+        let mut j = inline_src + 1;
+        while j < cap && t.ctrl[j] >= 0x80 {
+            j += 1;
+        }
+        if j < cap {
+            dup[SNAPSHOT_HEAD + j] = t.ctrl[inline_src];
+            dup[base + j * SLOT..base + (j + 1) * SLOT].copy_from_slice(&inline_slot);
+            // Keep the counts right so that only the duplicate is wrong.
+            let live = rd64(&dup, 8) + 1;
+            let was_deleted = t.ctrl[j] == DELETED;
+            dup[8..16].copy_from_slice(&live.to_le_bytes());
+            if was_deleted {
+                let d = rd64(&dup, 16) - 1;
+                dup[16..24].copy_from_slice(&d.to_le_bytes());
+            }
+            assert!(matches!(
+                load(&dup),
+                Err(SnapshotFault::Invalid("key stored twice"))
+            ));
+        }
+        let mut moved = good.clone();
+        moved[SNAPSHOT_HEAD + empty] = t.ctrl[src];
+        moved[base + empty * SLOT..base + (empty + 1) * SLOT].copy_from_slice(&slot);
+        moved[SNAPSHOT_HEAD + src] = EMPTY;
+        assert!(
+            load(&moved).is_err(),
+            "a key moved to an unrelated empty slot must be refused"
+        );
     }
 }
