@@ -187,14 +187,33 @@ impl KeyDir {
         writes: impl Iterator<Item = (&'k [u8], Entry, bool)>,
         mut done: impl FnMut(usize, Installed),
     ) {
-        let mut order: Vec<(usize, u64, &'k [u8], Entry, bool)> = writes
-            .enumerate()
-            .map(|(i, (k, e, tomb))| (i, self.hash(k), k, e, tomb))
+        let writes: Vec<(u64, &'k [u8], Entry, bool)> = writes
+            .map(|(k, e, tomb)| (self.hash(k), k, e, tomb))
             .collect();
-        order.sort_by_key(|w| w.1 >> SHARD_SHIFT);
-        for group in order.chunk_by(|a, b| a.1 >> SHARD_SHIFT == b.1 >> SHARD_SHIFT) {
-            let mut t = Self::write(self.shard(group[0].1));
-            for &(i, h, key, entry, tombstone) in group {
+        // Counting sort of the indices by shard (stable, so a key's writes keep their order).
+        let mut start = [0u32; SHARDS + 1];
+        for w in &writes {
+            start[(w.0 >> SHARD_SHIFT) as usize + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            start[s + 1] += start[s];
+        }
+        let mut next = start;
+        let mut order = vec![0u32; writes.len()];
+        for (i, w) in writes.iter().enumerate() {
+            let s = (w.0 >> SHARD_SHIFT) as usize;
+            order[next[s] as usize] = i as u32;
+            next[s] += 1;
+        }
+        for s in 0..SHARDS {
+            let group = &order[start[s] as usize..start[s + 1] as usize];
+            if group.is_empty() {
+                continue;
+            }
+            let mut t = Self::write(&self.shards[s].0);
+            for &i in group {
+                let i = i as usize;
+                let (h, key, entry, tombstone) = writes[i];
                 let outcome = if tombstone {
                     match t.find(key, h) {
                         Some(at) if cas::delete_removes(&t.entry(at), entry.seq) => {
