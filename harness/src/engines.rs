@@ -6,9 +6,9 @@
 //!   fast mode: `SyncPolicy::Never` (ack after the append reached the OS). Batch: one
 //!   `WriteBatch`. Defaults otherwise (no value cache: values are read with `preadv2` from the
 //!   page cache), `read_threads(2)`.
-//! - **ringcask-cache**: the same with `Options::value_cache_bytes(64 MiB)`, an in-process
-//!   cache of recently read values (peers cache too: redb and sled by default, fjall a block
-//!   cache).
+//! - **ringcask-cache**: the same with `Options::value_cache_bytes(64 MiB)` (or
+//!   `RINGCASK_BENCH_CACHE_MIB`), an in-process cache of recently read values (peers cache too,
+//!   with their defaults: redb and sled 1 GiB, fjall a block cache).
 //! - **raw**: the zero-overhead Bitcask floor: one `pwrite` at the end of a file preallocated
 //!   ahead (durable: plus one `fdatasync`), index in a `Mutex<HashMap>`; a get is one lookup
 //!   plus one `pread`. No CRC, no header, no recovery.
@@ -59,12 +59,20 @@ pub fn available() -> Vec<&'static str> {
     v
 }
 
+/// Value cache of `ringcask-cache` in MiB: `RINGCASK_BENCH_CACHE_MIB`, default 64.
+pub fn cache_mib() -> u64 {
+    std::env::var("RINGCASK_BENCH_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 /// Opens `name` in `dir`; `durable` selects its durable configuration.
 pub fn open(name: &str, dir: &Path, durable: bool) -> Box<dyn Engine> {
     std::fs::create_dir_all(dir).expect("engine dir");
     match name {
         "ringcask" => Box::new(Ringcask::open(dir, durable, 0)),
-        "ringcask-cache" => Box::new(Ringcask::open(dir, durable, 64 << 20)),
+        "ringcask-cache" => Box::new(Ringcask::open(dir, durable, cache_mib() << 20)),
         "raw" => Box::new(Raw::open(dir, durable)),
         #[cfg(feature = "redb")]
         "redb" => Box::new(peers::Redb::open(dir, durable)),
