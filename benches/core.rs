@@ -1,6 +1,7 @@
 //! Side-by-side figures of the core engine, measured in one run (`harness = false`):
 //! put throughput (1 task and 64 tasks) under each sync policy, hot get throughput, open time
-//! for N keys with and without hint files, and keydir memory per key.
+//! for N keys from the keydir snapshot, from hint files and by scanning, and keydir memory per
+//! key.
 //!
 //! ```text
 //! cargo bench --bench core                 # N = 1,000,000 keys for open/memory
@@ -188,10 +189,22 @@ fn main() {
         println!("| get hot, 1 task, pread backend | {:.0} |", median(gp));
         db.close().await.expect("close");
 
-        let mut with_hints = Vec::new();
+        // The close above saved a keydir snapshot: time opens from it first (each close saves
+        // the next one), then from hint files and by scanning with snapshots off.
+        let mut from_snapshot = Vec::new();
         for _ in 0..3 {
             let started = Instant::now();
             let db = Db::open(&dir, Options::default()).await.expect("open");
+            from_snapshot.push(started.elapsed().as_secs_f64());
+            assert_eq!(db.len() as u64, n);
+            assert!(db.stats().recovery.from_snapshot);
+            db.close().await.expect("close");
+        }
+        let no_snapshot = || Options::default().keydir_snapshot(false);
+        let mut with_hints = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let db = Db::open(&dir, no_snapshot()).await.expect("open");
             with_hints.push(started.elapsed().as_secs_f64());
             assert_eq!(db.len() as u64, n);
             assert_eq!(db.stats().recovery.files_scanned, 0);
@@ -206,16 +219,18 @@ fn main() {
                 }
             }
             let started = Instant::now();
-            let db = Db::open(&dir, Options::default()).await.expect("open");
+            let db = Db::open(&dir, no_snapshot()).await.expect("open");
             scans.push(started.elapsed().as_secs_f64());
             assert_eq!(db.len() as u64, n);
             db.close().await.expect("close");
         }
-        let (h, s) = (median(with_hints), median(scans));
+        let (k, h, s) = (median(from_snapshot), median(with_hints), median(scans));
         println!("\n| open {n} keys | ms |");
         println!("|---|---:|");
+        println!("| from the keydir snapshot | {:.0} |", k * 1e3);
         println!("| with hint files | {:.0} |", h * 1e3);
         println!("| scanning datafiles | {:.0} |", s * 1e3);
+        println!("| ratio scan / snapshot | {:.2}x |", s / k);
         println!("| ratio scan / hints | {:.2}x |", s / h);
 
         // Memory: in a fresh process (the allocator keeps what earlier phases freed), RSS

@@ -1,6 +1,6 @@
 //! criterion benches of the engine's hot paths, throughput in elements/s and bytes/s:
-//! put under each sync policy, get (hot), get (missing key), batch write, open (recovery) with
-//! and without hint files.
+//! put under each sync policy, get (hot), get (missing key), batch write, open (recovery) from
+//! hint files, by a full scan, and from the keydir snapshot a clean close saves.
 //!
 //! ```text
 //! cargo bench --bench hot_paths
@@ -113,28 +113,45 @@ fn recovery(c: &mut Criterion) {
     let mut g = c.benchmark_group("open");
     g.throughput(Throughput::Elements(n));
     g.sample_size(10);
-    // Time only the open; `prepare` runs before each one, untimed.
-    let timed_open = |b: &mut criterion::Bencher, prepare: &dyn Fn()| {
+    let opts = |snapshot: bool| {
+        Options::default()
+            .sync(SyncPolicy::Never)
+            .auto_merge(false)
+            .keydir_snapshot(snapshot)
+    };
+    // Time only the open; `prepare` runs before each one, untimed. With `snapshot` the close
+    // saves the keydir snapshot that the next open loads; without, open reads hint files.
+    let timed_open = |b: &mut criterion::Bencher, snapshot: bool, prepare: &dyn Fn()| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 prepare();
                 let started = Instant::now();
-                let db = open(tmp.path(), SyncPolicy::Never);
+                let db = block_on(Db::open(tmp.path(), opts(snapshot))).expect("open");
                 total += started.elapsed();
                 assert_eq!(db.len() as u64, n);
+                assert_eq!(db.stats().recovery.from_snapshot, snapshot);
                 block_on(db.close()).expect("close");
             }
             total
         })
     };
-    g.bench_function("100k keys, hint files", |b| timed_open(b, &|| {}));
+    g.bench_function("100k keys, hint files", |b| timed_open(b, false, &|| {}));
     g.bench_function("100k keys, full scan", |b| {
-        timed_open(b, &|| {
+        timed_open(b, false, &|| {
             for e in std::fs::read_dir(tmp.path()).expect("dir").flatten() {
                 if e.path().extension().is_some_and(|x| x == "hint") {
                     std::fs::remove_file(e.path()).expect("rm hint");
                 }
+            }
+        })
+    });
+    g.bench_function("100k keys, keydir snapshot", |b| {
+        timed_open(b, true, &|| {
+            if !tmp.path().join("KEYDIR").exists() {
+                // The first open of this case: one close with snapshots on saves it.
+                let db = block_on(Db::open(tmp.path(), opts(true))).expect("open");
+                block_on(db.close()).expect("close");
             }
         })
     });

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! header: magic "RCKEYDIR" | version u32 | shards u32 | slot bytes u32 | hash seed u64
-//!         | next seq u64 | file count u32
+//!         | next seq u64 | file count u32 | hash of a fixed string under the seed u64 (a
+//!           build whose hash function differs refuses the snapshot up front)
 //!         | files: (id u32 | length u64 | min seq u64 | ctime ns u64) * file count,
 //!           ids ascending
 //!         | index: (offset u64 | length u64 | crc32 u32) * shards
@@ -56,7 +57,7 @@ pub(crate) const SNAPSHOT_NAME: &str = "KEYDIR";
 const MAGIC: [u8; 8] = *b"RCKEYDIR";
 const VERSION: u32 = 1;
 /// Header bytes before the file list.
-const FIXED: usize = 40;
+const FIXED: usize = 48;
 /// Bytes per listed file: id, length, min seq, ctime.
 const FILE_ENTRY: usize = 28;
 /// Bytes per shard index entry: offset, length, crc.
@@ -168,6 +169,7 @@ pub(crate) fn save(
     h.extend_from_slice(&keydir.seed().to_le_bytes());
     h.extend_from_slice(&next_seq.to_le_bytes());
     h.extend_from_slice(&(files.len() as u32).to_le_bytes());
+    h.extend_from_slice(&KeyDir::hash_probe(keydir.seed()).to_le_bytes());
     for f in &files {
         h.extend_from_slice(&f.id.to_le_bytes());
         h.extend_from_slice(&f.len.to_le_bytes());
@@ -336,6 +338,9 @@ pub(crate) fn read_header(src: &dyn Source) -> std::result::Result<Header, Unuse
     }
     if u32_at(&fixed, 12) as usize != SHARDS || u32_at(&fixed, 16) as usize != SLOT {
         return Err(invalid("written with another keydir layout"));
+    }
+    if u64_at(&fixed, 40) != KeyDir::hash_probe(u64_at(&fixed, 20)) {
+        return Err(invalid("written with another hash function"));
     }
     let n_files = u32_at(&fixed, 36) as usize;
     let head_len = header_len(n_files);

@@ -78,6 +78,12 @@ impl KeyDir {
         }
     }
 
+    /// The hash of a fixed string under `seed`: stored in a keydir snapshot, so that a build
+    /// whose hash function differs (slot positions would not match) refuses it up front.
+    pub(crate) fn hash_probe(seed: u64) -> u64 {
+        Hasher::with_seed(seed).hash_one(b"ringcask keydir snapshot")
+    }
+
     /// The hash seed (stored in a keydir snapshot).
     pub(crate) fn seed(&self) -> u64 {
         self.seed
