@@ -742,11 +742,22 @@ impl Writer {
                 WriteMsg::Close { reply } => close = Some(reply),
             }
         }
-        let want_sync = (self.opts.sync == SyncPolicy::Always && !waiters.is_empty())
+        // Under `Never` and `IntervalMs` a write is acknowledged once appended: answer before
+        // any sync below, as inline appends are.
+        if self.opts.sync != SyncPolicy::Always {
+            for reply in waiters.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        // Appends made here (requests of 1 MiB or more) passed the writeback step: the
+        // writeback that an inline append would have requested runs now.
+        let writeback = self.appender.take_writeback_due();
+        let want_sync = !waiters.is_empty()
             || syncs
                 .iter()
                 .any(|(upto, _)| !self.appender.is_synced(*upto))
-            || close.is_some();
+            || close.is_some()
+            || writeback;
         let res = if want_sync {
             self.sync_active().await
         } else {

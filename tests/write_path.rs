@@ -465,6 +465,44 @@ fn never_policy_writes_back_in_the_background() {
     });
 }
 
+/// Requests of over 1 MiB are appended by the writer thread, not inline; under `Never` they
+/// also get a background writeback every 16 MiB (without one, sealing a full file would sync
+/// it all while appends wait).
+#[test]
+fn never_policy_writes_back_large_batches_too() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = ringcask::Options::default()
+        .sync(SyncPolicy::Never)
+        .max_file_bytes(1 << 30)
+        .auto_merge(false);
+    run(async {
+        let db = Db::open(tmp.path(), opts).await.expect("open");
+        let value = vec![6u8; 64 << 10];
+        // 24 batches of 2 MiB: 48 MiB, three writeback steps.
+        for b in 0..24u32 {
+            let mut batch = WriteBatch::new();
+            for i in 0..32u32 {
+                batch = batch.put(format!("b{b}-{i}"), value.clone());
+            }
+            db.write(batch).await.expect("batch");
+        }
+        let mut waited = 0;
+        while db.stats().syncs < 2 && waited < 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert!(
+            db.stats().syncs >= 2,
+            "{} syncs after 48 MiB of large batches",
+            db.stats().syncs
+        );
+        assert_eq!(db.len(), 24 * 32);
+        let got = db.get("b23-31").await.expect("get").expect("present");
+        assert_eq!(&got[..], &value[..]);
+        db.close().await.expect("close");
+    });
+}
+
 /// Batches are applied to the keydir a shard at a time: the result and the space accounting
 /// equal those of the same writes one by one, including keys written twice in one batch and
 /// deletes of keys put earlier in the same batch.
