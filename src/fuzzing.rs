@@ -93,6 +93,23 @@ pub fn record_spans(file: &[u8]) -> Vec<(usize, usize)> {
     out
 }
 
+/// The `hint_file` fuzz target's input: a flag byte (bit 0: put a valid hint header first), the
+/// datafile length (u32 LE), then the hint bytes; see [`hint_file`].
+pub fn hint_file_input(data: &[u8]) {
+    if data.len() < 5 {
+        return;
+    }
+    let data_len = u64::from(u32::from_le_bytes([data[1], data[2], data[3], data[4]]));
+    let rest = &data[5..];
+    if data[0] & 1 == 1 {
+        let mut with_header = hint_header(1);
+        with_header.extend_from_slice(rest);
+        hint_file(&with_header, data_len);
+    } else {
+        hint_file(rest, data_len);
+    }
+}
+
 /// Loads `data` as the hint file of datafile 1 of `data_len` bytes: every record it applies
 /// must lie inside the datafile.
 /// Loaded whole and, with small reads, split over three threads: both see the same records.

@@ -436,7 +436,9 @@ fn verify(
     let step = (body_len / parts).max(1);
     let mut bounds = vec![body.start];
     let count = for_each_record(read_at, body.clone(), how.chunk, true, |h, i, at| {
-        if h.offset + u64::from(h.record_len) > data_len {
+        // Checked: a damaged offset near u64::MAX must not wrap past the test.
+        let end = h.offset.checked_add(u64::from(h.record_len));
+        if end.is_none_or(|end| end > data_len) {
             return Err(format!("record {i} points past the datafile end"));
         }
         if (bounds.len() as u64) < parts && at >= body.start + step * bounds.len() as u64 {

@@ -55,3 +55,15 @@ fn decoder_regressions() {
         fuzzing::file_header(&data);
     }
 }
+
+#[test]
+fn hint_file_regressions() {
+    let all = inputs("hint_file");
+    assert!(
+        !all.is_empty(),
+        "the hint_file target has a recorded regression"
+    );
+    for data in all {
+        fuzzing::hint_file_input(&data);
+    }
+}
