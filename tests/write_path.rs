@@ -428,18 +428,32 @@ fn value_cache_serves_repeats_and_never_stale_values() {
     });
 }
 
+/// `Never`, one large file (no rotation), no merge: only writebacks sync.
+fn writeback_opts() -> ringcask::Options {
+    ringcask::Options::default()
+        .sync(SyncPolicy::Never)
+        .max_file_bytes(1 << 30)
+        .auto_merge(false)
+}
+
+/// Waits up to 5 s for the store to count `n` syncs (writebacks run in the background).
+async fn wait_for_syncs(db: &Db, n: u64) {
+    for _ in 0..100 {
+        if db.stats().syncs >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Under `SyncPolicy::Never`, every 16 MiB appended asks the writer for a background
 /// `fdatasync`, so that sealing a full file does not have to flush it all while appends wait.
 /// Less than that asks for nothing.
 #[test]
 fn never_policy_writes_back_in_the_background() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let opts = ringcask::Options::default()
-        .sync(SyncPolicy::Never)
-        .max_file_bytes(1 << 30)
-        .auto_merge(false);
     run(async {
-        let db = Db::open(tmp.path(), opts).await.expect("open");
+        let db = Db::open(tmp.path(), writeback_opts()).await.expect("open");
         let value = vec![5u8; 64 << 10];
         // 8 MiB: below the writeback step.
         for i in 0..128u32 {
@@ -451,11 +465,7 @@ fn never_policy_writes_back_in_the_background() {
         for i in 0..640u32 {
             db.put(format!("b{i}"), &value).await.expect("put");
         }
-        let mut waited = 0;
-        while db.stats().syncs < 2 && waited < 100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += 1;
-        }
+        wait_for_syncs(&db, 2).await;
         assert!(
             db.stats().syncs >= 2,
             "{} syncs after 48 MiB",
@@ -471,12 +481,8 @@ fn never_policy_writes_back_in_the_background() {
 #[test]
 fn never_policy_writes_back_large_batches_too() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let opts = ringcask::Options::default()
-        .sync(SyncPolicy::Never)
-        .max_file_bytes(1 << 30)
-        .auto_merge(false);
     run(async {
-        let db = Db::open(tmp.path(), opts).await.expect("open");
+        let db = Db::open(tmp.path(), writeback_opts()).await.expect("open");
         let value = vec![6u8; 64 << 10];
         // 24 batches of 2 MiB: 48 MiB, three writeback steps.
         for b in 0..24u32 {
@@ -486,11 +492,7 @@ fn never_policy_writes_back_large_batches_too() {
             }
             db.write(batch).await.expect("batch");
         }
-        let mut waited = 0;
-        while db.stats().syncs < 2 && waited < 100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            waited += 1;
-        }
+        wait_for_syncs(&db, 2).await;
         assert!(
             db.stats().syncs >= 2,
             "{} syncs after 48 MiB of large batches",
