@@ -8,19 +8,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::datafile::{self, ScanMode};
-use crate::record::{self, FileKind, HintRecord};
+use crate::files::datafile::{self, ScanMode};
+use crate::format::{self, FileKind, HintRecord};
+use crate::layout;
 use crate::{Db, Options, SyncPolicy, WriteBatch};
 
 /// Decodes a data record; a decoded record must re-encode to exactly the same bytes.
 /// Returns whether it decoded.
 pub fn record(data: &[u8]) -> bool {
-    let Ok(r) = record::decode_record(data) else {
+    let Ok(r) = format::decode_record(data) else {
         return false;
     };
     {
         let mut again = Vec::new();
-        record::encode_record(
+        format::encode_record(
             &mut again,
             r.header.seq,
             r.header.expiry_ms,
@@ -37,11 +38,11 @@ pub fn record(data: &[u8]) -> bool {
 /// Decodes a hint record; a decoded record must re-encode to exactly the same bytes.
 /// Returns whether it decoded.
 pub fn hint_record(data: &[u8]) -> bool {
-    let Ok((h, n)) = record::decode_hint(data) else {
+    let Ok((h, n)) = format::decode_hint(data) else {
         return false;
     };
     let mut again = Vec::new();
-    record::encode_hint(&mut again, &h);
+    format::encode_hint(&mut again, &h);
     assert_eq!(&again[..], &data[..n], "hint round trip");
     true
 }
@@ -49,11 +50,11 @@ pub fn hint_record(data: &[u8]) -> bool {
 /// Decodes a file header; a decoded header must re-encode to exactly the same bytes.
 /// Returns whether it decoded.
 pub fn file_header(data: &[u8]) -> bool {
-    let Ok((id, kind)) = record::decode_any_file_header(data) else {
+    let Ok((id, kind)) = format::decode_any_file_header(data) else {
         return false;
     };
     let mut again = Vec::new();
-    record::encode_file_header(&mut again, kind, id);
+    format::encode_file_header(&mut again, kind, id);
     assert_eq!(&again[..], &data[..again.len()], "header round trip");
     true
 }
@@ -61,16 +62,16 @@ pub fn file_header(data: &[u8]) -> bool {
 /// Decodes a merge manifest; a decoded manifest must re-encode to exactly the same bytes.
 /// Returns whether it decoded.
 pub fn manifest(data: &[u8]) -> bool {
-    let Ok(m) = record::decode_manifest(data) else {
+    let Ok(m) = format::decode_manifest(data) else {
         return false;
     };
-    assert_eq!(record::encode_manifest(&m), data, "manifest round trip");
+    assert_eq!(format::encode_manifest(&m), data, "manifest round trip");
     true
 }
 
 /// An encoded manifest (a seed for the `manifest` target).
 pub fn encoded_manifest(inputs: &[u32], outputs: &[u32]) -> Vec<u8> {
-    record::encode_manifest(&record::Manifest {
+    format::encode_manifest(&format::Manifest {
         inputs: inputs.to_vec(),
         outputs: outputs.to_vec(),
     })
@@ -79,9 +80,9 @@ pub fn encoded_manifest(inputs: &[u32], outputs: &[u32]) -> Vec<u8> {
 /// Offsets and lengths of the records of a datafile's bytes (for seeds), as far as they decode.
 pub fn record_spans(file: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    let mut off = record::FILE_HEADER_LEN;
+    let mut off = format::FILE_HEADER_LEN;
     while off < file.len() {
-        match record::decode_record(&file[off..]) {
+        match format::decode_record(&file[off..]) {
             Ok(r) => {
                 let n = r.header.record_len() as usize;
                 out.push((off, n));
@@ -114,7 +115,7 @@ pub fn hint_file_input(data: &[u8]) {
 /// must lie inside the datafile.
 /// Loaded whole and, with small reads, split over three threads: both see the same records.
 pub fn hint_file(data: &[u8], data_len: u64) {
-    use crate::hint::{load_bytes, How};
+    use crate::files::hint::{load_bytes, How};
     let seen = |how: How| {
         load_bytes(data, 1, data_len, how, Vec::new, |v, h| {
             assert!(h.offset + u64::from(h.record_len) <= data_len);
@@ -139,9 +140,9 @@ pub fn hint_file(data: &[u8], data_len: u64) {
 /// through the batch framing. Applied records must lie inside the file and batches must be
 /// applied whole.
 pub fn datafile(dir: &Path, body: &[u8]) {
-    let path = datafile::data_path(dir, 1);
-    let mut bytes = Vec::with_capacity(record::FILE_HEADER_LEN + body.len());
-    record::encode_file_header(&mut bytes, FileKind::Data, 1);
+    let path = layout::data_path(dir, 1);
+    let mut bytes = Vec::with_capacity(format::FILE_HEADER_LEN + body.len());
+    format::encode_file_header(&mut bytes, FileKind::Data, 1);
     bytes.extend_from_slice(body);
     if std::fs::write(&path, &bytes).is_err() {
         return;
@@ -150,7 +151,7 @@ pub fn datafile(dir: &Path, body: &[u8]) {
         let len = bytes.len() as u64;
         let mut last_end = 0u64;
         let res = datafile::scan(&path, 1, mode, |h: &HintRecord<'_>| {
-            assert!(h.offset >= record::FILE_HEADER_LEN as u64);
+            assert!(h.offset >= format::FILE_HEADER_LEN as u64);
             assert!(h.offset + u64::from(h.record_len) <= len);
             last_end = last_end.max(h.offset + u64::from(h.record_len));
         });
@@ -182,14 +183,14 @@ pub fn abort_on_panic() {
 /// A valid header of datafile `id` (so that fuzzed directories get past the header check).
 pub fn datafile_header(id: u32) -> Vec<u8> {
     let mut v = Vec::new();
-    record::encode_file_header(&mut v, FileKind::Data, id);
+    format::encode_file_header(&mut v, FileKind::Data, id);
     v
 }
 
 /// A valid header of the hint file of datafile `id`.
 pub fn hint_header(id: u32) -> Vec<u8> {
     let mut v = Vec::new();
-    record::encode_file_header(&mut v, FileKind::Hint, id);
+    format::encode_file_header(&mut v, FileKind::Hint, id);
     v
 }
 
@@ -211,7 +212,7 @@ fn open_dir_name(sel: u8) -> String {
 /// checks behind them; bit 1 picks one or two decoding threads. What decodes must be a keydir
 /// in which every stored key is found with its entry. Returns whether it decoded.
 pub fn keydir_snapshot(data: &[u8]) -> bool {
-    use crate::snapshot::{decode, fix_checksums, read_header, InMemory};
+    use crate::files::snapshot::{decode, fix_checksums, read_header, InMemory};
     let Some((&flag, rest)) = data.split_first() else {
         return false;
     };
@@ -223,7 +224,12 @@ pub fn keydir_snapshot(data: &[u8]) -> bool {
     let Ok(head) = read_header(&src) else {
         return false;
     };
-    let Ok(d) = decode(&src, head, 1 + usize::from(flag >> 1 & 1), crate::now_ms()) else {
+    let Ok(d) = decode(
+        &src,
+        head,
+        1 + usize::from(flag >> 1 & 1),
+        crate::clock::now_ms(),
+    ) else {
         return false;
     };
     let mut n = 0;

@@ -2,9 +2,31 @@
 
 use std::sync::Arc;
 
-use crate::io::{FaultInjector, IoBackend};
-use crate::record::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
+use crate::fault::FaultInjector;
+use crate::format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
 use crate::{Error, Result};
+
+/// Which IO backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// Use io_uring when the kernel allows it, else fall back to `pread`/`pwrite` (default).
+    Auto,
+    /// io_uring only; opening fails if it cannot be set up.
+    IoUring,
+    /// Plain positioned `pread`/`pwrite` system calls on the io threads.
+    Pread,
+}
+
+/// The IO backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoBackendKind {
+    /// io_uring through tokio-uring.
+    IoUring,
+    /// Plain `pread`/`pwrite`.
+    Pread,
+}
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +114,17 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Threads recovery uses (`recovery_threads`, 0 meaning one per CPU, at most 4).
+    pub(crate) fn recovery_workers(&self) -> usize {
+        match self.recovery_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 4),
+            n => n,
+        }
+    }
+
     /// Durability policy (default [`SyncPolicy::Always`]).
     pub fn sync(mut self, policy: SyncPolicy) -> Self {
         self.sync = policy;

@@ -1,11 +1,9 @@
 //! Counters and reports exposed through [`crate::Db::stats`].
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::io::Kind;
+use crate::options::IoBackendKind;
 
 /// What the last open found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,26 +76,7 @@ impl FileStats {
     pub fn live_bytes(&self) -> u64 {
         self.total_bytes
             .saturating_sub(self.dead_bytes)
-            .saturating_sub(crate::record::FILE_HEADER_LEN as u64)
-    }
-}
-
-/// The IO backend a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IoBackendKind {
-    /// io_uring through tokio-uring.
-    IoUring,
-    /// Plain `pread`/`pwrite`.
-    Pread,
-}
-
-impl From<Kind> for IoBackendKind {
-    fn from(k: Kind) -> Self {
-        match k {
-            Kind::Uring => IoBackendKind::IoUring,
-            Kind::Pread => IoBackendKind::Pread,
-        }
+            .saturating_sub(crate::format::FILE_HEADER_LEN as u64)
     }
 }
 
@@ -196,61 +175,6 @@ pub(crate) fn thread_number() -> usize {
     }
     // (0 while the thread's locals are being destroyed.)
     MINE.try_with(|s| *s).unwrap_or(0)
-}
-
-/// State shared between the handle and the io threads.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    pub puts: Counter,
-    pub deletes: Counter,
-    pub batches: Counter,
-    pub gets: Counter,
-    pub reads_inline: Counter,
-    pub reads_io_thread: Counter,
-    pub reads_cached: Counter,
-    pub appends: Counter,
-    pub syncs: Counter,
-    pub bytes_written: Counter,
-    pub merges: Counter,
-    pub merge_reclaimed_bytes: Counter,
-    pub active_file_id: AtomicU32,
-    /// Next datafile id, shared by the writer (rotation) and merges (outputs).
-    pub next_file_id: AtomicU32,
-    /// Set once any key with a TTL exists (then `len` counts, and expiry sweeps run).
-    pub has_ttl: std::sync::atomic::AtomicBool,
-    /// Set when the store is closing: a running merge stops at its next step.
-    pub stopping: std::sync::atomic::AtomicBool,
-    pub usage: Mutex<BTreeMap<u32, FileStats>>,
-    pub recovery: Mutex<RecoveryReport>,
-}
-
-impl Shared {
-    /// Runs `f` on the usage table (a poisoned lock is recovered: the table holds plain numbers).
-    pub(crate) fn with_usage<R>(&self, f: impl FnOnce(&mut BTreeMap<u32, FileStats>) -> R) -> R {
-        let mut g = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
-    }
-
-    /// The accounting of file `id`, created if missing.
-    pub(crate) fn usage_entry(map: &mut BTreeMap<u32, FileStats>, id: u32) -> &mut FileStats {
-        map.entry(id).or_insert(FileStats::new(id))
-    }
-
-    /// Adds dead bytes to file `id` if it still exists (a merge may have removed it).
-    pub(crate) fn add_dead(map: &mut BTreeMap<u32, FileStats>, id: u32, bytes: u64) {
-        if let Some(f) = map.get_mut(&id) {
-            f.dead_bytes += bytes;
-        }
-    }
-
-    /// Allocates a new datafile id.
-    pub(crate) fn allocate_file_id(&self) -> std::io::Result<u32> {
-        let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
-        if id == u32::MAX {
-            return Err(std::io::Error::other("datafile ids are exhausted"));
-        }
-        Ok(id)
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! A `Table` is not synchronised: [`super::KeyDir`] puts each in its own lock.
 
 use super::Entry;
-use crate::record::{u32_at as rd32, u64_at as rd64};
+use crate::format::{u32_at as rd32, u64_at as rd64};
 
 const EMPTY: u8 = 0;
 const DELETED: u8 = 1;

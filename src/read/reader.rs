@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::datafile::data_path;
-use crate::io::{FaultInjector, IoFile, Kind, Runtime};
+use crate::fault::FaultInjector;
+use crate::io::{IoFile, Runtime};
+use crate::layout::data_path;
+use crate::options::IoBackendKind;
 
 /// Reads in flight per read thread (kept below the default submission queue size).
 const MAX_IN_FLIGHT: usize = 128;
@@ -36,7 +38,7 @@ pub(crate) enum ReaderMsg {
 /// Starts read thread `index`; it stops when every sender of `rx` is gone.
 pub(crate) fn spawn(
     index: usize,
-    kind: Kind,
+    kind: IoBackendKind,
     dir: PathBuf,
     fault: Option<Arc<FaultInjector>>,
     rx: mpsc::Receiver<ReaderMsg>,
@@ -48,8 +50,8 @@ pub(crate) fn spawn(
                 Ok(rt) => (rt, kind),
                 Err(e) => {
                     tracing::warn!("read thread {index}: {e}; using pread");
-                    match Runtime::new(Kind::Pread) {
-                        Ok(rt) => (rt, Kind::Pread),
+                    match Runtime::new(IoBackendKind::Pread) {
+                        Ok(rt) => (rt, IoBackendKind::Pread),
                         Err(e) => {
                             tracing::error!("read thread {index} cannot start a runtime: {e}");
                             return;
@@ -62,7 +64,7 @@ pub(crate) fn spawn(
 }
 
 async fn serve(
-    kind: Kind,
+    kind: IoBackendKind,
     dir: PathBuf,
     fault: Option<Arc<FaultInjector>>,
     mut rx: mpsc::Receiver<ReaderMsg>,

@@ -19,30 +19,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::datafile::{self, data_path, hint_path, DirEntry, ScanEnd, ScanError, ScanMode};
-use crate::hint::{self, HintBuilder};
+use crate::clock::now_ms;
+use crate::files::datafile::{self, ScanEnd, ScanError, ScanMode};
+use crate::files::hint::{self, HintBuilder};
+use crate::files::manifest;
+use crate::format::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
 use crate::keydir::{Entry, Installed, KeyDir};
-use crate::merge;
-use crate::record::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
+use crate::layout::{self, data_path, hint_path, DirEntry};
+use crate::state::Recovered;
 use crate::stats::{FileStats, RecoveryReport};
-use crate::{now_ms, Error, Options, Result};
-
-/// What recovery hands to the writer.
-#[derive(Debug)]
-pub(crate) struct Recovered {
-    /// First sequence number the writer may use.
-    pub next_seq: u64,
-    /// First datafile id the writer may use.
-    pub next_file_id: u32,
-    /// Hint files to write for datafiles that had to be scanned: (file id, hint file bytes).
-    pub hints_to_write: Vec<(u32, u64, HintBuilder)>,
-    /// Per-file space accounting.
-    pub usage: BTreeMap<u32, FileStats>,
-    /// The report shown in `Stats::recovery`.
-    pub report: RecoveryReport,
-    /// Some live key has an expiry.
-    pub has_ttl: bool,
-}
+use crate::{Error, Options, Result};
 
 /// Outcome of loading one datafile.
 #[derive(Debug, Default)]
@@ -355,8 +341,8 @@ fn last_log_file(dir: &Path, ids: &[u32]) -> Result<Option<u32>> {
         let mut hdr = [0u8; FILE_HEADER_LEN];
         let merged = f.read_exact_at(&mut hdr, 0).is_ok()
             && matches!(
-                crate::record::decode_any_file_header(&hdr),
-                Ok((_, crate::record::FileKind::Merged))
+                crate::format::decode_any_file_header(&hdr),
+                Ok((_, crate::format::FileKind::Merged))
             );
         if !merged {
             return Ok(Some(id));
@@ -385,7 +371,7 @@ fn estimate_records(path: &Path, len: u64) -> u64 {
     }
     let (mut off, mut n) = (0u64, 0u64);
     while let Some(rest) = buf.get(off as usize..) {
-        let Ok(h) = crate::record::decode_record_header(rest) else {
+        let Ok(h) = crate::format::decode_record_header(rest) else {
             break;
         };
         if off + h.record_len() > buf.len() as u64 {
@@ -408,7 +394,7 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name();
-            match name.to_str().and_then(datafile::parse_name) {
+            match name.to_str().and_then(layout::parse_name) {
                 Some(DirEntry::Hint(_)) => n += hint::footer_count(&e.path()).unwrap_or(0),
                 Some(DirEntry::Data(id)) if !hint_path(dir, id).exists() => {
                     let len = e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -422,22 +408,11 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
     KeyDir::with_capacity(n.min(1 << 28) as usize)
 }
 
-/// Threads recovery uses (`Options::recovery_threads`, 0 meaning one per CPU, at most 4).
-pub(crate) fn threads(opts: &Options) -> usize {
-    match opts.recovery_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 4),
-        n => n,
-    }
-}
-
 /// Rebuilds `keydir` from the store in `dir`.
 pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
-    if let Some(m) = merge::finish_committed(dir)? {
+    if let Some(m) = manifest::finish_committed(dir)? {
         report.merge_finished = true;
         tracing::info!(
             inputs = ?m.inputs,
@@ -451,7 +426,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        match datafile::parse_name(name) {
+        match layout::parse_name(name) {
             Some(DirEntry::Data(id)) => {
                 data_ids.insert(id);
             }
@@ -473,7 +448,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
     let ids: Vec<u32> = data_ids.iter().copied().collect();
     let last = last_log_file(dir, &ids)?;
     // Files load in parallel; when there are fewer files than threads, hint files are split.
-    let parallelism = threads(opts);
+    let parallelism = opts.recovery_workers();
     let cx = Ctx {
         dir,
         opts,

@@ -23,13 +23,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::datafile::data_path;
-use crate::hint::HintBuilder;
-use crate::io::{self, FaultInjector, IoFile, Kind};
+use crate::fault::FaultInjector;
+use crate::files::hint::HintBuilder;
+use crate::format::{self, FileKind, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END};
+use crate::io::lock::DirLock;
+use crate::io::{self, fs, IoFile};
 use crate::keydir::{Entry, Installed, KeyDir};
-use crate::lock::DirLock;
-use crate::record::{self, FileKind, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END};
-use crate::stats::Shared;
+use crate::layout::data_path;
+use crate::options::IoBackendKind;
+use crate::state::Shared;
 use crate::{Error, Options, Result, SyncPolicy};
 
 /// One mutation.
@@ -52,9 +54,9 @@ impl<B: AsRef<[u8]>> Op<B> {
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Op::Put { key, value, .. } => {
-                record::record_len(key.as_ref().len(), value.as_ref().len())
+                format::record_len(key.as_ref().len(), value.as_ref().len())
             }
-            Op::Delete { key } => record::record_len(key.as_ref().len(), 0),
+            Op::Delete { key } => format::record_len(key.as_ref().len(), 0),
         }
     }
 
@@ -421,12 +423,12 @@ impl Appender {
                 value,
                 expiry_ms,
             } => {
-                record::encode_record(buf, seq, expiry_ms, flags, key, value);
+                format::encode_record(buf, seq, expiry_ms, flags, key, value);
                 (key, expiry_ms, false)
             }
             Op::Delete { key } => {
-                let flags = flags | record::FLAG_TOMBSTONE;
-                record::encode_record(buf, seq, 0, flags, key, &[]);
+                let flags = flags | format::FLAG_TOMBSTONE;
+                format::encode_record(buf, seq, 0, flags, key, &[]);
                 (key, 0, true)
             }
         };
@@ -554,7 +556,7 @@ impl Appender {
 /// The writer thread's state.
 pub(crate) struct Writer {
     dir: PathBuf,
-    kind: Kind,
+    kind: IoBackendKind,
     opts: Options,
     shared: Arc<Shared>,
     appender: Arc<Appender>,
@@ -580,7 +582,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         dir: PathBuf,
-        kind: Kind,
+        kind: IoBackendKind,
         opts: Options,
         keydir: Arc<KeyDir>,
         shared: Arc<Shared>,
@@ -611,19 +613,19 @@ impl Writer {
 
     async fn create_active(
         dir: &std::path::Path,
-        kind: Kind,
+        kind: IoBackendKind,
         opts: &Options,
         id: u32,
     ) -> Result<(IoFile, ActiveFile)> {
         let path = data_path(dir, id);
         let file = IoFile::create_new(kind, &path, opts.fault_injector.clone())?;
         let mut header = Vec::with_capacity(FILE_HEADER_LEN);
-        record::encode_file_header(&mut header, FileKind::Data, id);
+        format::encode_file_header(&mut header, FileKind::Data, id);
         let (r, _) = file.write_all_at(header, 0).await;
         r?;
         let fd = file.clone_std()?;
         file.sync_all().await?;
-        io::sync_dir(fault(opts), dir)?;
+        fs::sync_dir(fault(opts), dir)?;
         tracing::debug!(file = %path.display(), "started a new active datafile");
         let hint =
             HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
@@ -864,7 +866,7 @@ impl Writer {
         if res.is_ok() && snapshot && self.opts.keydir_snapshot && !crashed {
             let started = Instant::now();
             let usage = self.shared.with_usage(|u| u.clone());
-            match crate::snapshot::save(&self.dir, &self.appender.keydir, next_seq, &usage) {
+            match crate::files::snapshot::save(&self.dir, &self.appender.keydir, next_seq, &usage) {
                 Ok(true) => tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "saved the keydir snapshot"
@@ -881,8 +883,8 @@ impl Writer {
         if a.hint.count() == 0 {
             // Nothing was written: do not leave an empty file behind.
             let path = data_path(&self.dir, a.id);
-            io::remove_file(fault(&self.opts), &path)?;
-            io::sync_dir(fault(&self.opts), &self.dir)?;
+            fs::remove_file(fault(&self.opts), &path)?;
+            fs::sync_dir(fault(&self.opts), &self.dir)?;
             let id = a.id;
             self.shared.with_usage(|u| u.remove(&id));
             return Ok(());

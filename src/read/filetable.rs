@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
-use crate::datafile::data_path;
+use crate::layout::data_path;
 
 /// Most descriptors one datafile is read through.
 const MAX_FDS_PER_FILE: usize = 4;

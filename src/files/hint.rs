@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::datafile::{hint_path, temp_path};
-use crate::io::{self, FaultInjector, IoFile, Kind};
-use crate::record::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
+use crate::fault::{fault_point, FaultInjector};
+use crate::format::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
+use crate::io::fs;
+use crate::layout::{hint_path, temp_path};
+use crate::options::IoBackendKind;
 
 /// Hint records of one datafile, accumulated while it is written or scanned.
 ///
@@ -60,7 +62,7 @@ impl HintBuilder {
 
     /// Adds the hint of one record.
     pub(crate) fn push(&mut self, h: &HintRecord<'_>) {
-        record::encode_hint(&mut self.records, h);
+        format::encode_hint(&mut self.records, h);
         self.count += 1;
         if let Some(sp) = &mut self.spill {
             if self.records.len() >= sp.threshold {
@@ -85,7 +87,7 @@ impl HintBuilder {
     /// that did not spill).
     pub(crate) fn finish(&self, file_id: u32, data_len: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(FILE_HEADER_LEN + self.records.len() + HINT_FOOTER_LEN);
-        record::encode_file_header(&mut out, FileKind::Hint, file_id);
+        format::encode_file_header(&mut out, FileKind::Hint, file_id);
         out.extend_from_slice(&self.records);
         encode_footer(&mut out, self.count, data_len);
         out
@@ -95,7 +97,7 @@ impl HintBuilder {
     /// final name, atomically: completes the spilled temporary file, or writes it whole.
     pub(crate) async fn write(
         &mut self,
-        kind: Kind,
+        kind: IoBackendKind,
         dir: &Path,
         file_id: u32,
         data_len: u64,
@@ -119,13 +121,13 @@ impl HintBuilder {
         encode_footer(&mut tail, self.count, data_len);
         let res = async {
             sp.append(&tail)?;
-            io::fault_point(sp.fault.as_deref())?;
+            fault_point(sp.fault.as_deref())?;
             if let Some(f) = &sp.file {
                 f.sync_all()?;
             }
             let final_path = hint_path(dir, file_id);
-            io::rename(sp.fault.as_deref(), &sp.path, &final_path)?;
-            io::sync_dir(sp.fault.as_deref(), dir)
+            fs::rename(sp.fault.as_deref(), &sp.path, &final_path)?;
+            fs::sync_dir(sp.fault.as_deref(), dir)
         }
         .await;
         if res.is_err() {
@@ -145,19 +147,19 @@ impl Spill {
             return Err(std::io::Error::other("an earlier hint spill failed"));
         }
         if self.file.is_none() {
-            io::fault_point(self.fault.as_deref())?;
+            fault_point(self.fault.as_deref())?;
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&self.path)?;
             let mut header = Vec::with_capacity(FILE_HEADER_LEN);
-            record::encode_file_header(&mut header, FileKind::Hint, self.file_id);
+            format::encode_file_header(&mut header, FileKind::Hint, self.file_id);
             f.write_all_at(&header, 0)?;
             self.written = header.len() as u64;
             self.file = Some(f);
         }
-        io::fault_point(self.fault.as_deref())?;
+        fault_point(self.fault.as_deref())?;
         let Some(f) = &self.file else {
             return Err(std::io::Error::other("no spill file"));
         };
@@ -168,7 +170,7 @@ impl Spill {
 }
 
 fn encode_footer(out: &mut Vec<u8>, record_count: u64, data_len: u64) {
-    record::encode_hint_footer(
+    format::encode_hint_footer(
         out,
         &HintFooter {
             record_count,
@@ -179,7 +181,7 @@ fn encode_footer(out: &mut Vec<u8>, record_count: u64, data_len: u64) {
 
 /// Writes the hint file of datafile `file_id` atomically: temp file, sync, rename, sync dir.
 pub(crate) async fn write(
-    kind: Kind,
+    kind: IoBackendKind,
     dir: &Path,
     file_id: u32,
     bytes: Vec<u8>,
@@ -188,9 +190,9 @@ pub(crate) async fn write(
     let final_path = hint_path(dir, file_id);
     let tmp = temp_path(&final_path);
     let res = async {
-        write_temp(kind, &tmp, bytes, fault).await?;
-        io::rename(fault.map(|f| &**f), &tmp, &final_path)?;
-        io::sync_dir(fault.map(|f| &**f), dir)
+        fs::write_temp(kind, &tmp, bytes, fault).await?;
+        fs::rename(fault.map(|f| &**f), &tmp, &final_path)?;
+        fs::sync_dir(fault.map(|f| &**f), dir)
     }
     .await;
     if res.is_err() {
@@ -198,19 +200,6 @@ pub(crate) async fn write(
         let _ = std::fs::remove_file(&tmp);
     }
     res
-}
-
-/// Creates `path` (a temporary name), writes `bytes` and syncs it.
-pub(crate) async fn write_temp(
-    kind: Kind,
-    path: &Path,
-    bytes: Vec<u8>,
-    fault: Option<&Arc<FaultInjector>>,
-) -> std::io::Result<()> {
-    let f = IoFile::create_new(kind, path, fault.cloned())?;
-    let (r, _) = f.write_all_at(bytes, 0).await;
-    r?;
-    f.sync_all().await
 }
 
 /// The record count a hint file's footer announces, if it has a readable footer (used to size
@@ -222,7 +211,7 @@ pub(crate) fn footer_count(path: &Path) -> Option<u64> {
     let mut buf = [0u8; HINT_FOOTER_LEN];
     f.read_exact_at(&mut buf, len.checked_sub(HINT_FOOTER_LEN as u64)?)
         .ok()?;
-    record::decode_hint_footer(&buf)
+    format::decode_hint_footer(&buf)
         .ok()
         .map(|f| f.record_count)
 }
@@ -408,7 +397,7 @@ fn verify(
     let mut header = [0u8; FILE_HEADER_LEN];
     let head_len = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
     read_exact_at(read_at, &mut header[..head_len], 0)?;
-    let id = record::decode_file_header(&header[..head_len], FileKind::Hint)
+    let id = format::decode_file_header(&header[..head_len], FileKind::Hint)
         .map_err(|e| e.to_string())?;
     if id != file_id {
         return Err(format!("names file {id}, expected {file_id}"));
@@ -419,7 +408,7 @@ fn verify(
     let body_end = len - HINT_FOOTER_LEN as u64;
     let mut foot = [0u8; HINT_FOOTER_LEN];
     read_exact_at(read_at, &mut foot, body_end)?;
-    let footer = record::decode_hint_footer(&foot).map_err(|e| e.to_string())?;
+    let footer = format::decode_hint_footer(&foot).map_err(|e| e.to_string())?;
     if footer.data_len != data_len {
         return Err(format!(
             "describes {} datafile bytes, the datafile has {data_len}",
@@ -479,13 +468,13 @@ fn for_each_record(
     loop {
         let mut needed = 0;
         while at < filled {
-            match record::decode_hint_with(&buf[at..filled], verify_crc) {
+            match format::decode_hint_with(&buf[at..filled], verify_crc) {
                 Ok((h, n)) => {
                     f(&h, count, range.start + pos + at as u64)?;
                     at += n;
                     count += 1;
                 }
-                Err(record::DecodeError::Truncated { needed: want, .. })
+                Err(format::DecodeError::Truncated { needed: want, .. })
                     if pos + (filled as u64) < total =>
                 {
                     needed = usize::try_from(want).map_err(|e| e.to_string())?;
@@ -531,7 +520,7 @@ mod tests {
                 seq: i + 1,
                 expiry_ms: 0,
                 offset: 20 + i * 50,
-                record_len: record::record_len(key.len(), value_len) as u32,
+                record_len: format::record_len(key.len(), value_len) as u32,
                 tombstone,
                 key: key.as_bytes(),
             });
@@ -557,7 +546,7 @@ mod tests {
                 seq: i + 1,
                 expiry_ms: i * 3,
                 offset: 20 + i * 400,
-                record_len: record::record_len(key.len(), value_len) as u32,
+                record_len: format::record_len(key.len(), value_len) as u32,
                 tombstone,
                 key: &key,
             };

@@ -45,15 +45,13 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::datafile::{self, temp_path, DirEntry};
+use crate::clock::now_ms;
+use crate::format::{u32_at, u64_at, FILE_HEADER_LEN, RECORD_HEADER_LEN};
 use crate::keydir::{Entry, KeyDir, ShardTable, SnapshotFault, SHARDS, SLOT};
-use crate::record::{u32_at, u64_at, FILE_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::recovery::Recovered;
+use crate::layout::{self, temp_path, DirEntry, SNAPSHOT_NAME};
 use crate::stats::{FileStats, RecoveryReport};
-use crate::{now_ms, Options, Result};
+use crate::{Options, Result};
 
-/// File name of the snapshot in the store directory.
-pub(crate) const SNAPSHOT_NAME: &str = "KEYDIR";
 const MAGIC: [u8; 8] = *b"RCKEYDIR";
 const VERSION: u32 = 1;
 /// Header bytes before the file list.
@@ -197,10 +195,10 @@ fn list_dir(dir: &Path) -> std::result::Result<BTreeMap<u32, (u64, u64)>, String
         let e = e.map_err(|e| format!("listing the directory: {e}"))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name == crate::merge::MANIFEST_NAME {
+        if name == layout::MANIFEST_NAME {
             return Err("a merge manifest is present".into());
         }
-        match datafile::parse_name(name) {
+        match layout::parse_name(name) {
             Some(DirEntry::Data(id)) => {
                 let m = e.metadata().map_err(|e| format!("datafile {id}: {e}"))?;
                 out.insert(id, (m.len(), ctime_ns(&m)));
@@ -247,7 +245,7 @@ fn matches_dir(dir: &Path, files: &[Listed]) -> std::result::Result<(), String> 
 
 /// Name of the snapshot while it is written.
 fn temp_name() -> String {
-    format!("{SNAPSHOT_NAME}{}", datafile::TEMP_SUFFIX)
+    format!("{SNAPSHOT_NAME}{}", layout::TEMP_SUFFIX)
 }
 
 /// Where snapshot bytes come from: the file, or bytes in memory (fuzzing, tests).
@@ -476,7 +474,22 @@ fn check_entry(
 /// A keydir and the recovery state decoded from a snapshot.
 pub(crate) struct Decoded {
     pub keydir: KeyDir,
-    pub recovered: Recovered,
+    pub recovered: Restored,
+}
+
+/// The recovery state a snapshot holds besides the keydir.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    /// First sequence number the writer may use.
+    pub next_seq: u64,
+    /// First datafile id the writer may use.
+    pub next_file_id: u32,
+    /// Per-file space accounting.
+    pub usage: BTreeMap<u32, FileStats>,
+    /// The report shown in `Stats::recovery`.
+    pub report: RecoveryReport,
+    /// Some live key has an expiry.
+    pub has_ttl: bool,
 }
 
 /// Decodes the snapshot in `src` on `workers` threads, dropping entries expired at `now`.
@@ -564,10 +577,9 @@ pub(crate) fn decode(
     };
     Ok(Decoded {
         keydir,
-        recovered: Recovered {
+        recovered: Restored {
             next_seq: head.next_seq,
             next_file_id,
-            hints_to_write: Vec::new(),
             usage,
             report,
             has_ttl: ttl,
@@ -581,7 +593,7 @@ pub(crate) fn decode(
 ///
 /// # Errors
 /// Only when the snapshot cannot be unlinked: leaving it would let a later open use it.
-pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Recovered)>> {
+pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Restored)>> {
     let started = Instant::now();
     let path = dir.join(SNAPSHOT_NAME);
     let file = match File::open(&path) {
@@ -600,7 +612,7 @@ pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Recover
     }
     let loaded = read_header(&file).and_then(|head| {
         matches_dir(dir, &head.files).map_err(Unused::Stale)?;
-        decode(&file, head, crate::recovery::threads(opts), now_ms())
+        decode(&file, head, opts.recovery_workers(), now_ms())
     });
     match loaded {
         Ok(mut d) => {

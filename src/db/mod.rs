@@ -9,18 +9,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{self, WriteBatch};
-use crate::cache::ValueCache;
-use crate::filetable::FileTable;
-use crate::io::{Kind, Runtime};
+use crate::clock::{expiry_after, now_ms};
+use crate::files::snapshot;
+use crate::format;
+use crate::io::lock::DirLock;
+use crate::io::Runtime;
 use crate::keydir::{Entry, KeyDir};
-use crate::lock::DirLock;
+use crate::layout;
 use crate::merge::{self, MergeMsg, MergeReport, Merger};
-use crate::reader::{self, ReadReq, ReaderMsg};
-use crate::record;
-use crate::stats::{Counter, FileStats, Shared, Stats};
-use crate::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
-use crate::{datafile, expiry_after, now_ms, recovery, snapshot, Error, Options, Result};
+use crate::options::IoBackendKind;
+use crate::read::cache::ValueCache;
+use crate::read::filetable::FileTable;
+use crate::read::reader::{self, ReadReq, ReaderMsg};
+use crate::recovery;
+use crate::state::Shared;
+use crate::stats::{Counter, FileStats, Stats};
+use crate::write::batch;
+use crate::write::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
+use crate::write::WriteBatch;
+use crate::{Error, Options, Result};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
 ///
@@ -45,7 +52,7 @@ struct Inner {
     keydir: Arc<KeyDir>,
     shared: Arc<Shared>,
     files: Arc<FileTable>,
-    kind: Kind,
+    kind: IoBackendKind,
     fallback_reason: Option<String>,
     /// The append path, shared with the writer thread.
     appender: Arc<Appender>,
@@ -76,7 +83,7 @@ impl Drop for Threads {
 
 /// What the writer thread reports once the store is open.
 struct Ready {
-    kind: Kind,
+    kind: IoBackendKind,
     fallback_reason: Option<String>,
     keydir: Arc<KeyDir>,
     appender: Arc<Appender>,
@@ -100,7 +107,8 @@ fn writer_main(
     };
     let prepared = DirLock::acquire(&dir).and_then(|lock| {
         let lock = Arc::new(lock);
-        if let Some((keydir, rec)) = snapshot::take(&dir, &opts)? {
+        if let Some((keydir, restored)) = snapshot::take(&dir, &opts)? {
+            let rec = crate::state::Recovered::from(restored);
             return Ok((lock, rec, Arc::new(keydir)));
         }
         let keydir = Arc::new(recovery::sized_keydir(&dir));
@@ -441,7 +449,7 @@ impl Db {
         let load = Counter::get;
         Stats {
             keys: self.inner.keydir.len(),
-            io_backend: self.inner.kind.into(),
+            io_backend: self.inner.kind,
             io_fallback_reason: self.inner.fallback_reason.clone(),
             active_file_id: s.active_file_id.load(Ordering::Relaxed),
             files,
@@ -519,7 +527,7 @@ impl Inner {
         }
     }
 
-    /// Appends `req` on this thread when it can (see [`crate::writer`]): `Ok(Some(seq))` once
+    /// Appends `req` on this thread when it can (see [`crate::write::writer`]): `Ok(Some(seq))` once
     /// appended, `Ok(None)` when the writer thread must take it.
     fn append_inline(&self, req: ReqRef<'_>) -> Result<Option<u64>> {
         if !self.opts.inline_writes || req.encoded_len() > INLINE_MAX {
@@ -590,7 +598,7 @@ impl Inner {
             .send(ReaderMsg::Read(req))
             .await
             .map_err(|_| Error::Closed)?;
-        let file = || datafile::data_path(&self.dir, e.file_id);
+        let file = || layout::data_path(&self.dir, e.file_id);
         let buf = match rx.await.map_err(|_| Error::Closed)? {
             Ok(b) => b,
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -607,17 +615,17 @@ impl Inner {
 
     /// Checks the record read for `e` (CRC, key, seq) and returns its value.
     fn verify(&self, key: &[u8], e: Entry, buf: Vec<u8>) -> Result<Bytes> {
-        let file = || datafile::data_path(&self.dir, e.file_id);
+        let file = || layout::data_path(&self.dir, e.file_id);
         let corrupt = |reason: String| Error::Corrupt {
             file: file(),
             offset: u64::from(e.offset),
             reason,
         };
-        let rec = record::decode_record(&buf).map_err(|d| corrupt(d.to_string()))?;
+        let rec = format::decode_record(&buf).map_err(|d| corrupt(d.to_string()))?;
         if rec.key != key || rec.header.seq != e.seq || rec.header.is_tombstone() {
             return Err(corrupt("record does not match the keydir entry".into()));
         }
-        let start = record::RECORD_HEADER_LEN + key.len();
+        let start = format::RECORD_HEADER_LEN + key.len();
         let end = start + rec.value.len();
         let mut b = Bytes::from(buf);
         if end == b.len() {

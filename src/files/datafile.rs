@@ -3,57 +3,12 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::record::{
+use crate::format::{
     self, DecodeError, FileKind, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END,
     RECORD_HEADER_LEN,
 };
-
-/// Path of datafile `id` in `dir`.
-pub(crate) fn data_path(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("{id:010}.data"))
-}
-
-/// Path of the hint file of datafile `id` in `dir`.
-pub(crate) fn hint_path(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("{id:010}.hint"))
-}
-
-/// Suffix of every file written under a temporary name.
-pub(crate) const TEMP_SUFFIX: &str = ".tmp";
-
-/// `path` with [`TEMP_SUFFIX`] appended.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(TEMP_SUFFIX);
-    PathBuf::from(p)
-}
-
-/// The kinds of file a store directory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DirEntry {
-    Data(u32),
-    Hint(u32),
-    Temp,
-}
-
-/// Classifies a file name of a store directory; `None` for names ringcask does not own.
-pub(crate) fn parse_name(name: &str) -> Option<DirEntry> {
-    if name.ends_with(TEMP_SUFFIX) {
-        return Some(DirEntry::Temp);
-    }
-    let (stem, ext) = name.split_once('.')?;
-    if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let id: u32 = stem.parse().ok()?;
-    match ext {
-        "data" => Some(DirEntry::Data(id)),
-        "hint" => Some(DirEntry::Hint(id)),
-        _ => None,
-    }
-}
 
 /// How a scan treats a damaged record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +103,7 @@ impl<'f> Window<'f> {
 pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), ScanError> {
     let mut hdr = vec![0u8; FILE_HEADER_LEN.min(file_len as usize)];
     file.read_exact_at(&mut hdr, 0)?;
-    match record::decode_file_header(&hdr, FileKind::Data) {
+    match format::decode_file_header(&hdr, FileKind::Data) {
         Ok(found) if found == id => Ok(()),
         Ok(_) => Err(ScanError::Header {
             err: DecodeError::Invalid("file id in header does not match file name"),
@@ -177,7 +132,7 @@ fn zero_from(w: &mut Window<'_>, from: u64) -> io::Result<bool> {
 /// Tries to decode a whole record at `off`; its length on success.
 fn record_at(w: &mut Window<'_>, off: u64) -> io::Result<Result<u64, DecodeError>> {
     let hdr = w.at(off, RECORD_HEADER_LEN)?;
-    let h = match record::decode_record_header(hdr) {
+    let h = match format::decode_record_header(hdr) {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
@@ -189,7 +144,7 @@ fn record_at(w: &mut Window<'_>, off: u64) -> io::Result<Result<u64, DecodeError
         }));
     }
     let bytes = w.at(off, len as usize)?;
-    Ok(record::decode_record(bytes).map(|_| len))
+    Ok(format::decode_record(bytes).map(|_| len))
 }
 
 /// Scans datafile `id`, calling `apply` for every committed record in file order. Records of an
@@ -294,7 +249,7 @@ pub(crate) fn scan(
             }
         };
         let bytes = w.at(off, len as usize)?;
-        let rec = match record::decode_record(bytes) {
+        let rec = match format::decode_record(bytes) {
             Ok(r) => r,
             Err(e) => {
                 return Err(ScanError::Io(io::Error::other(format!(
@@ -346,23 +301,5 @@ pub(crate) fn scan(
             apply(&hint);
         }
         off += len;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip() {
-        let d = Path::new("/x");
-        assert_eq!(data_path(d, 7), Path::new("/x/0000000007.data"));
-        assert_eq!(parse_name("0000000007.data"), Some(DirEntry::Data(7)));
-        assert_eq!(parse_name("0000000007.hint"), Some(DirEntry::Hint(7)));
-        assert_eq!(parse_name("0000000007.hint.tmp"), Some(DirEntry::Temp));
-        assert_eq!(parse_name("7.data"), None);
-        assert_eq!(parse_name("LOCK"), None);
-        assert_eq!(parse_name("00000000x7.data"), None);
-        assert_eq!(parse_name("9999999999.data"), None); // over u32
     }
 }

@@ -7,105 +7,17 @@
 //! single-threaded runtime; [`pwrite_all`] and [`fallocate`] are plain system calls that the
 //! append path also makes on callers' threads.
 
+pub(crate) mod fs;
+pub(crate) mod lock;
+
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::fault::{fault_point, injected, FaultInjector};
+use crate::options::{IoBackend, IoBackendKind};
 use std::sync::Arc;
-
-/// Which IO backend a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum IoBackend {
-    /// Use io_uring when the kernel allows it, else fall back to `pread`/`pwrite` (default).
-    Auto,
-    /// io_uring only; opening fails if it cannot be set up.
-    IoUring,
-    /// Plain positioned `pread`/`pwrite` system calls on the io threads.
-    Pread,
-}
-
-/// Injects faults into the engine's IO, for crash-safety tests.
-///
-/// Every state-changing operation (write, sync, preallocate, truncate, create, rename, remove,
-/// directory sync) counts as one operation. After [`FaultInjector::crash_after`]`(n)`, the first
-/// `n` operations succeed and every later one fails without touching the disk, as if the process
-/// had died at that instant; with [`FaultInjector::tear_writes`] the write that crosses the limit
-/// first writes the leading half of its bytes. Reads are never failed.
-#[derive(Debug)]
-pub struct FaultInjector {
-    ops: AtomicU64,
-    limit: AtomicU64,
-    tear: AtomicBool,
-    crashed: AtomicBool,
-}
-
-impl FaultInjector {
-    /// A new injector that lets every operation through.
-    pub fn new() -> Arc<Self> {
-        Arc::new(FaultInjector {
-            ops: AtomicU64::new(0),
-            limit: AtomicU64::new(u64::MAX),
-            tear: AtomicBool::new(false),
-            crashed: AtomicBool::new(false),
-        })
-    }
-
-    /// Lets `n` more operations succeed (counted from now), then fails all later ones.
-    pub fn crash_after(&self, n: u64) {
-        let now = self.ops.load(Ordering::SeqCst);
-        self.limit.store(now.saturating_add(n), Ordering::SeqCst);
-    }
-
-    /// Makes the first failing write write half of its bytes before failing.
-    pub fn tear_writes(&self, tear: bool) {
-        self.tear.store(tear, Ordering::SeqCst);
-    }
-
-    /// Number of state-changing operations seen so far.
-    pub fn ops(&self) -> u64 {
-        self.ops.load(Ordering::SeqCst)
-    }
-
-    /// Whether the crash point has been reached.
-    pub fn has_crashed(&self) -> bool {
-        self.crashed.load(Ordering::SeqCst)
-    }
-
-    /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write" (only
-    /// ever for a write: any other operation at the crash point fails).
-    fn check(&self, is_write: bool) -> io::Result<bool> {
-        let n = self.ops.fetch_add(1, Ordering::SeqCst);
-        if n < self.limit.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        let first = !self.crashed.swap(true, Ordering::SeqCst);
-        if first && is_write && self.tear.load(Ordering::SeqCst) {
-            return Ok(true);
-        }
-        Err(injected())
-    }
-}
-
-fn injected() -> io::Error {
-    io::Error::other("injected fault: simulated crash")
-}
-
-/// Counts one state-changing operation against an optional injector.
-pub(crate) fn fault_point(fault: Option<&FaultInjector>) -> io::Result<()> {
-    match fault {
-        Some(f) => f.check(false).map(|_| ()),
-        None => Ok(()),
-    }
-}
-
-/// The backend the engine actually runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Uring,
-    Pread,
-}
 
 enum Handle {
     Uring(tokio_uring::fs::File),
@@ -124,7 +36,7 @@ pub(crate) struct IoFile {
 impl IoFile {
     /// Opens an existing file for reading.
     pub(crate) fn open_read(
-        kind: Kind,
+        kind: IoBackendKind,
         path: &Path,
         fault: Option<Arc<FaultInjector>>,
     ) -> io::Result<IoFile> {
@@ -134,7 +46,7 @@ impl IoFile {
 
     /// Creates a new file for reading and writing; fails if it exists.
     pub(crate) fn create_new(
-        kind: Kind,
+        kind: IoBackendKind,
         path: &Path,
         fault: Option<Arc<FaultInjector>>,
     ) -> io::Result<IoFile> {
@@ -149,14 +61,14 @@ impl IoFile {
     }
 
     fn wrap(
-        kind: Kind,
+        kind: IoBackendKind,
         f: std::fs::File,
         meta: Option<std::fs::File>,
         fault: Option<Arc<FaultInjector>>,
     ) -> IoFile {
         let handle = match kind {
-            Kind::Uring => Handle::Uring(tokio_uring::fs::File::from_std(f)),
-            Kind::Pread => Handle::Pread(f),
+            IoBackendKind::IoUring => Handle::Uring(tokio_uring::fs::File::from_std(f)),
+            IoBackendKind::Pread => Handle::Pread(f),
         };
         IoFile {
             handle,
@@ -290,24 +202,6 @@ pub(crate) fn set_len(
     f.set_len(len)
 }
 
-/// `rename(from, to)` through the fault seam.
-pub(crate) fn rename(fault: Option<&FaultInjector>, from: &Path, to: &Path) -> io::Result<()> {
-    fault_point(fault)?;
-    std::fs::rename(from, to)
-}
-
-/// `unlink(path)` through the fault seam.
-pub(crate) fn remove_file(fault: Option<&FaultInjector>, path: &Path) -> io::Result<()> {
-    fault_point(fault)?;
-    std::fs::remove_file(path)
-}
-
-/// `fsync` of a directory, so that creations, renames and deletions in it are durable.
-pub(crate) fn sync_dir(fault: Option<&FaultInjector>, dir: &Path) -> io::Result<()> {
-    fault_point(fault)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// A runtime built for an io thread.
 pub(crate) enum Runtime {
     Uring(Box<tokio_uring::Runtime>),
@@ -328,12 +222,12 @@ impl Runtime {
     }
 
     /// Builds the runtime for `kind` on the current thread.
-    pub(crate) fn new(kind: Kind) -> io::Result<Runtime> {
+    pub(crate) fn new(kind: IoBackendKind) -> io::Result<Runtime> {
         match kind {
-            Kind::Uring => Ok(Runtime::Uring(Box::new(tokio_uring::Runtime::new(
+            IoBackendKind::IoUring => Ok(Runtime::Uring(Box::new(tokio_uring::Runtime::new(
                 &tokio_uring::builder(),
             )?))),
-            Kind::Pread => Ok(Runtime::Pread(
+            IoBackendKind::Pread => Ok(Runtime::Pread(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()?,
@@ -343,16 +237,28 @@ impl Runtime {
 
     /// Builds the runtime the options ask for; under [`IoBackend::Auto`] an io_uring failure falls
     /// back to `pread`/`pwrite` and the reason is returned.
-    pub(crate) fn choose(want: IoBackend) -> io::Result<(Runtime, Kind, Option<String>)> {
+    pub(crate) fn choose(want: IoBackend) -> io::Result<(Runtime, IoBackendKind, Option<String>)> {
         match want {
-            IoBackend::IoUring => Ok((Runtime::new(Kind::Uring)?, Kind::Uring, None)),
-            IoBackend::Pread => Ok((Runtime::new(Kind::Pread)?, Kind::Pread, None)),
-            _ => match Runtime::new(Kind::Uring) {
-                Ok(rt) => Ok((rt, Kind::Uring, None)),
+            IoBackend::IoUring => Ok((
+                Runtime::new(IoBackendKind::IoUring)?,
+                IoBackendKind::IoUring,
+                None,
+            )),
+            IoBackend::Pread => Ok((
+                Runtime::new(IoBackendKind::Pread)?,
+                IoBackendKind::Pread,
+                None,
+            )),
+            _ => match Runtime::new(IoBackendKind::IoUring) {
+                Ok(rt) => Ok((rt, IoBackendKind::IoUring, None)),
                 Err(e) => {
                     let reason = format!("io_uring unavailable ({e}); using pread/pwrite");
                     tracing::warn!("{reason}");
-                    Ok((Runtime::new(Kind::Pread)?, Kind::Pread, Some(reason)))
+                    Ok((
+                        Runtime::new(IoBackendKind::Pread)?,
+                        IoBackendKind::Pread,
+                        Some(reason),
+                    ))
                 }
             },
         }

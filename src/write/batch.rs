@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::writer::Op;
-use crate::{expiry_after, Error, Options, Result};
+use crate::write::writer::Op;
+use crate::{clock::expiry_after, Error, Options, Result};
 
 /// A group of puts and deletes applied atomically by [`crate::Db::write`]: after a crash,
 /// recovery finds all of them or none.

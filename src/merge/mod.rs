@@ -28,22 +28,25 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::datafile::{data_path, hint_path, temp_path};
-use crate::filetable::FileTable;
-use crate::hint::{self, HintBuilder};
-use crate::io::{self, FaultInjector, IoFile, Kind, Runtime};
-use crate::keydir::{Entry, KeyDir};
-use crate::lock::DirLock;
-use crate::reader::ReaderMsg;
-use crate::record::{
+use crate::clock::now_ms;
+use crate::fault::FaultInjector;
+use crate::files::hint::HintBuilder;
+use crate::files::manifest::manifest_path;
+use crate::format::{
     self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
 };
-use crate::stats::{FileStats, Shared};
-use crate::writer::{self, WriteMsg};
-use crate::{now_ms, Error, Options, Result};
-
-/// Name of the merge manifest in a store directory.
-pub(crate) const MANIFEST_NAME: &str = "MERGE";
+use crate::io::fs::{self, remove_if_exists};
+use crate::io::lock::DirLock;
+use crate::io::{IoFile, Runtime};
+use crate::keydir::{Entry, KeyDir};
+use crate::layout::{data_path, hint_path, temp_path};
+use crate::options::IoBackendKind;
+use crate::read::filetable::FileTable;
+use crate::read::reader::ReaderMsg;
+use crate::state::Shared;
+use crate::stats::FileStats;
+use crate::write::writer::{self, WriteMsg};
+use crate::{Error, Options, Result};
 
 /// Bytes read from an input per IO.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -81,61 +84,10 @@ pub struct MergeReport {
     pub duration: Duration,
 }
 
-fn manifest_path(dir: &Path) -> PathBuf {
-    dir.join(MANIFEST_NAME)
-}
-
-fn remove_if_exists(fault: Option<&FaultInjector>, path: &Path) -> std::io::Result<bool> {
-    match io::remove_file(fault, path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Open-time step: completes a merge whose manifest was committed. Returns its manifest.
-pub(crate) fn finish_committed(dir: &Path) -> Result<Option<Manifest>> {
-    let path = manifest_path(dir);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let m = record::decode_manifest(&bytes).map_err(|e| Error::Corrupt {
-        file: path.clone(),
-        offset: 0,
-        reason: format!("merge manifest: {e}"),
-    })?;
-    for &id in &m.outputs {
-        for final_path in [data_path(dir, id), hint_path(dir, id)] {
-            let tmp = temp_path(&final_path);
-            if tmp.exists() {
-                std::fs::rename(&tmp, &final_path)?;
-            }
-        }
-        if !data_path(dir, id).exists() {
-            return Err(Error::Corrupt {
-                file: path,
-                offset: 0,
-                reason: format!("merge output {id} named by the manifest is missing"),
-            });
-        }
-    }
-    io::sync_dir(None, dir)?;
-    for &id in &m.inputs {
-        remove_if_exists(None, &data_path(dir, id))?;
-        remove_if_exists(None, &hint_path(dir, id))?;
-    }
-    io::sync_dir(None, dir)?;
-    std::fs::remove_file(&path)?;
-    io::sync_dir(None, dir)?;
-    Ok(Some(m))
-}
-
 /// Everything a merge needs; lives on the merge thread.
 pub(crate) struct Merger {
     pub dir: PathBuf,
-    pub kind: Kind,
+    pub kind: IoBackendKind,
     pub opts: Options,
     pub keydir: Arc<KeyDir>,
     pub shared: Arc<Shared>,
@@ -305,7 +257,7 @@ impl Merger {
             let file_len = std::fs::metadata(&path)?.len();
             report.input_bytes += file_len;
             let header = file.read_exact_at(FILE_HEADER_LEN, 0).await?;
-            record::decode_file_header(&header, FileKind::Data).map_err(|e| Error::Corrupt {
+            format::decode_file_header(&header, FileKind::Data).map_err(|e| Error::Corrupt {
                 file: path.clone(),
                 offset: 0,
                 reason: format!("merge input header: {e}"),
@@ -321,7 +273,7 @@ impl Merger {
                 let in_chunk = (off - chunk_start) as usize;
                 let have = chunk.len().saturating_sub(in_chunk);
                 let need = if have >= RECORD_HEADER_LEN {
-                    let h = record::decode_record_header(&chunk[in_chunk..])
+                    let h = format::decode_record_header(&chunk[in_chunk..])
                         .map_err(|e| corrupt(&path, off, e))?;
                     h.record_len() as usize
                 } else {
@@ -339,7 +291,7 @@ impl Merger {
                     continue;
                 }
                 let bytes = &chunk[in_chunk..in_chunk + need];
-                let rec = record::decode_record(bytes).map_err(|e| corrupt(&path, off, e))?;
+                let rec = format::decode_record(bytes).map_err(|e| corrupt(&path, off, e))?;
                 let h = rec.header;
                 let is_expired = h.expiry_ms != 0 && h.expiry_ms <= now;
                 let entry = self.keydir.get(rec.key);
@@ -423,7 +375,7 @@ impl Merger {
                 off += need as u64;
                 throttle(rate, throttle_start, moved).await;
             }
-            if self.kind == Kind::Pread {
+            if self.kind == IoBackendKind::Pread {
                 tokio::task::yield_now().await;
             }
         }
@@ -433,7 +385,7 @@ impl Merger {
             out.file.sync_all().await?;
             let bytes = out.hint.finish(out.id, out.len);
             let tmp = temp_path(&hint_path(&self.dir, out.id));
-            hint::write_temp(self.kind, &tmp, bytes, self.opts.fault_injector.as_ref()).await?;
+            fs::write_temp(self.kind, &tmp, bytes, self.opts.fault_injector.as_ref()).await?;
         }
         Ok(())
     }
@@ -445,7 +397,7 @@ impl Merger {
         key_len: usize,
         value_len: usize,
     ) -> Result<&'o mut Output> {
-        let len = record::record_len(key_len, value_len) as u64;
+        let len = format::record_len(key_len, value_len) as u64;
         let full = outputs.last().is_none_or(|o| {
             o.len + o.buf.len() as u64 + len > self.opts.max_file_bytes
                 && o.len + o.buf.len() as u64 > FILE_HEADER_LEN as u64
@@ -458,7 +410,7 @@ impl Merger {
             let path = temp_path(&data_path(&self.dir, id));
             let file = IoFile::create_new(self.kind, &path, self.opts.fault_injector.clone())?;
             let mut buf = Vec::with_capacity(OUT_BUF_BYTES);
-            record::encode_file_header(&mut buf, FileKind::Merged, id);
+            format::encode_file_header(&mut buf, FileKind::Merged, id);
             outputs.push(Output {
                 id,
                 file,
@@ -491,18 +443,18 @@ impl Merger {
     async fn commit(&self, m: &Manifest) -> Result<(), Commit> {
         let path = manifest_path(&self.dir);
         let tmp = temp_path(&path);
-        hint::write_temp(
+        fs::write_temp(
             self.kind,
             &tmp,
-            record::encode_manifest(m),
+            format::encode_manifest(m),
             self.opts.fault_injector.as_ref(),
         )
         .await
         .map_err(Commit::NotDone)?;
         // A failed rename may still have happened (the call can fail after the directory
         // changed); from here on the outputs must never be discarded.
-        io::rename(self.fault(), &tmp, &path).map_err(Commit::Uncertain)?;
-        io::sync_dir(self.fault(), &self.dir).map_err(Commit::Uncertain)
+        fs::rename(self.fault(), &tmp, &path).map_err(Commit::Uncertain)?;
+        fs::sync_dir(self.fault(), &self.dir).map_err(Commit::Uncertain)
     }
 
     /// Steps 4 to 6.
@@ -515,10 +467,10 @@ impl Merger {
     ) -> std::io::Result<()> {
         for o in outputs {
             for final_path in [data_path(&self.dir, o.id), hint_path(&self.dir, o.id)] {
-                io::rename(self.fault(), &temp_path(&final_path), &final_path)?;
+                fs::rename(self.fault(), &temp_path(&final_path), &final_path)?;
             }
         }
-        io::sync_dir(self.fault(), &self.dir)?;
+        fs::sync_dir(self.fault(), &self.dir)?;
 
         // Step 5: account the outputs, repoint the keydir, retire the inputs. The outputs are
         // accounted before any key points at them, so that a write replacing a repointed key
@@ -571,9 +523,9 @@ impl Merger {
             remove_if_exists(self.fault(), &data_path(&self.dir, id))?;
             remove_if_exists(self.fault(), &hint_path(&self.dir, id))?;
         }
-        io::sync_dir(self.fault(), &self.dir)?;
-        io::remove_file(self.fault(), &manifest_path(&self.dir))?;
-        io::sync_dir(self.fault(), &self.dir)
+        fs::sync_dir(self.fault(), &self.dir)?;
+        fs::remove_file(self.fault(), &manifest_path(&self.dir))?;
+        fs::sync_dir(self.fault(), &self.dir)
     }
 
     /// Drops expired entries from the keydir and counts their records as dead, so that the
@@ -629,7 +581,7 @@ impl Output {
     ) -> (u64, u32) {
         let at = self.len + self.buf.len() as u64;
         let start = self.buf.len();
-        record::encode_record(&mut self.buf, seq, expiry_ms, flags, key, value);
+        format::encode_record(&mut self.buf, seq, expiry_ms, flags, key, value);
         self.min_seq = self.min_seq.min(seq);
         (at, (self.buf.len() - start) as u32)
     }

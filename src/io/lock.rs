@@ -3,10 +3,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
+use crate::layout::LOCK_NAME;
 use crate::{Error, Result};
-
-/// Name of the lock file in a store directory.
-pub(crate) const LOCK_NAME: &str = "LOCK";
 
 /// Holds the directory lock until dropped.
 #[derive(Debug)]

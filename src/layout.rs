@@ -1,0 +1,77 @@
+//! File names and paths of a store directory.
+//!
+//! A store directory holds `LOCK`, datafiles `NNNNNNNNNN.data`, their hint files
+//! `NNNNNNNNNN.hint`, at most one merge manifest `MERGE`, at most one keydir snapshot `KEYDIR`,
+//! and, after a crash, files under a temporary name (`*.tmp`) that open removes.
+
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file in a store directory.
+pub(crate) const LOCK_NAME: &str = "LOCK";
+/// Name of the merge manifest in a store directory.
+pub(crate) const MANIFEST_NAME: &str = "MERGE";
+/// File name of the keydir snapshot in the store directory.
+pub(crate) const SNAPSHOT_NAME: &str = "KEYDIR";
+
+/// Path of datafile `id` in `dir`.
+pub(crate) fn data_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.data"))
+}
+
+/// Path of the hint file of datafile `id` in `dir`.
+pub(crate) fn hint_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.hint"))
+}
+
+/// Suffix of every file written under a temporary name.
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+
+/// `path` with [`TEMP_SUFFIX`] appended.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(TEMP_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// The kinds of file a store directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirEntry {
+    Data(u32),
+    Hint(u32),
+    Temp,
+}
+
+/// Classifies a file name of a store directory; `None` for names ringcask does not own.
+pub(crate) fn parse_name(name: &str) -> Option<DirEntry> {
+    if name.ends_with(TEMP_SUFFIX) {
+        return Some(DirEntry::Temp);
+    }
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: u32 = stem.parse().ok()?;
+    match ext {
+        "data" => Some(DirEntry::Data(id)),
+        "hint" => Some(DirEntry::Hint(id)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let d = Path::new("/x");
+        assert_eq!(data_path(d, 7), Path::new("/x/0000000007.data"));
+        assert_eq!(parse_name("0000000007.data"), Some(DirEntry::Data(7)));
+        assert_eq!(parse_name("0000000007.hint"), Some(DirEntry::Hint(7)));
+        assert_eq!(parse_name("0000000007.hint.tmp"), Some(DirEntry::Temp));
+        assert_eq!(parse_name("7.data"), None);
+        assert_eq!(parse_name("LOCK"), None);
+        assert_eq!(parse_name("00000000x7.data"), None);
+        assert_eq!(parse_name("9999999999.data"), None); // over u32
+    }
+}
