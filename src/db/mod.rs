@@ -3,17 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{expiry_after, now_ms};
-use crate::files::snapshot;
 use crate::format;
-use crate::io::lock::DirLock;
-use crate::io::Runtime;
 use crate::keydir::{Entry, KeyDir};
 use crate::layout;
 use crate::merge::{self, MergeMsg, MergeReport, Merger};
@@ -21,13 +17,16 @@ use crate::options::IoBackendKind;
 use crate::read::cache::ValueCache;
 use crate::read::filetable::FileTable;
 use crate::read::reader::{self, ReadReq, ReaderMsg};
-use crate::recovery;
 use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
-use crate::write::writer::{self, Appender, Op, ReqRef, Request, WriteMsg, Writer, INLINE_MAX};
 use crate::write::WriteBatch;
+use crate::write::{self, Appender, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
 use crate::{Error, Options, Result};
+
+mod open;
+
+use open::{writer_main, Ready, Threads};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
 ///
@@ -65,97 +64,6 @@ struct Inner {
     closed: AtomicBool,
     /// Joined on drop, after the channels above have closed.
     _threads: Threads,
-}
-
-struct Threads(Vec<JoinHandle<()>>, Arc<Shared>);
-
-impl Drop for Threads {
-    fn drop(&mut self) {
-        // A merge in progress stops at its next step.
-        self.1.stopping.store(true, Ordering::SeqCst);
-        for t in self.0.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a ringcask io thread panicked");
-            }
-        }
-    }
-}
-
-/// What the writer thread reports once the store is open.
-struct Ready {
-    kind: IoBackendKind,
-    fallback_reason: Option<String>,
-    keydir: Arc<KeyDir>,
-    appender: Arc<Appender>,
-    lock: Arc<DirLock>,
-}
-
-/// Body of the writer thread: lock, recover, then serve writes.
-fn writer_main(
-    dir: PathBuf,
-    opts: Options,
-    shared: Arc<Shared>,
-    rx: mpsc::Receiver<WriteMsg>,
-    ready: oneshot::Sender<Result<Ready>>,
-) {
-    let (rt, kind, reason) = match Runtime::choose(opts.io_backend) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = ready.send(Err(e.into()));
-            return;
-        }
-    };
-    let prepared = DirLock::acquire(&dir).and_then(|lock| {
-        let lock = Arc::new(lock);
-        if let Some((keydir, restored)) = snapshot::take(&dir, &opts)? {
-            let rec = crate::state::Recovered::from(restored);
-            return Ok((lock, rec, Arc::new(keydir)));
-        }
-        let keydir = Arc::new(recovery::sized_keydir(&dir));
-        let rec = recovery::recover(&dir, &opts, &keydir)?;
-        Ok((lock, rec, keydir))
-    });
-    let (lock, rec, keydir) = match prepared {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    shared.with_usage(|u| *u = rec.usage);
-    shared.has_ttl.store(rec.has_ttl, Ordering::Relaxed);
-    shared
-        .next_file_id
-        .store(rec.next_file_id, Ordering::SeqCst);
-    *shared.recovery.lock().unwrap_or_else(|p| p.into_inner()) = rec.report;
-    rt.block_on(async move {
-        let w = Writer::start(
-            dir,
-            kind,
-            opts,
-            keydir.clone(),
-            shared,
-            rec.next_seq,
-            lock.clone(),
-        )
-        .await;
-        match w {
-            Ok(w) => {
-                let _ = ready.send(Ok(Ready {
-                    kind,
-                    fallback_reason: reason,
-                    keydir,
-                    appender: w.appender(),
-                    lock,
-                }));
-                w.write_recovery_hints(rec.hints_to_write).await;
-                w.run(rx).await;
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-            }
-        }
-    });
 }
 
 impl Db {
@@ -419,7 +327,7 @@ impl Db {
     /// [`Error::Io`] / [`Error::Poisoned`]; [`Error::Closed`].
     pub async fn sync(&self) -> Result<()> {
         let inner = self.live()?;
-        writer::request_sync(&inner.write_tx, u64::MAX).await
+        write::request_sync(&inner.write_tx, u64::MAX).await
     }
 
     /// Merges every sealed datafile now: live records are rewritten into new files (with hint
@@ -536,7 +444,7 @@ impl Inner {
         let appended = self.appender.try_append(req)?;
         if let Some(seq) = appended {
             if self.appender.take_writeback_due() {
-                writer::request_writeback(&self.write_tx, seq);
+                write::request_writeback(&self.write_tx, seq);
             }
         }
         Ok(appended)
@@ -547,7 +455,7 @@ impl Inner {
         if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
             return Ok(());
         }
-        writer::request_sync(&self.write_tx, seq).await
+        write::request_sync(&self.write_tx, seq).await
     }
 
     /// Hands `req` to the writer thread and waits for its acknowledgement.

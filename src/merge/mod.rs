@@ -36,8 +36,7 @@ use crate::format::{
     self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
 };
 use crate::io::fs::{self, remove_if_exists};
-use crate::io::lock::DirLock;
-use crate::io::{IoFile, Runtime};
+use crate::io::IoFile;
 use crate::keydir::{Entry, KeyDir};
 use crate::layout::{data_path, hint_path, temp_path};
 use crate::options::IoBackendKind;
@@ -45,13 +44,17 @@ use crate::read::filetable::FileTable;
 use crate::read::reader::ReaderMsg;
 use crate::state::Shared;
 use crate::stats::FileStats;
-use crate::write::writer::{self, WriteMsg};
+use crate::write::{self, WriteMsg};
 use crate::{Error, Options, Result};
+
+mod output;
+mod task;
+
+use output::{Output, OUT_BUF_BYTES};
+pub(crate) use task::{spawn, MergeMsg};
 
 /// Bytes read from an input per IO.
 const CHUNK_BYTES: usize = 1 << 20;
-/// Output bytes buffered before one append.
-const OUT_BUF_BYTES: usize = 1 << 20;
 
 /// What a merge did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -106,19 +109,6 @@ struct Copied {
     seq: u64,
     from_file: u32,
     to: Entry,
-}
-
-/// One output datafile being written.
-struct Output {
-    id: u32,
-    file: IoFile,
-    /// Bytes written so far.
-    len: u64,
-    buf: Vec<u8>,
-    hint: HintBuilder,
-    min_seq: u64,
-    /// Tombstone bytes (dead from the start).
-    dead_bytes: u64,
 }
 
 /// What a merge does with one input record.
@@ -428,7 +418,7 @@ impl Merger {
 
     /// Asks the writer for an `fdatasync` of everything acknowledged so far.
     async fn sync_writer(&self) -> Result<()> {
-        writer::request_sync(&self.writer, u64::MAX).await
+        write::request_sync(&self.writer, u64::MAX).await
     }
 
     /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).
@@ -569,46 +559,6 @@ impl Merger {
     }
 }
 
-impl Output {
-    /// Buffers one record; returns its offset and length in the file.
-    fn append(
-        &mut self,
-        seq: u64,
-        expiry_ms: u64,
-        flags: u8,
-        key: &[u8],
-        value: &[u8],
-    ) -> (u64, u32) {
-        let at = self.len + self.buf.len() as u64;
-        let start = self.buf.len();
-        format::encode_record(&mut self.buf, seq, expiry_ms, flags, key, value);
-        self.min_seq = self.min_seq.min(seq);
-        (at, (self.buf.len() - start) as u32)
-    }
-
-    /// Appends the buffer once it is large; returns the bytes written.
-    async fn flush_if_full(&mut self) -> std::io::Result<u64> {
-        if self.buf.len() >= OUT_BUF_BYTES {
-            return self.flush().await;
-        }
-        Ok(0)
-    }
-
-    async fn flush(&mut self) -> std::io::Result<u64> {
-        if self.buf.is_empty() {
-            return Ok(0);
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let n = buf.len() as u64;
-        let (res, mut buf) = self.file.write_all_at(buf, self.len).await;
-        res?;
-        self.len += n;
-        buf.clear();
-        self.buf = buf;
-        Ok(n)
-    }
-}
-
 fn corrupt(path: &Path, offset: u64, why: impl std::fmt::Display) -> Error {
     Error::Corrupt {
         file: path.to_path_buf(),
@@ -635,72 +585,4 @@ enum Commit {
     NotDone(std::io::Error),
     /// At or after the rename: the merge may be committed; only open can tell.
     Uncertain(std::io::Error),
-}
-
-/// Requests to the merge thread.
-pub(crate) enum MergeMsg {
-    /// Merge every sealed file now.
-    Run {
-        reply: oneshot::Sender<Result<MergeReport>>,
-    },
-    /// Stop (after the merge in progress, which stops at its next step) and release the lock.
-    Stop { reply: oneshot::Sender<()> },
-}
-
-/// Starts the merge thread.
-pub(crate) fn spawn(
-    merger: Merger,
-    lock: Arc<DirLock>,
-    rx: mpsc::Receiver<MergeMsg>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ringcask-merge".into())
-        .spawn(move || {
-            let rt = match Runtime::new(merger.kind) {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("merge thread cannot start a runtime: {e}");
-                    return;
-                }
-            };
-            let stop_reply = rt.block_on(serve(merger, rx));
-            // Release the directory lock before telling `close` we are done.
-            drop(lock);
-            if let Some(reply) = stop_reply {
-                let _ = reply.send(());
-            }
-        })
-}
-
-async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<oneshot::Sender<()>> {
-    let auto = m.opts.auto_merge;
-    let period = Duration::from_millis(m.opts.merge_check_interval_ms.max(1));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                None => return None,
-                Some(MergeMsg::Stop { reply }) => return Some(reply),
-                Some(MergeMsg::Run { reply }) => {
-                    let inputs = m.sealed_files().iter().map(|f| f.file_id).collect();
-                    let r = m.merge(inputs).await;
-                    let _ = reply.send(r);
-                }
-            },
-            _ = tick.tick() => {
-                m.sweep_expired();
-                if !auto || m.broken.is_some() {
-                    continue;
-                }
-                if let Some(inputs) = m.auto_inputs() {
-                    if let Err(e) = m.merge(inputs).await {
-                        if !m.stopping() {
-                            tracing::warn!("automatic merge failed: {e}");
-                        }
-                    }
-                }
-            }
-        }
-    }
 }

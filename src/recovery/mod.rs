@@ -23,12 +23,17 @@ use crate::clock::now_ms;
 use crate::files::datafile::{self, ScanEnd, ScanError, ScanMode};
 use crate::files::hint::{self, HintBuilder};
 use crate::files::manifest;
-use crate::format::{DecodeError, HintRecord, FILE_HEADER_LEN, FORMAT_VERSION};
-use crate::keydir::{Entry, Installed, KeyDir};
+use crate::files::snapshot;
+use crate::format::{DecodeError, FILE_HEADER_LEN, FORMAT_VERSION};
+use crate::keydir::KeyDir;
 use crate::layout::{self, data_path, hint_path, DirEntry};
 use crate::state::Recovered;
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{Error, Options, Result};
+
+mod apply;
+
+use apply::{Applied, Group};
 
 /// Outcome of loading one datafile.
 #[derive(Debug, Default)]
@@ -52,144 +57,6 @@ fn corrupt(file: PathBuf, offset: u64, reason: impl Into<String>) -> Error {
         file,
         offset,
         reason: reason.into(),
-    }
-}
-
-/// What the records one file load applied did to the keydir: live bytes gained or lost per
-/// file, so that recovery needs no pass over the whole keydir afterwards.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Live bytes added to the file being loaded.
-    own: i64,
-    /// Live bytes taken from other files, by entries this load replaced.
-    others: BTreeMap<u32, i64>,
-    /// Recovery markers installed: the keydir needs a sweep.
-    markers: u64,
-    /// A live entry with an expiry was installed.
-    ttl: bool,
-}
-
-impl Tally {
-    /// Adds what another load of records (of the same file) did.
-    fn absorb(&mut self, other: Tally) {
-        self.own += other.own;
-        for (id, d) in other.others {
-            *self.others.entry(id).or_default() += d;
-        }
-        self.markers += other.markers;
-        self.ttl |= other.ttl;
-    }
-}
-
-/// What applying a run of records of one file did: the tally and the seq range seen.
-#[derive(Debug)]
-struct Applied {
-    tally: Tally,
-    min_seq: u64,
-    max_seq: u64,
-}
-
-impl Default for Applied {
-    fn default() -> Applied {
-        Applied {
-            tally: Tally::default(),
-            min_seq: u64::MAX,
-            max_seq: 0,
-        }
-    }
-}
-
-impl Applied {
-    fn absorb(&mut self, other: Applied) {
-        self.tally.absorb(other.tally);
-        self.min_seq = self.min_seq.min(other.min_seq);
-        self.max_seq = self.max_seq.max(other.max_seq);
-    }
-}
-
-/// The keydir entry for one record of datafile `file_id`: a marker for a tombstone or an
-/// already expired record.
-fn entry_for(file_id: u32, h: &HintRecord<'_>, now: u64) -> Entry {
-    if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
-        Entry::marker(h.seq)
-    } else {
-        Entry {
-            seq: h.seq,
-            expiry_ms: h.expiry_ms,
-            file_id,
-            // Both fit: `load_file` rejects datafiles of 4 GiB or more, and hint offsets are
-            // checked against the datafile length.
-            offset: h.offset as u32,
-            len: h.record_len,
-        }
-    }
-}
-
-/// Tallies what installing `entry` (of datafile `file_id`) did.
-fn tally(seen: &mut Applied, file_id: u32, entry: &Entry, outcome: Installed) {
-    seen.min_seq = seen.min_seq.min(entry.seq);
-    seen.max_seq = seen.max_seq.max(entry.seq);
-    let tally = &mut seen.tally;
-    let old = match outcome {
-        Installed::Stale => return,
-        Installed::New => None,
-        Installed::Replaced(old) => Some(old),
-    };
-    if entry.is_marker() {
-        tally.markers += 1;
-    } else {
-        tally.own += i64::from(entry.len);
-        tally.ttl |= entry.expiry_ms != 0;
-    }
-    if let Some(old) = old.filter(|o| !o.is_marker()) {
-        if old.file_id == file_id {
-            tally.own -= i64::from(old.len);
-        } else {
-            *tally.others.entry(old.file_id).or_default() -= i64::from(old.len);
-        }
-    }
-}
-
-/// Records of a hint or a scan collected for [`KeyDir::apply_many`]: one shard lock per shard and group
-/// instead of one per record.
-#[derive(Default)]
-struct Group {
-    keys: Vec<u8>,
-    /// (end of the key in `keys`, entry)
-    entries: Vec<(usize, Entry)>,
-    applied: Applied,
-}
-
-/// Records per [`Group`].
-const GROUP: usize = 4096;
-
-impl Group {
-    fn push(&mut self, keydir: &KeyDir, file_id: u32, h: &HintRecord<'_>, now: u64) {
-        self.keys.extend_from_slice(h.key);
-        self.entries
-            .push((self.keys.len(), entry_for(file_id, h, now)));
-        if self.entries.len() == GROUP {
-            self.flush(keydir, file_id);
-        }
-    }
-
-    fn flush(&mut self, keydir: &KeyDir, file_id: u32) {
-        let Group {
-            keys,
-            entries,
-            applied,
-        } = self;
-        let mut start = 0;
-        let writes = entries.iter().map(|&(end, e)| {
-            let key = &keys[start..end];
-            start = end;
-            (key, e, false)
-        });
-        keydir.apply_many(writes, |i, outcome| {
-            tally(applied, file_id, &entries[i].1, outcome)
-        });
-        keys.clear();
-        entries.clear();
     }
 }
 
@@ -406,6 +273,17 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
     }
     // Hints count records, not keys (overwrites, tombstones): cap the guess.
     KeyDir::with_capacity(n.min(1 << 28) as usize)
+}
+
+/// Recovers the store in `dir` (whose lock the caller holds): from its keydir snapshot when
+/// there is a usable one, else from hint files and datafile scans.
+pub(crate) fn open(dir: &Path, opts: &Options) -> Result<(KeyDir, Recovered)> {
+    if let Some((keydir, restored)) = snapshot::take(dir, opts)? {
+        return Ok((keydir, Recovered::from(restored)));
+    }
+    let keydir = sized_keydir(dir);
+    let rec = recover(dir, opts, &keydir)?;
+    Ok((keydir, rec))
 }
 
 /// Rebuilds `keydir` from the store in `dir`.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::write::writer::Op;
+use super::request::Op;
 use crate::{clock::expiry_after, Error, Options, Result};
 
 /// A group of puts and deletes applied atomically by [`crate::Db::write`]: after a crash,

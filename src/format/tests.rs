@@ -1,0 +1,197 @@
+use super::*;
+
+#[test]
+fn layout_constants_match_the_drawing() {
+    assert_eq!(FILE_HEADER_LEN, 20);
+    assert_eq!(RECORD_HEADER_LEN, 29);
+    assert_eq!(HINT_RECORD_HEADER_LEN, 37);
+    assert_eq!(HINT_FOOTER_LEN, 28);
+}
+
+#[test]
+fn file_header_round_trip_and_rejections() {
+    let mut b = Vec::new();
+    encode_file_header(&mut b, FileKind::Data, 42);
+    assert_eq!(decode_file_header(&b, FileKind::Data), Ok(42));
+    assert_eq!(
+        decode_file_header(&b, FileKind::Hint),
+        Err(DecodeError::BadMagic)
+    );
+    assert!(matches!(
+        decode_file_header(&b[..10], FileKind::Data),
+        Err(DecodeError::Truncated { .. })
+    ));
+    let mut flipped = b.clone();
+    flipped[13] ^= 1;
+    assert_eq!(
+        decode_file_header(&flipped, FileKind::Data),
+        Err(DecodeError::BadCrc)
+    );
+    // A header of a future version is reported as such, not as corruption.
+    let mut v2 = b.clone();
+    v2[FH_VERSION_OFFSET..FH_FILE_ID_OFFSET].copy_from_slice(&2u32.to_le_bytes());
+    assert_eq!(
+        decode_file_header(&v2, FileKind::Data),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
+}
+
+#[test]
+fn record_round_trip() {
+    let mut b = Vec::new();
+    encode_record(&mut b, 7, 1234, FLAG_BATCH, b"key", b"value");
+    encode_record(&mut b, 8, 0, FLAG_TOMBSTONE, b"k2", b"");
+    let r = decode_record(&b).expect("first");
+    assert_eq!(r.header.seq, 7);
+    assert_eq!(r.header.expiry_ms, 1234);
+    assert_eq!(r.header.flags, FLAG_BATCH);
+    assert_eq!(r.key, b"key");
+    assert_eq!(r.value, b"value");
+    let n = r.header.record_len() as usize;
+    assert_eq!(n, record_len(3, 5));
+    let r2 = decode_record(&b[n..]).expect("second");
+    assert!(r2.header.is_tombstone());
+    assert_eq!(r2.key, b"k2");
+    assert!(r2.value.is_empty());
+}
+
+#[test]
+fn all_zero_record_fails() {
+    let zeros = vec![0u8; 64];
+    assert!(decode_record(&zeros).is_err());
+    // Even with a plausible key length the CRC must reject zeros.
+    let mut z = vec![0u8; 64];
+    z[REC_KEY_LEN_OFFSET] = 1;
+    assert_eq!(decode_record(&z).map(|_| ()), Err(DecodeError::BadCrc));
+    assert!(decode_hint(&zeros).is_err());
+    assert!(decode_hint_footer(&zeros).is_err());
+    assert!(decode_file_header(&zeros, FileKind::Data).is_err());
+}
+
+#[test]
+fn every_single_bit_flip_is_detected() {
+    let mut b = Vec::new();
+    encode_record(&mut b, 99, 0, 0, b"abc", b"hello world");
+    for i in 0..b.len() * 8 {
+        let mut c = b.clone();
+        c[i / 8] ^= 1 << (i % 8);
+        assert!(decode_record(&c).is_err(), "flip of bit {i} went unnoticed");
+    }
+}
+
+#[test]
+fn huge_lengths_are_rejected_without_allocating() {
+    let mut b = Vec::new();
+    encode_record(&mut b, 1, 0, 0, b"k", b"v");
+    b[REC_VALUE_LEN_OFFSET..REC_VALUE_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        decode_record(&b).map(|_| ()),
+        Err(DecodeError::Invalid("value length over the format limit"))
+    );
+    b[REC_KEY_LEN_OFFSET..REC_KEY_LEN_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode_record(&b).is_err());
+}
+
+#[test]
+fn truncated_record_is_reported_as_truncated() {
+    let mut b = Vec::new();
+    encode_record(&mut b, 1, 0, 0, b"key", b"value");
+    for cut in 0..b.len() {
+        assert!(
+            matches!(decode_record(&b[..cut]), Err(DecodeError::Truncated { .. })),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn bad_flags_are_rejected() {
+    for flags in [0x08u8, FLAG_BATCH_END] {
+        let mut b = Vec::new();
+        encode_record(&mut b, 1, 0, 0, b"k", b"");
+        b[REC_FLAGS_OFFSET] = flags;
+        assert!(matches!(
+            decode_record_header(&b),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+}
+
+#[test]
+fn hint_round_trip_and_footer() {
+    let mut b = Vec::new();
+    let h = HintRecord {
+        seq: 5,
+        expiry_ms: 9,
+        offset: 20,
+        record_len: record_len(3, 10) as u32,
+        tombstone: false,
+        key: b"abc",
+    };
+    encode_hint(&mut b, &h);
+    let (d, n) = decode_hint(&b).expect("hint");
+    assert_eq!(d, h);
+    assert_eq!(n, b.len());
+    let f = HintFooter {
+        record_count: 1,
+        data_len: 77,
+    };
+    encode_hint_footer(&mut b, &f);
+    assert_eq!(decode_hint_footer(&b[n..]), Ok(f));
+    let mut bad = b.clone();
+    bad[2] ^= 0x10;
+    assert!(decode_hint(&bad).is_err());
+}
+
+#[test]
+fn merged_datafile_header_is_a_datafile() {
+    let mut b = Vec::new();
+    encode_file_header(&mut b, FileKind::Merged, 9);
+    assert_eq!(decode_any_file_header(&b), Ok((9, FileKind::Merged)));
+    assert_eq!(decode_file_header(&b, FileKind::Data), Ok(9));
+    assert_eq!(
+        decode_file_header(&b, FileKind::Hint),
+        Err(DecodeError::BadMagic)
+    );
+}
+
+#[test]
+fn manifest_round_trip_and_damage() {
+    let m = Manifest {
+        inputs: vec![1, 2, 5],
+        outputs: vec![9],
+    };
+    let b = encode_manifest(&m);
+    assert_eq!(decode_manifest(&b), Ok(m.clone()));
+    let empty = Manifest::default();
+    assert_eq!(decode_manifest(&encode_manifest(&empty)), Ok(empty));
+    for cut in 0..b.len() {
+        assert!(decode_manifest(&b[..cut]).is_err(), "cut {cut}");
+    }
+    for i in 0..b.len() * 8 {
+        let mut c = b.clone();
+        c[i / 8] ^= 1 << (i % 8);
+        assert!(decode_manifest(&c).is_err(), "flip {i}");
+    }
+    // A count that points past the end is an error, not an allocation.
+    let mut huge = b.clone();
+    huge[MAN_INPUTS_OFFSET..MAN_INPUTS_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode_manifest(&huge).is_err());
+}
+
+#[test]
+fn hint_with_impossible_length_is_rejected() {
+    let mut b = Vec::new();
+    encode_hint(
+        &mut b,
+        &HintRecord {
+            seq: 1,
+            expiry_ms: 0,
+            offset: 20,
+            record_len: 3, // shorter than a record header
+            tombstone: false,
+            key: b"abc",
+        },
+    );
+    assert!(matches!(decode_hint(&b), Err(DecodeError::Invalid(_))));
+}
