@@ -159,104 +159,157 @@ pub(crate) fn scan(
     let file_len = file.metadata()?.len();
     check_header(&file, file_len, id)?;
     let mut w = Window::new(&file, file_len);
-    let mut off = FILE_HEADER_LEN as u64;
-    let mut skipped_bytes = 0u64;
-    // Records of a batch whose end has not been seen yet: (key, hint) and where it started.
-    let mut batch: Vec<(Vec<u8>, HintRecord<'static>)> = Vec::new();
-    let mut batch_start = off;
+    let mut s = Scanner {
+        path,
+        mode,
+        file_len,
+        off: FILE_HEADER_LEN as u64,
+        skipped_bytes: 0,
+        batch: Vec::new(),
+        batch_start: FILE_HEADER_LEN as u64,
+    };
     loop {
-        if off == file_len {
-            if batch.is_empty() {
-                return Ok(ScanOutcome {
-                    file_len,
-                    valid_end: off,
-                    end: ScanEnd::Clean,
-                    skipped_bytes,
-                });
+        let done = if s.off == file_len {
+            s.at_end()
+        } else {
+            match record_at(&mut w, s.off)? {
+                Ok(len) => s.record(&mut w, len, &mut apply)?,
+                Err(err) => s.damaged(&mut w, &err)?,
             }
-            // The file ends inside a batch: treat it like a damaged record at the batch start.
-            let end = ScanEnd::Damaged {
-                offset: batch_start,
-                reason: "file ends inside an atomic batch".into(),
-            };
-            match mode {
-                ScanMode::Stop => {
-                    return Ok(ScanOutcome {
-                        file_len,
-                        valid_end: batch_start,
-                        end,
-                        skipped_bytes,
-                    })
-                }
-                ScanMode::Skip => {
-                    skipped_bytes += off - batch_start;
-                    batch.clear();
-                    continue;
-                }
+        };
+        if let Some(outcome) = done {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// The state of one scan, advanced a record at a time. Each step returns the outcome once the
+/// scan is over.
+struct Scanner<'p> {
+    path: &'p Path,
+    mode: ScanMode,
+    file_len: u64,
+    /// Offset of the next record.
+    off: u64,
+    skipped_bytes: u64,
+    /// Records of a batch whose end has not been seen yet: (key, hint with an empty key).
+    batch: Vec<(Vec<u8>, HintRecord<'static>)>,
+    /// Where that batch started.
+    batch_start: u64,
+}
+
+impl Scanner<'_> {
+    fn outcome(&self, valid_end: u64, end: ScanEnd) -> ScanOutcome {
+        ScanOutcome {
+            file_len: self.file_len,
+            valid_end,
+            end,
+            skipped_bytes: self.skipped_bytes,
+        }
+    }
+
+    /// The end of the file is reached.
+    fn at_end(&mut self) -> Option<ScanOutcome> {
+        if self.batch.is_empty() {
+            return Some(self.outcome(self.off, ScanEnd::Clean));
+        }
+        self.cut_short("file ends inside an atomic batch")
+    }
+
+    /// The batch in progress was cut short at `self.off`: under [`ScanMode::Stop`] the scan ends
+    /// at the batch's start, under [`ScanMode::Skip`] the batch's bytes are skipped.
+    fn cut_short(&mut self, reason: &str) -> Option<ScanOutcome> {
+        let start = self.batch_start;
+        match self.mode {
+            ScanMode::Stop => Some(self.outcome(
+                start,
+                ScanEnd::Damaged {
+                    offset: start,
+                    reason: reason.into(),
+                },
+            )),
+            ScanMode::Skip => {
+                self.skipped_bytes += self.off - start;
+                self.batch.clear();
+                None
             }
         }
-        let res = record_at(&mut w, off)?;
-        let len = match res {
-            Ok(len) => len,
-            Err(err) => {
-                let cut = if batch.is_empty() { off } else { batch_start };
-                if zero_from(&mut w, off)? {
-                    skipped_bytes += if mode == ScanMode::Skip { off - cut } else { 0 };
-                    return Ok(ScanOutcome {
-                        file_len,
-                        valid_end: cut,
-                        end: if cut == off {
-                            ScanEnd::ZeroTail
-                        } else {
-                            ScanEnd::Damaged {
-                                offset: cut,
-                                reason: "file ends inside an atomic batch".into(),
-                            }
-                        },
-                        skipped_bytes,
-                    });
-                }
-                match mode {
-                    ScanMode::Stop => {
-                        return Ok(ScanOutcome {
-                            file_len,
-                            valid_end: cut,
-                            end: ScanEnd::Damaged {
-                                offset: off,
-                                reason: err.to_string(),
-                            },
-                            skipped_bytes,
-                        })
-                    }
-                    ScanMode::Skip => {
-                        // Resynchronise: the next offset where a whole valid record decodes.
-                        let mut next = off + 1;
-                        while next < file_len && record_at(&mut w, next)?.is_err() {
-                            next += 1;
-                        }
-                        tracing::warn!(
-                            file = %path.display(),
-                            offset = off,
-                            skipped = next - cut,
-                            "skipping damaged records: {err}"
-                        );
-                        skipped_bytes += next - cut;
-                        batch.clear();
-                        off = next;
-                        continue;
-                    }
-                }
-            }
+    }
+
+    /// No valid record decodes at `self.off`.
+    fn damaged(
+        &mut self,
+        w: &mut Window<'_>,
+        err: &DecodeError,
+    ) -> io::Result<Option<ScanOutcome>> {
+        let off = self.off;
+        let cut = if self.batch.is_empty() {
+            off
+        } else {
+            self.batch_start
         };
+        if zero_from(w, off)? {
+            if self.mode == ScanMode::Skip {
+                self.skipped_bytes += off - cut;
+            }
+            let end = if cut == off {
+                ScanEnd::ZeroTail
+            } else {
+                ScanEnd::Damaged {
+                    offset: cut,
+                    reason: "file ends inside an atomic batch".into(),
+                }
+            };
+            return Ok(Some(self.outcome(cut, end)));
+        }
+        match self.mode {
+            ScanMode::Stop => Ok(Some(self.outcome(
+                cut,
+                ScanEnd::Damaged {
+                    offset: off,
+                    reason: err.to_string(),
+                },
+            ))),
+            ScanMode::Skip => {
+                self.resynchronise(w, cut, err)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Skips from `cut` to the next offset where a whole valid record decodes.
+    fn resynchronise(&mut self, w: &mut Window<'_>, cut: u64, err: &DecodeError) -> io::Result<()> {
+        let mut next = self.off + 1;
+        while next < self.file_len && record_at(w, next)?.is_err() {
+            next += 1;
+        }
+        tracing::warn!(
+            file = %self.path.display(),
+            offset = self.off,
+            skipped = next - cut,
+            "skipping damaged records: {err}"
+        );
+        self.skipped_bytes += next - cut;
+        self.batch.clear();
+        self.off = next;
+        Ok(())
+    }
+
+    /// Applies the valid record of `len` bytes at `self.off` (or holds it back while its batch
+    /// is open).
+    fn record(
+        &mut self,
+        w: &mut Window<'_>,
+        len: u64,
+        apply: &mut impl FnMut(&HintRecord<'_>),
+    ) -> Result<Option<ScanOutcome>, ScanError> {
+        let off = self.off;
         let bytes = w.at(off, len as usize)?;
-        let rec = match format::decode_record(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(ScanError::Io(io::Error::other(format!(
-                    "record at {off} changed between reads: {e}"
-                ))))
-            }
-        };
+        let rec = format::decode_record(bytes).map_err(|e| {
+            ScanError::Io(io::Error::other(format!(
+                "record at {off} changed between reads: {e}"
+            )))
+        })?;
         let hint = HintRecord {
             seq: rec.header.seq,
             expiry_ms: rec.header.expiry_ms,
@@ -267,39 +320,26 @@ pub(crate) fn scan(
         };
         let flags = rec.header.flags;
         if flags & FLAG_BATCH != 0 {
-            if batch.is_empty() {
-                batch_start = off;
+            if self.batch.is_empty() {
+                self.batch_start = off;
             }
-            batch.push((rec.key.to_vec(), HintRecord { key: &[], ..hint }));
+            self.batch
+                .push((rec.key.to_vec(), HintRecord { key: &[], ..hint }));
             if flags & FLAG_BATCH_END != 0 {
-                for (key, h) in batch.drain(..) {
+                for (key, h) in self.batch.drain(..) {
                     apply(&HintRecord { key: &key, ..h });
                 }
             }
-        } else if !batch.is_empty() {
-            // A plain record after an unterminated batch: the batch was torn mid-file.
-            let end = ScanEnd::Damaged {
-                offset: batch_start,
-                reason: "atomic batch without its end record".into(),
-            };
-            match mode {
-                ScanMode::Stop => {
-                    return Ok(ScanOutcome {
-                        file_len,
-                        valid_end: batch_start,
-                        end,
-                        skipped_bytes,
-                    })
-                }
-                ScanMode::Skip => {
-                    skipped_bytes += off - batch_start;
-                    batch.clear();
-                    apply(&hint);
+        } else {
+            if !self.batch.is_empty() {
+                // A plain record after an unterminated batch: the batch was torn mid-file.
+                if let Some(done) = self.cut_short("atomic batch without its end record") {
+                    return Ok(Some(done));
                 }
             }
-        } else {
             apply(&hint);
         }
-        off += len;
+        self.off += len;
+        Ok(None)
     }
 }

@@ -21,7 +21,7 @@
 //! its key can exist outside the merge.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,12 +32,10 @@ use crate::clock::now_ms;
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::files::manifest::manifest_path;
-use crate::format::{
-    self, FileKind, HintRecord, Manifest, FILE_HEADER_LEN, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
-};
+use crate::format::{self, FileKind, Manifest, FILE_HEADER_LEN};
 use crate::io::fs::{self, remove_if_exists};
 use crate::io::IoFile;
-use crate::keydir::{Entry, KeyDir};
+use crate::keydir::KeyDir;
 use crate::layout::{data_path, hint_path, temp_path};
 use crate::options::IoBackendKind;
 use crate::read::filetable::FileTable;
@@ -48,13 +46,12 @@ use crate::write::{self, WriteMsg};
 use crate::{Error, Options, Result};
 
 mod output;
+mod run;
 mod task;
 
 use output::{Output, OUT_BUF_BYTES};
+use run::{Copied, MergeRun};
 pub(crate) use task::{spawn, MergeMsg};
-
-/// Bytes read from an input per IO.
-const CHUNK_BYTES: usize = 1 << 20;
 
 /// What a merge did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,22 +100,6 @@ pub(crate) struct Merger {
     pub broken: Option<String>,
 }
 
-/// A live record copied to an output, to be repointed after the commit.
-struct Copied {
-    key: Box<[u8]>,
-    seq: u64,
-    from_file: u32,
-    to: Entry,
-}
-
-/// What a merge does with one input record.
-enum Fate {
-    Copy,
-    /// Keep as a tombstone (a tombstone, or an expired value that may hide an older one).
-    Tombstone,
-    Drop,
-}
-
 impl Merger {
     fn fault(&self) -> Option<&FaultInjector> {
         self.opts.fault_injector.as_deref()
@@ -140,7 +121,7 @@ impl Merger {
             return Err(Error::Poisoned(why.clone()));
         }
         let started = Instant::now();
-        let mut report = MergeReport {
+        let report = MergeReport {
             inputs: inputs.clone(),
             ..MergeReport::default()
         };
@@ -155,23 +136,18 @@ impl Merger {
                 .min()
                 .unwrap_or(u64::MAX)
         });
-        let mut outputs: Vec<Output> = Vec::new();
-        let mut copied: Vec<Copied> = Vec::new();
-        let mut expired: Vec<(Box<[u8]>, u64)> = Vec::new();
-        let res = self
-            .write_outputs(
-                &inputs,
-                floor,
-                &mut outputs,
-                &mut copied,
-                &mut expired,
-                &mut report,
-            )
-            .await;
-        if let Err(e) = res {
-            self.discard(&outputs);
+        let mut run = MergeRun::new(floor, self.opts.merge_bytes_per_sec, report);
+        if let Err(e) = self.write_outputs(&inputs, &mut run).await {
+            self.discard(&run.outputs);
             return Err(e);
         }
+        let MergeRun {
+            outputs,
+            copied,
+            expired,
+            mut report,
+            ..
+        } = run;
         // The merge dropped records because newer ones exist, possibly in the active file and
         // not yet synced (`SyncPolicy::Never` / `IntervalMs`). Make those durable before the
         // inputs go, or a power loss could lose both the new and the old value of a key.
@@ -225,159 +201,6 @@ impl Merger {
             "merge finished"
         );
         Ok(report)
-    }
-
-    /// Steps 1 and 2: read the inputs, write and sync the outputs under temporary names.
-    async fn write_outputs(
-        &self,
-        inputs: &[u32],
-        floor: u64,
-        outputs: &mut Vec<Output>,
-        copied: &mut Vec<Copied>,
-        expired: &mut Vec<(Box<[u8]>, u64)>,
-        report: &mut MergeReport,
-    ) -> Result<()> {
-        let now = now_ms();
-        let rate = self.opts.merge_bytes_per_sec;
-        let throttle_start = Instant::now();
-        let mut moved = 0u64;
-        for &input in inputs {
-            let path = data_path(&self.dir, input);
-            let file = IoFile::open_read(self.kind, &path, None)?;
-            let file_len = std::fs::metadata(&path)?.len();
-            report.input_bytes += file_len;
-            let header = file.read_exact_at(FILE_HEADER_LEN, 0).await?;
-            format::decode_file_header(&header, FileKind::Data).map_err(|e| Error::Corrupt {
-                file: path.clone(),
-                offset: 0,
-                reason: format!("merge input header: {e}"),
-            })?;
-            let mut off = FILE_HEADER_LEN as u64;
-            let mut chunk: Vec<u8> = Vec::new();
-            let mut chunk_start = off;
-            while off < file_len {
-                if self.stopping() {
-                    return Err(Error::Closed);
-                }
-                // Make sure the chunk holds the whole record at `off`.
-                let in_chunk = (off - chunk_start) as usize;
-                let have = chunk.len().saturating_sub(in_chunk);
-                let need = if have >= RECORD_HEADER_LEN {
-                    let h = format::decode_record_header(&chunk[in_chunk..])
-                        .map_err(|e| corrupt(&path, off, e))?;
-                    h.record_len() as usize
-                } else {
-                    RECORD_HEADER_LEN
-                };
-                if have < need {
-                    let want = need.max(CHUNK_BYTES).min((file_len - off) as usize);
-                    if want < need {
-                        return Err(corrupt(&path, off, "record runs past the end of the file"));
-                    }
-                    chunk = file.read_exact_at(want, off).await?;
-                    chunk_start = off;
-                    moved += want as u64;
-                    throttle(rate, throttle_start, moved).await;
-                    continue;
-                }
-                let bytes = &chunk[in_chunk..in_chunk + need];
-                let rec = format::decode_record(bytes).map_err(|e| corrupt(&path, off, e))?;
-                let h = rec.header;
-                let is_expired = h.expiry_ms != 0 && h.expiry_ms <= now;
-                let entry = self.keydir.get(rec.key);
-                let fate = match entry {
-                    Some(e) if e.seq > h.seq => Fate::Drop,
-                    Some(e) if e.seq == h.seq => {
-                        if e.file_id != input || u64::from(e.offset) != off {
-                            Fate::Drop // a duplicate; the keydir points at another copy
-                        } else if h.is_tombstone() || is_expired {
-                            expired.push((Box::from(rec.key), h.seq));
-                            Fate::Tombstone
-                        } else {
-                            Fate::Copy
-                        }
-                    }
-                    // No newer value known: a tombstone or expired value may still hide an
-                    // older one; a live value absent from the keydir was deleted later.
-                    _ if h.is_tombstone() || is_expired => Fate::Tombstone,
-                    None => Fate::Drop,
-                    // Cannot happen in a consistent store (the keydir holds the newest seq);
-                    // keep the record rather than risk losing it.
-                    Some(_) => Fate::Copy,
-                };
-                match fate {
-                    Fate::Drop => report.dropped_superseded += 1,
-                    Fate::Tombstone if h.seq < floor => {
-                        if h.is_tombstone() {
-                            report.dropped_tombstones += 1;
-                        } else {
-                            report.dropped_expired += 1;
-                        }
-                    }
-                    Fate::Tombstone => {
-                        if !h.is_tombstone() {
-                            report.dropped_expired += 1;
-                        }
-                        report.tombstones_kept += 1;
-                        let out = self.output_for(outputs, rec.key.len(), 0).await?;
-                        let (at, len) = out.append(h.seq, 0, FLAG_TOMBSTONE, rec.key, &[]);
-                        out.dead_bytes += u64::from(len);
-                        out.hint.push(&HintRecord {
-                            seq: h.seq,
-                            expiry_ms: 0,
-                            offset: at,
-                            record_len: len,
-                            tombstone: true,
-                            key: rec.key,
-                        });
-                        moved += out.flush_if_full().await?;
-                    }
-                    Fate::Copy => {
-                        report.records_copied += 1;
-                        let out = self
-                            .output_for(outputs, rec.key.len(), rec.value.len())
-                            .await?;
-                        let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, rec.value);
-                        report.live_bytes += u64::from(len);
-                        out.hint.push(&HintRecord {
-                            seq: h.seq,
-                            expiry_ms: h.expiry_ms,
-                            offset: at,
-                            record_len: len,
-                            tombstone: false,
-                            key: rec.key,
-                        });
-                        copied.push(Copied {
-                            key: Box::from(rec.key),
-                            seq: h.seq,
-                            from_file: input,
-                            to: Entry {
-                                seq: h.seq,
-                                expiry_ms: h.expiry_ms,
-                                file_id: out.id,
-                                offset: at as u32,
-                                len,
-                            },
-                        });
-                        moved += out.flush_if_full().await?;
-                    }
-                }
-                off += need as u64;
-                throttle(rate, throttle_start, moved).await;
-            }
-            if self.kind == IoBackendKind::Pread {
-                tokio::task::yield_now().await;
-            }
-        }
-        for out in outputs.iter_mut() {
-            out.flush().await?;
-            out.file.set_len(out.len)?;
-            out.file.sync_all().await?;
-            let bytes = out.hint.finish(out.id, out.len);
-            let tmp = temp_path(&hint_path(&self.dir, out.id));
-            fs::write_temp(self.kind, &tmp, bytes, self.opts.fault_injector.as_ref()).await?;
-        }
-        Ok(())
     }
 
     /// The output that takes the next record, rotating at `max_file_bytes`.
@@ -556,26 +379,6 @@ impl Merger {
         let worth_it =
             picked.iter().any(|f| f.dead_ratio() >= o.merge_file_ratio) || picked.len() >= 2;
         worth_it.then(|| picked.iter().map(|f| f.file_id).collect())
-    }
-}
-
-fn corrupt(path: &Path, offset: u64, why: impl std::fmt::Display) -> Error {
-    Error::Corrupt {
-        file: path.to_path_buf(),
-        offset,
-        reason: format!("merge input: {why}"),
-    }
-}
-
-/// Sleeps so that `bytes` moved since `start` stay under `rate` bytes per second (0 = no limit).
-async fn throttle(rate: u64, start: Instant, bytes: u64) {
-    if rate == 0 {
-        return;
-    }
-    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-    let elapsed = start.elapsed();
-    if due > elapsed + Duration::from_millis(1) {
-        tokio::time::sleep(due - elapsed).await;
     }
 }
 
