@@ -336,118 +336,154 @@ async fn model_contents(db: &Db) -> Model {
 /// state after some prefix of the operations since that point.
 pub fn model(dir: &Path, data: &[u8]) {
     futures::executor::block_on(async {
-        let mut db = Db::open(dir, model_opts()).await.expect("open");
-        let mut model = Model::new();
-        // Model states since the last open: a truncation may roll back to any of them.
-        let mut since_open = vec![model.clone()];
-        let mut writes_since_open = 0;
-        // The last datafile and its length at the last durable point: a crash cannot cut it
-        // shorter than that.
-        let mut durable: Option<(PathBuf, u64)> = None;
+        let mut run = ModelRun {
+            dir,
+            db: Some(Db::open(dir, model_opts()).await.expect("open")),
+            model: Model::new(),
+            since_open: vec![Model::new()],
+            writes_since_open: 0,
+            durable: None,
+        };
         for op in data.chunks(3).take(64) {
             let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
             let k = vec![b'k', b % 12];
             let v = vec![a; usize::from(b) % 40];
             match a % 11 {
-                0..=2 => {
-                    db.put(k.clone(), v.clone()).await.expect("put");
-                    model.insert(k, v);
-                }
-                3 => {
-                    db.delete(k.clone()).await.expect("delete");
-                    model.remove(&k);
-                }
-                4 => {
-                    let k2 = vec![b'k', op.get(2).copied().unwrap_or(0) % 12];
-                    db.write(
-                        WriteBatch::new()
-                            .put(k.clone(), v.clone())
-                            .delete(k2.clone()),
-                    )
-                    .await
-                    .expect("batch");
-                    model.insert(k, v);
-                    model.remove(&k2);
-                }
                 5 => {
-                    let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
-                    assert_eq!(got.as_ref(), model.get(&k));
-                    continue;
+                    let got = run.db().get(&k).await.expect("get").map(|b| b.to_vec());
+                    assert_eq!(got.as_ref(), run.model.get(&k));
                 }
-                6 => {
-                    let ttl = if b % 2 == 0 {
-                        Duration::ZERO
-                    } else {
-                        Duration::from_secs(3600)
-                    };
-                    db.put_with_ttl(k.clone(), v.clone(), ttl)
-                        .await
-                        .expect("ttl");
-                    if ttl.is_zero() {
-                        model.remove(&k);
-                    } else {
-                        model.insert(k, v);
-                    }
-                }
-                7 => {
-                    db.merge().await.expect("merge");
-                    assert_eq!(model_contents(&db).await, model);
-                    // A merge syncs the writer: what was written so far is durable.
-                    since_open = vec![model.clone()];
-                    durable = last_log_datafile(dir).map(|p| {
-                        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                        (p, len)
-                    });
-                    continue;
-                }
-                8 => {
-                    db.close().await.expect("close");
-                    drop(db);
-                    db = Db::open(dir, model_opts()).await.expect("reopen");
-                    assert_eq!(model_contents(&db).await, model);
-                    since_open = vec![model.clone()];
-                    writes_since_open = 0;
-                    durable = None;
-                    continue;
-                }
+                7 => run.merge().await,
+                8 => run.reopen().await,
+                9 | 10 => run.crash(u16::from_le_bytes([b, a])).await,
                 _ => {
-                    // Crash by truncation of the file this session appended to.
-                    drop(db);
-                    if writes_since_open > 0 {
-                        if let Some(last) = last_log_datafile(dir) {
-                            let _ = std::fs::remove_file(last.with_extension("hint"));
-                            let len = std::fs::metadata(&last).map(|m| m.len()).unwrap_or(0);
-                            let mut cut = 20 + u64::from(u16::from_le_bytes([b, a])) % len.max(21);
-                            if let Some((p, synced)) = &durable {
-                                if *p == last {
-                                    cut = cut.max(*synced);
-                                }
-                            }
-                            let f = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(&last)
-                                .expect("open last");
-                            f.set_len(cut.min(len)).expect("cut");
-                        }
-                    }
-                    db = Db::open(dir, model_opts())
-                        .await
-                        .expect("reopen after truncation");
-                    let got = model_contents(&db).await;
-                    assert!(
-                        since_open.contains(&got),
-                        "recovered a state that no prefix of the operations produced"
-                    );
-                    model = got;
-                    since_open = vec![model.clone()];
-                    writes_since_open = 0;
-                    durable = None;
-                    continue;
+                    let k2 = vec![b'k', op.get(2).copied().unwrap_or(0) % 12];
+                    run.write(a % 11, b, k, v, k2).await;
                 }
             }
-            writes_since_open += 1;
-            since_open.push(model.clone());
         }
-        db.close().await.expect("close");
+        run.db().close().await.expect("close");
     });
+}
+
+/// The state of one [`model`] run.
+struct ModelRun<'d> {
+    dir: &'d Path,
+    /// `None` only while a crash is being simulated.
+    db: Option<Db>,
+    model: Model,
+    /// Model states since the last open: a truncation may roll back to any of them.
+    since_open: Vec<Model>,
+    writes_since_open: u32,
+    /// The last datafile and its length at the last durable point: a crash cannot cut it
+    /// shorter than that.
+    durable: Option<(PathBuf, u64)>,
+}
+
+impl ModelRun<'_> {
+    fn db(&self) -> &Db {
+        self.db.as_ref().expect("the store is open")
+    }
+
+    /// A write: put (`kind` 0-2), delete (3), batch of a put of `k` and a delete of `k2` (4),
+    /// or a put with a TTL, expired already when `b` is even (6).
+    async fn write(&mut self, kind: u8, b: u8, k: Vec<u8>, v: Vec<u8>, k2: Vec<u8>) {
+        let db = self.db.as_ref().expect("the store is open");
+        let model = &mut self.model;
+        match kind {
+            3 => {
+                db.delete(k.clone()).await.expect("delete");
+                model.remove(&k);
+            }
+            4 => {
+                db.write(
+                    WriteBatch::new()
+                        .put(k.clone(), v.clone())
+                        .delete(k2.clone()),
+                )
+                .await
+                .expect("batch");
+                model.insert(k, v);
+                model.remove(&k2);
+            }
+            6 => {
+                let ttl = if b.is_multiple_of(2) {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(3600)
+                };
+                db.put_with_ttl(k.clone(), v.clone(), ttl)
+                    .await
+                    .expect("ttl");
+                if ttl.is_zero() {
+                    model.remove(&k);
+                } else {
+                    model.insert(k, v);
+                }
+            }
+            _ => {
+                db.put(k.clone(), v.clone()).await.expect("put");
+                model.insert(k, v);
+            }
+        }
+        self.writes_since_open += 1;
+        self.since_open.push(self.model.clone());
+    }
+
+    async fn merge(&mut self) {
+        self.db().merge().await.expect("merge");
+        assert_eq!(model_contents(self.db()).await, self.model);
+        // A merge syncs the writer: what was written so far is durable.
+        self.since_open = vec![self.model.clone()];
+        self.durable = last_log_datafile(self.dir).map(|p| {
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            (p, len)
+        });
+    }
+
+    async fn reopen(&mut self) {
+        self.db().close().await.expect("close");
+        drop(self.db.take());
+        self.db = Some(Db::open(self.dir, model_opts()).await.expect("reopen"));
+        assert_eq!(model_contents(self.db()).await, self.model);
+        self.since_open = vec![self.model.clone()];
+        self.writes_since_open = 0;
+        self.durable = None;
+    }
+
+    /// Crash by truncation of the file this session appended to, at a point chosen by `at`.
+    async fn crash(&mut self, at: u16) {
+        drop(self.db.take());
+        if self.writes_since_open > 0 {
+            if let Some(last) = last_log_datafile(self.dir) {
+                let _ = std::fs::remove_file(last.with_extension("hint"));
+                let len = std::fs::metadata(&last).map(|m| m.len()).unwrap_or(0);
+                let mut cut = 20 + u64::from(at) % len.max(21);
+                if let Some((p, synced)) = &self.durable {
+                    if *p == last {
+                        cut = cut.max(*synced);
+                    }
+                }
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&last)
+                    .expect("open last");
+                f.set_len(cut.min(len)).expect("cut");
+            }
+        }
+        self.db = Some(
+            Db::open(self.dir, model_opts())
+                .await
+                .expect("reopen after truncation"),
+        );
+        let got = model_contents(self.db()).await;
+        assert!(
+            self.since_open.contains(&got),
+            "recovered a state that no prefix of the operations produced"
+        );
+        self.model = got;
+        self.since_open = vec![self.model.clone()];
+        self.writes_since_open = 0;
+        self.durable = None;
+    }
 }

@@ -16,7 +16,7 @@ use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::options::IoBackendKind;
 use crate::read::cache::ValueCache;
 use crate::read::filetable::FileTable;
-use crate::read::reader::{self, ReadReq, ReaderMsg};
+use crate::read::reader::{ReadReq, ReaderMsg};
 use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
@@ -26,7 +26,7 @@ use crate::{Error, Options, Result};
 
 mod open;
 
-use open::{writer_main, Ready, Threads};
+use open::{start_writer, Ready, Threads};
 
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
 ///
@@ -81,46 +81,16 @@ impl Db {
         std::fs::create_dir_all(&dir)?;
         let shared = Arc::new(Shared::default());
         let (write_tx, write_rx) = mpsc::channel(opts.write_queue_depth);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let writer = {
-            let (dir, opts, shared) = (dir.clone(), opts.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("ringcask-writer".into())
-                .spawn(move || writer_main(dir, opts, shared, write_rx, ready_tx))?
-        };
-        let ready = ready_rx.await;
+        let (writer, ready) = start_writer(&dir, &opts, &shared, write_rx).await?;
         let Ready {
             kind,
             fallback_reason,
             keydir,
             appender,
             lock,
-        } = match ready {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                let _ = writer.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = writer.join();
-                return Err(Error::Io(std::io::Error::other(
-                    "the writer thread stopped during open",
-                )));
-            }
-        };
+        } = ready;
         let mut threads = Threads(vec![writer], shared.clone());
-        let mut readers = Vec::with_capacity(opts.read_threads);
-        for i in 0..opts.read_threads {
-            let (tx, rx) = mpsc::channel(opts.write_queue_depth);
-            threads.0.push(reader::spawn(
-                i,
-                kind,
-                dir.clone(),
-                opts.fault_injector.clone(),
-                rx,
-            )?);
-            readers.push(tx);
-        }
+        let readers = threads.spawn_readers(&dir, &opts, kind)?;
         let files = Arc::new(FileTable::new(dir.clone()));
         let (merge_tx, merge_rx) = mpsc::channel(16);
         let merger = Merger {

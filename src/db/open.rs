@@ -1,6 +1,6 @@
 //! The io threads a store runs on, and the writer thread's start: lock, recover, serve.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,10 +11,11 @@ use crate::io::lock::DirLock;
 use crate::io::Runtime;
 use crate::keydir::KeyDir;
 use crate::options::IoBackendKind;
+use crate::read::reader::{self, ReaderMsg};
 use crate::recovery;
 use crate::state::Shared;
 use crate::write::{Appender, WriteMsg, Writer};
-use crate::{Options, Result};
+use crate::{Error, Options, Result};
 
 pub(super) struct Threads(pub(super) Vec<JoinHandle<()>>, pub(super) Arc<Shared>);
 
@@ -99,4 +100,58 @@ pub(super) fn writer_main(
             }
         }
     });
+}
+
+/// Starts the writer thread, which locks the directory and recovers the store, and waits until
+/// the store is open.
+pub(super) async fn start_writer(
+    dir: &Path,
+    opts: &Options,
+    shared: &Arc<Shared>,
+    write_rx: mpsc::Receiver<WriteMsg>,
+) -> Result<(JoinHandle<()>, Ready)> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let writer = {
+        let (dir, opts, shared) = (dir.to_path_buf(), opts.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("ringcask-writer".into())
+            .spawn(move || writer_main(dir, opts, shared, write_rx, ready_tx))?
+    };
+    match ready_rx.await {
+        Ok(Ok(ready)) => Ok((writer, ready)),
+        Ok(Err(e)) => {
+            let _ = writer.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = writer.join();
+            Err(Error::Io(std::io::Error::other(
+                "the writer thread stopped during open",
+            )))
+        }
+    }
+}
+
+impl Threads {
+    /// Starts the read threads (`Options::read_threads`) and returns their channels.
+    pub(super) fn spawn_readers(
+        &mut self,
+        dir: &Path,
+        opts: &Options,
+        kind: IoBackendKind,
+    ) -> Result<Vec<mpsc::Sender<ReaderMsg>>> {
+        let mut readers = Vec::with_capacity(opts.read_threads);
+        for i in 0..opts.read_threads {
+            let (tx, rx) = mpsc::channel(opts.write_queue_depth);
+            self.0.push(reader::spawn(
+                i,
+                kind,
+                dir.to_path_buf(),
+                opts.fault_injector.clone(),
+                rx,
+            )?);
+            readers.push(tx);
+        }
+        Ok(readers)
+    }
 }

@@ -47,7 +47,7 @@ use std::time::Instant;
 
 use crate::clock::now_ms;
 use crate::format::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::keydir::{Entry, KeyDir, ShardTable, SnapshotFault, SHARDS, SLOT};
+use crate::keydir::{Entry, KeyDir, ShardTable, SnapshotFault, SHARDS};
 use crate::layout::{self, temp_path, DirEntry, SNAPSHOT_NAME};
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{Options, Result};
@@ -58,7 +58,7 @@ mod header;
 pub(crate) use header::fix_checksums;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use header::InMemory;
-use header::{header_len, invalid, Listed, Source, MAGIC, VERSION};
+use header::{encode_header, header_len, invalid, Listed, Source};
 pub(crate) use header::{read_header, Header, Unused};
 
 /// A `Write` that counts bytes and checksums them.
@@ -90,35 +90,13 @@ pub(crate) fn save(
     next_seq: u64,
     usage: &BTreeMap<u32, FileStats>,
 ) -> io::Result<bool> {
-    let on_disk = match list_dir(dir) {
-        Ok(d) => d,
+    let files = match listed_files(dir, usage) {
+        Ok(files) => files,
         Err(why) => {
             tracing::debug!("not saving a keydir snapshot: {why}");
             return Ok(false);
         }
     };
-    let mut files = Vec::with_capacity(usage.len());
-    for f in usage.values() {
-        match on_disk.get(&f.file_id) {
-            Some(&(len, ctime_ns)) if len == f.total_bytes => files.push(Listed {
-                id: f.file_id,
-                len,
-                min_seq: f.min_seq,
-                ctime_ns,
-            }),
-            _ => {
-                tracing::debug!(
-                    file_id = f.file_id,
-                    "not saving a keydir snapshot: a datafile does not match its accounting"
-                );
-                return Ok(false);
-            }
-        }
-    }
-    if files.len() != on_disk.len() {
-        tracing::debug!("not saving a keydir snapshot: a datafile is not accounted for");
-        return Ok(false);
-    }
     let path = dir.join(SNAPSHOT_NAME);
     let tmp = temp_path(&path);
     let file = File::create(&tmp)?;
@@ -129,11 +107,54 @@ pub(crate) fn save(
         crc: crc32fast::Hasher::new(),
     };
     w.write_all(&vec![0u8; head_len])?;
+    let index = write_bodies(&mut w, keydir)?;
+    w.flush()?;
+    drop(w);
+    let h = encode_header(keydir.seed(), next_seq, &files, &index);
+    debug_assert_eq!(h.len(), head_len);
+    file.write_all_at(&h, 0)?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    Ok(true)
+}
+
+/// The datafiles to list: those of `usage`, each checked against the directory (same length,
+/// none missing, none extra).
+fn listed_files(
+    dir: &Path,
+    usage: &BTreeMap<u32, FileStats>,
+) -> std::result::Result<Vec<Listed>, String> {
+    let on_disk = list_dir(dir)?;
+    let mut files = Vec::with_capacity(usage.len());
+    for f in usage.values() {
+        match on_disk.get(&f.file_id) {
+            Some(&(len, ctime_ns)) if len == f.total_bytes => files.push(Listed {
+                id: f.file_id,
+                len,
+                min_seq: f.min_seq,
+                ctime_ns,
+            }),
+            _ => {
+                return Err(format!(
+                    "datafile {} does not match its accounting",
+                    f.file_id
+                ))
+            }
+        }
+    }
+    if files.len() != on_disk.len() {
+        return Err("a datafile is not accounted for".into());
+    }
+    Ok(files)
+}
+
+/// Writes every shard's body after the header's room; returns the shard index.
+fn write_bodies<W: Write>(w: &mut Summing<W>, keydir: &KeyDir) -> io::Result<Vec<(u64, u64, u32)>> {
     let mut index = Vec::with_capacity(SHARDS);
     for i in 0..SHARDS {
         let start = w.bytes;
         w.crc = crc32fast::Hasher::new();
-        let expect = keydir.write_shard_snapshot(i, &mut w)?;
+        let expect = keydir.write_shard_snapshot(i, w)?;
         let len = w.bytes - start;
         if len != expect {
             return Err(io::Error::other(format!(
@@ -142,34 +163,7 @@ pub(crate) fn save(
         }
         index.push((start, len, std::mem::take(&mut w.crc).finalize()));
     }
-    w.flush()?;
-    drop(w);
-    let mut h = Vec::with_capacity(head_len);
-    h.extend_from_slice(&MAGIC);
-    h.extend_from_slice(&VERSION.to_le_bytes());
-    h.extend_from_slice(&(SHARDS as u32).to_le_bytes());
-    h.extend_from_slice(&(SLOT as u32).to_le_bytes());
-    h.extend_from_slice(&keydir.seed().to_le_bytes());
-    h.extend_from_slice(&next_seq.to_le_bytes());
-    h.extend_from_slice(&(files.len() as u32).to_le_bytes());
-    h.extend_from_slice(&KeyDir::hash_probe(keydir.seed()).to_le_bytes());
-    for f in &files {
-        h.extend_from_slice(&f.id.to_le_bytes());
-        h.extend_from_slice(&f.len.to_le_bytes());
-        h.extend_from_slice(&f.min_seq.to_le_bytes());
-        h.extend_from_slice(&f.ctime_ns.to_le_bytes());
-    }
-    for (off, len, crc) in &index {
-        h.extend_from_slice(&off.to_le_bytes());
-        h.extend_from_slice(&len.to_le_bytes());
-        h.extend_from_slice(&crc.to_le_bytes());
-    }
-    h.extend_from_slice(&crc32fast::hash(&h).to_le_bytes());
-    debug_assert_eq!(h.len(), head_len);
-    file.write_all_at(&h, 0)?;
-    drop(file);
-    std::fs::rename(&tmp, &path)?;
-    Ok(true)
+    Ok(index)
 }
 
 /// The datafiles of `dir`: id → (length, ctime in ns). Fails on a merge manifest or a
@@ -346,28 +340,7 @@ pub(crate) fn decode(
     workers: usize,
     now: u64,
 ) -> std::result::Result<Decoded, Unused> {
-    let workers = workers.clamp(1, SHARDS);
-    let mut parts: Vec<Option<std::result::Result<(ShardTable, ShardTally), Unused>>> =
-        (0..SHARDS).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let head = &head;
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                s.spawn(move || {
-                    (w..SHARDS)
-                        .step_by(workers)
-                        .map(|i| (i, load_shard(src, head, i)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        // A worker that panicked leaves its shards `None`: reported below.
-        for done in handles.into_iter().filter_map(|h| h.join().ok()) {
-            for (i, r) in done {
-                parts[i] = Some(r);
-            }
-        }
-    });
+    let parts = load_shards(src, &head, workers);
     let n = head.files.len();
     let mut live = vec![0u64; n];
     let mut min_seq = vec![u64::MAX; n];
@@ -403,15 +376,7 @@ pub(crate) fn decode(
             }
         }
     }
-    let mut usage = BTreeMap::new();
-    for (f, l) in head.files.iter().enumerate() {
-        let mut s = FileStats::new(l.id);
-        s.total_bytes = l.len;
-        s.dead_bytes = l.len - FILE_HEADER_LEN as u64 - live[f];
-        s.min_seq = l.min_seq;
-        s.sealed = true;
-        usage.insert(l.id, s);
-    }
+    let usage = usage_of(&head.files, &live);
     let max_id = head.files.last().map_or(0, |f| f.id);
     let next_file_id = max_id
         .checked_add(1)
@@ -431,6 +396,47 @@ pub(crate) fn decode(
             has_ttl: ttl,
         },
     })
+}
+
+/// A shard's table and tally, or why it failed.
+type ShardResult = std::result::Result<(ShardTable, ShardTally), Unused>;
+
+/// Loads every shard on `workers` threads. A worker that panicked leaves its shards `None`.
+fn load_shards(src: &dyn Source, head: &Header, workers: usize) -> Vec<Option<ShardResult>> {
+    let workers = workers.clamp(1, SHARDS);
+    let mut parts: Vec<Option<ShardResult>> = (0..SHARDS).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                s.spawn(move || {
+                    (w..SHARDS)
+                        .step_by(workers)
+                        .map(|i| (i, load_shard(src, head, i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for done in handles.into_iter().filter_map(|h| h.join().ok()) {
+            for (i, r) in done {
+                parts[i] = Some(r);
+            }
+        }
+    });
+    parts
+}
+
+/// Per-file accounting from the listed files and the live bytes the entries point at.
+fn usage_of(files: &[Listed], live: &[u64]) -> BTreeMap<u32, FileStats> {
+    let mut usage = BTreeMap::new();
+    for (l, live) in files.iter().zip(live) {
+        let mut s = FileStats::new(l.id);
+        s.total_bytes = l.len;
+        s.dead_bytes = l.len - FILE_HEADER_LEN as u64 - live;
+        s.min_seq = l.min_seq;
+        s.sealed = true;
+        usage.insert(l.id, s);
+    }
+    usage
 }
 
 /// Takes the snapshot of the store in `dir`, if there is one: unlinks it, and returns the

@@ -420,30 +420,30 @@ impl Table {
         read(&mut t.slots)?;
         let mut long = vec![0u8; long_bytes as usize];
         read(&mut long)?;
-        let mut at = 0usize;
-        t.long.reserve(long_n as usize);
-        while at < long.len() {
-            let len = rd32(&long, at) as usize;
-            let key = long
-                .get(at + 4..)
-                .and_then(|r| r.get(..len))
-                .ok_or(Invalid("long key runs past its section"))?;
-            if key.len() <= INLINE {
-                return Err(Invalid("long key short enough to be inline"));
-            }
-            t.long.push(key.into());
-            at += 4 + len;
+        t.long = read_long_keys(&long, long_n)?;
+        t.check_slots(hash, long_n)?;
+        if t.live as u64 != live || t.deleted as u64 != deleted {
+            return Err(Invalid("slot counts do not match the header"));
         }
-        if t.long.len() as u64 != long_n {
-            return Err(Invalid("long key count does not match its keys"));
-        }
+        Ok(t)
+    }
+
+    /// Checks every slot of a table read from a snapshot (see [`Table::read_snapshot`]) and
+    /// counts the live and deleted ones.
+    fn check_slots(
+        &mut self,
+        hash: &dyn Fn(&[u8]) -> Option<u64>,
+        long_n: u64,
+    ) -> Result<(), SnapshotFault> {
+        use SnapshotFault::Invalid;
+        let cap = self.ctrl.len();
         let mut rank = 0u32;
         for i in 0..cap {
-            match t.ctrl[i] {
+            match self.ctrl[i] {
                 EMPTY => {}
-                DELETED => t.deleted += 1,
+                DELETED => self.deleted += 1,
                 c if c >= 0x80 => {
-                    let s = t.slot(i);
+                    let s = self.slot(i);
                     if s[0] == LONG {
                         if rd32(s, KEY_AT) != rank {
                             return Err(Invalid("long key index out of order"));
@@ -455,25 +455,13 @@ impl Table {
                     if u64::from(rank) > long_n {
                         return Err(Invalid("more long keys than stored"));
                     }
-                    let key = t.key_at(i);
+                    let key = self.key_at(i);
                     let h = hash(key).ok_or(Invalid("key in the wrong shard"))?;
                     if fingerprint(h) != c {
                         return Err(Invalid("control byte is not the key's fingerprint"));
                     }
-                    // Walk the probe path from the key's home: no empty slot (a lookup would
-                    // stop there) and no earlier copy of the key.
-                    let mut j = home(h, cap);
-                    while j != i {
-                        match t.ctrl[j] {
-                            EMPTY => return Err(Invalid("key unreachable from its home slot")),
-                            cj if cj == c && t.key_checked(j) == Some(key) => {
-                                return Err(Invalid("key stored twice"))
-                            }
-                            _ => {}
-                        }
-                        j = if j + 1 == cap { 0 } else { j + 1 };
-                    }
-                    t.live += 1;
+                    self.check_probe_path(i, key, h, c)?;
+                    self.live += 1;
                 }
                 _ => return Err(Invalid("unknown control byte")),
             }
@@ -481,11 +469,50 @@ impl Table {
         if u64::from(rank) != long_n {
             return Err(Invalid("long keys without a slot"));
         }
-        if t.live as u64 != live || t.deleted as u64 != deleted {
-            return Err(Invalid("slot counts do not match the header"));
-        }
-        Ok(t)
+        Ok(())
     }
+
+    /// Walks the probe path from the home of `key` (hash `h`, control byte `c`, found at slot
+    /// `i`): no empty slot (a lookup would stop there) and no earlier copy of the key.
+    fn check_probe_path(&self, i: usize, key: &[u8], h: u64, c: u8) -> Result<(), SnapshotFault> {
+        use SnapshotFault::Invalid;
+        let cap = self.ctrl.len();
+        let mut j = home(h, cap);
+        while j != i {
+            match self.ctrl[j] {
+                EMPTY => return Err(Invalid("key unreachable from its home slot")),
+                cj if cj == c && self.key_checked(j) == Some(key) => {
+                    return Err(Invalid("key stored twice"))
+                }
+                _ => {}
+            }
+            j = if j + 1 == cap { 0 } else { j + 1 };
+        }
+        Ok(())
+    }
+}
+
+/// The long-key section of a snapshot shard body: `long_n` keys of `len u32 | bytes`.
+fn read_long_keys(long: &[u8], long_n: u64) -> Result<Vec<Box<[u8]>>, SnapshotFault> {
+    use SnapshotFault::Invalid;
+    let mut keys = Vec::with_capacity(long_n as usize);
+    let mut at = 0usize;
+    while at < long.len() {
+        let len = rd32(long, at) as usize;
+        let key = long
+            .get(at + 4..)
+            .and_then(|r| r.get(..len))
+            .ok_or(Invalid("long key runs past its section"))?;
+        if key.len() <= INLINE {
+            return Err(Invalid("long key short enough to be inline"));
+        }
+        keys.push(key.into());
+        at += 4 + len;
+    }
+    if keys.len() as u64 != long_n {
+        return Err(Invalid("long key count does not match its keys"));
+    }
+    Ok(keys)
 }
 
 /// Why a snapshot shard body could not be loaded.

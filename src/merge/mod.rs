@@ -160,33 +160,41 @@ impl Merger {
             inputs: inputs.clone(),
             outputs: outputs.iter().map(|o| o.id).collect(),
         };
-        match self.commit(&manifest).await {
-            Ok(()) => {}
+        self.commit_or_abandon(&manifest, &outputs).await?;
+        // Past the commit point: a failure leaves the rest to the next open.
+        if let Err(e) = self.publish(&manifest, &outputs, copied, expired).await {
+            let why = format!("merge failed after its commit ({e}); reopen to finish it");
+            tracing::error!("{why}");
+            self.broken = Some(why);
+            return Err(e.into());
+        }
+        report.outputs = manifest.outputs;
+        report.output_bytes = outputs.iter().map(|o| o.len).sum();
+        Ok(self.finished(report, started))
+    }
+
+    /// Commits; a commit that did not happen discards the outputs, one that may have happened
+    /// leaves them for the next open and stops further merges.
+    async fn commit_or_abandon(&mut self, manifest: &Manifest, outputs: &[Output]) -> Result<()> {
+        match self.commit(manifest).await {
+            Ok(()) => Ok(()),
             Err(Commit::NotDone(e)) => {
-                self.discard(&outputs);
+                self.discard(outputs);
                 let _ = std::fs::remove_file(temp_path(&manifest_path(&self.dir)));
-                return Err(e.into());
+                Err(e.into())
             }
             Err(Commit::Uncertain(e)) => {
                 // The manifest may be in place: the outputs must stay for the next open.
                 let why = format!("merge commit not confirmed ({e}); reopen to finish it");
                 tracing::error!("{why}");
                 self.broken = Some(why);
-                return Err(e.into());
+                Err(e.into())
             }
         }
-        // Past the commit point: a failure leaves the rest to the next open.
-        match self.publish(&manifest, &outputs, copied, expired).await {
-            Ok(()) => {}
-            Err(e) => {
-                let why = format!("merge failed after its commit ({e}); reopen to finish it");
-                tracing::error!("{why}");
-                self.broken = Some(why);
-                return Err(e.into());
-            }
-        }
-        report.outputs = manifest.outputs;
-        report.output_bytes = outputs.iter().map(|o| o.len).sum();
+    }
+
+    /// Completes the report of a published merge, counts it and logs it.
+    fn finished(&self, mut report: MergeReport, started: Instant) -> MergeReport {
         report.reclaimed_bytes = report.input_bytes.saturating_sub(report.output_bytes);
         report.duration = started.elapsed();
         self.shared.merges.add(1);
@@ -200,7 +208,7 @@ impl Merger {
             elapsed_ms = report.duration.as_millis() as u64,
             "merge finished"
         );
-        Ok(report)
+        report
     }
 
     /// The output that takes the next record, rotating at `max_file_bytes`.

@@ -70,58 +70,87 @@ struct Ctx<'a> {
     hint_parts: usize,
 }
 
-fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
-    let Ctx {
-        dir,
-        opts,
-        keydir,
-        now,
-        hint_parts,
-    } = *cx;
-    let path = data_path(dir, id);
-    let file = std::fs::File::open(&path)?;
-    let file_len = file.metadata()?.len();
-    if file_len > u64::from(u32::MAX) {
-        return Err(corrupt(path, 0, "datafile of 4 GiB or more"));
-    }
-    let mut out = Loaded {
-        id,
-        file_len,
-        ..Loaded::default()
-    };
-    match datafile::check_header(&file, file_len, id) {
-        Ok(()) => {}
-        Err(ScanError::Io(e)) => return Err(e.into()),
-        Err(ScanError::Header { err, torn }) => {
-            if is_last && torn {
-                tracing::warn!(
-                    file = %path.display(),
-                    "removing the last datafile: its header is incomplete ({err})"
-                );
-                drop(file);
-                std::fs::remove_file(&path)?;
-                if has_hint {
-                    std::fs::remove_file(hint_path(dir, id))?;
-                }
-                out.removed = true;
-                return Ok(out);
-            }
-            return Err(match err {
-                DecodeError::UnsupportedVersion(found) => Error::UnsupportedVersion {
-                    file: path,
-                    found,
-                    supported: FORMAT_VERSION,
-                },
-                other => corrupt(path, 0, format!("datafile header: {other}")),
-            });
+/// What became of a file's header check.
+enum Checked {
+    /// The header is good.
+    Good,
+    /// The last file's header was torn (a creation cut short): the file was removed.
+    Removed,
+}
+
+impl Ctx<'_> {
+    /// Loads datafile `id`: from its hint file when it has a usable one, else by a scan.
+    fn load_file(&self, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
+        let path = data_path(self.dir, id);
+        let file_len = std::fs::metadata(&path)?.len();
+        if file_len > u64::from(u32::MAX) {
+            return Err(corrupt(path, 0, "datafile of 4 GiB or more"));
         }
+        let mut out = Loaded {
+            id,
+            file_len,
+            ..Loaded::default()
+        };
+        if let Checked::Removed = self.check_file(&path, id, file_len, is_last, has_hint)? {
+            out.removed = true;
+            return Ok(out);
+        }
+        if has_hint && self.load_hint(id, &mut out)? {
+            return Ok(out);
+        }
+        self.scan_file(&path, is_last, out)
     }
-    drop(file);
-    if has_hint {
-        let hp = hint_path(dir, id);
-        let loaded = hint::load(&hp, id, file_len, hint_parts, Group::default, |g, h| {
-            g.push(keydir, id, h, now)
-        });
+
+    /// Checks the header of datafile `id`; a torn header of the last file removes the file.
+    fn check_file(
+        &self,
+        path: &Path,
+        id: u32,
+        file_len: u64,
+        is_last: bool,
+        has_hint: bool,
+    ) -> Result<Checked> {
+        let file = std::fs::File::open(path)?;
+        let (err, torn) = match datafile::check_header(&file, file_len, id) {
+            Ok(()) => return Ok(Checked::Good),
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Header { err, torn }) => (err, torn),
+        };
+        if is_last && torn {
+            tracing::warn!(
+                file = %path.display(),
+                "removing the last datafile: its header is incomplete ({err})"
+            );
+            drop(file);
+            std::fs::remove_file(path)?;
+            if has_hint {
+                std::fs::remove_file(hint_path(self.dir, id))?;
+            }
+            return Ok(Checked::Removed);
+        }
+        Err(match err {
+            DecodeError::UnsupportedVersion(found) => Error::UnsupportedVersion {
+                file: path.to_path_buf(),
+                found,
+                supported: FORMAT_VERSION,
+            },
+            other => corrupt(path.to_path_buf(), 0, format!("datafile header: {other}")),
+        })
+    }
+
+    /// Applies the hint file of `out.id`; `false` when it is unusable (then the datafile is
+    /// scanned instead).
+    fn load_hint(&self, id: u32, out: &mut Loaded) -> Result<bool> {
+        let hp = hint_path(self.dir, id);
+        let (keydir, now) = (self.keydir, self.now);
+        let loaded = hint::load(
+            &hp,
+            id,
+            out.file_len,
+            self.hint_parts,
+            Group::default,
+            |g, h| g.push(keydir, id, h, now),
+        );
         match loaded {
             Ok((n, parts)) => {
                 out.from_hint = true;
@@ -130,49 +159,60 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
                     g.flush(keydir, id);
                     out.applied.absorb(g.applied);
                 }
-                return Ok(out);
+                Ok(true)
             }
-            Err(hint::LoadError::Unusable(why)) => tracing::warn!(
-                hint = %hp.display(),
-                "hint file unusable ({why}); scanning the datafile instead"
-            ),
-            Err(hint::LoadError::Failed(why)) => {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "loading hint file {}: {why}",
-                    hp.display()
-                ))))
+            Err(hint::LoadError::Unusable(why)) => {
+                tracing::warn!(
+                    hint = %hp.display(),
+                    "hint file unusable ({why}); scanning the datafile instead"
+                );
+                Ok(false)
             }
+            Err(hint::LoadError::Failed(why)) => Err(Error::Io(std::io::Error::other(format!(
+                "loading hint file {}: {why}",
+                hp.display()
+            )))),
         }
     }
-    let mode = if !is_last && opts.skip_damaged_records {
-        ScanMode::Skip
-    } else {
-        ScanMode::Stop
-    };
-    let mut hb = HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
-    let mut group = Group::default();
-    let scanned = datafile::scan(&path, id, mode, |h| {
-        group.push(keydir, id, h, now);
-        hb.push(h);
-    });
-    group.flush(keydir, id);
-    out.applied.absorb(group.applied);
-    let outcome = match scanned {
-        Ok(o) => o,
-        Err(ScanError::Io(e)) => return Err(e.into()),
-        Err(ScanError::Header { err, .. }) => {
-            // Checked above; only a file changed under our feet gets here.
-            return Err(corrupt(path, 0, format!("datafile header: {err}")));
-        }
-    };
-    out.records = hb.count();
-    out.skipped_bytes = outcome.skipped_bytes;
-    match outcome.end {
-        ScanEnd::Clean => {}
-        ScanEnd::ZeroTail => {}
-        ScanEnd::Damaged { offset, reason } => {
+
+    /// Scans the datafile at `path`, cutting a torn tail of the last file, and spills its hint.
+    fn scan_file(&self, path: &Path, is_last: bool, mut out: Loaded) -> Result<Loaded> {
+        let (id, keydir, now, opts) = (out.id, self.keydir, self.now, self.opts);
+        let mode = if !is_last && opts.skip_damaged_records {
+            ScanMode::Skip
+        } else {
+            ScanMode::Stop
+        };
+        let mut hb = HintBuilder::spilling(
+            self.dir,
+            id,
+            opts.hint_spill_bytes,
+            opts.fault_injector.clone(),
+        );
+        let mut group = Group::default();
+        let scanned = datafile::scan(path, id, mode, |h| {
+            group.push(keydir, id, h, now);
+            hb.push(h);
+        });
+        group.flush(keydir, id);
+        out.applied.absorb(group.applied);
+        let outcome = match scanned {
+            Ok(o) => o,
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Header { err, .. }) => {
+                // Checked above; only a file changed under our feet gets here.
+                return Err(corrupt(
+                    path.to_path_buf(),
+                    0,
+                    format!("datafile header: {err}"),
+                ));
+            }
+        };
+        out.records = hb.count();
+        out.skipped_bytes = outcome.skipped_bytes;
+        if let ScanEnd::Damaged { offset, reason } = outcome.end {
             if !is_last {
-                return Err(corrupt(path, offset, reason));
+                return Err(corrupt(path.to_path_buf(), offset, reason));
             }
             out.truncated_bytes = outcome.file_len - outcome.valid_end;
             tracing::warn!(
@@ -182,21 +222,21 @@ fn load_file(cx: &Ctx<'_>, id: u32, is_last: bool, has_hint: bool) -> Result<Loa
                 "torn tail in the last datafile ({reason}); truncating"
             );
         }
+        if outcome.valid_end < outcome.file_len {
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            f.set_len(outcome.valid_end)?;
+            f.sync_all()?;
+            out.file_len = outcome.valid_end;
+        }
+        if is_last && out.records == 0 {
+            tracing::info!(file = %path.display(), "removing the empty last datafile");
+            std::fs::remove_file(path)?;
+            out.removed = true;
+            return Ok(out);
+        }
+        out.hint = Some(hb);
+        Ok(out)
     }
-    if outcome.valid_end < outcome.file_len {
-        let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-        f.set_len(outcome.valid_end)?;
-        f.sync_all()?;
-        out.file_len = outcome.valid_end;
-    }
-    if is_last && out.records == 0 {
-        tracing::info!(file = %path.display(), "removing the empty last datafile");
-        std::fs::remove_file(&path)?;
-        out.removed = true;
-        return Ok(out);
-    }
-    out.hint = Some(hb);
-    Ok(out)
 }
 
 /// The datafile the writer appended to last: the highest id not written by a merge. Only it may
@@ -286,7 +326,8 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<(KeyDir, Recovered)> {
     Ok((keydir, rec))
 }
 
-/// Rebuilds `keydir` from the store in `dir`.
+/// Rebuilds `keydir` from the store in `dir`: list the files (removing leftovers), load them
+/// all, then account for what they hold.
 pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
@@ -298,6 +339,46 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
             "finished a merge that a crash interrupted after its commit"
         );
     }
+    let files = list(dir, &mut report)?;
+    // Files load in parallel; when there are fewer files than threads, hint files are split.
+    let parallelism = opts.recovery_workers();
+    let cx = Ctx {
+        dir,
+        opts,
+        keydir,
+        now: now_ms(),
+        hint_parts: (parallelism / files.data.len().max(1)).max(1),
+    };
+    let loaded = load_all(&cx, &files, parallelism)?;
+    let mut rec = account(&cx, loaded, &files, report)?;
+    rec.report.keys = keydir.len();
+    rec.report.duration = started.elapsed();
+    let report = &rec.report;
+    tracing::info!(
+        dir = %dir.display(),
+        keys = report.keys,
+        files_from_hints = report.files_from_hints,
+        files_scanned = report.files_scanned,
+        truncated_bytes = report.truncated_bytes,
+        elapsed_ms = report.duration.as_millis() as u64,
+        "recovered store"
+    );
+    Ok(rec)
+}
+
+/// The datafiles and hint files of a store directory.
+struct Listing {
+    /// Datafile ids, ascending.
+    data: Vec<u32>,
+    /// Ids of the hint files that have their datafile.
+    hints: BTreeSet<u32>,
+    /// The datafile the writer appended to last (see [`last_log_file`]).
+    last: Option<u32>,
+}
+
+/// Lists the files of `dir`, removing leftover temporary files and hint files without a
+/// datafile.
+fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Listing> {
     let mut data_ids = BTreeSet::new();
     let mut hint_ids = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
@@ -323,17 +404,18 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         tracing::info!(id, "removing a hint file without its datafile");
         std::fs::remove_file(hint_path(dir, id))?;
     }
-    let ids: Vec<u32> = data_ids.iter().copied().collect();
-    let last = last_log_file(dir, &ids)?;
-    // Files load in parallel; when there are fewer files than threads, hint files are split.
-    let parallelism = opts.recovery_workers();
-    let cx = Ctx {
-        dir,
-        opts,
-        keydir,
-        now: now_ms(),
-        hint_parts: (parallelism / ids.len().max(1)).max(1),
-    };
+    let data: Vec<u32> = data_ids.iter().copied().collect();
+    let last = last_log_file(dir, &data)?;
+    Ok(Listing {
+        data,
+        hints: hint_ids,
+        last,
+    })
+}
+
+/// Loads every datafile on `parallelism` threads; the first failure stops the rest.
+fn load_all(cx: &Ctx<'_>, files: &Listing, parallelism: usize) -> Result<Vec<Loaded>> {
+    let ids = &files.data;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Result<Loaded>>> = Mutex::new(Vec::with_capacity(ids.len()));
@@ -346,7 +428,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
                     return;
                 }
                 let id = ids[i];
-                let r = load_file(&cx, id, Some(id) == last, hint_ids.contains(&id));
+                let r = cx.load_file(id, Some(id) == files.last, files.hints.contains(&id));
                 if r.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -360,6 +442,16 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         loaded.push(r?);
     }
     loaded.sort_by_key(|l| l.id);
+    Ok(loaded)
+}
+
+/// Per-file accounting and what the writer needs, from what every load applied.
+fn account(
+    cx: &Ctx<'_>,
+    mut loaded: Vec<Loaded>,
+    files: &Listing,
+    mut report: RecoveryReport,
+) -> Result<Recovered> {
     // Live bytes per file, from what each load installed and replaced; everything else past
     // the header is dead.
     let mut live: BTreeMap<u32, i64> = BTreeMap::new();
@@ -377,9 +469,8 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         max_seq = max_seq.max(l.applied.max_seq);
     }
     if markers > 0 {
-        keydir.sweep(cx.now);
+        cx.keydir.sweep(cx.now);
     }
-
     let mut usage: BTreeMap<u32, FileStats> = BTreeMap::new();
     let mut hints_to_write = Vec::new();
     for l in &mut loaded {
@@ -408,23 +499,12 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         let l = live.get(id).copied().unwrap_or(0).max(0) as u64;
         u.dead_bytes = u.total_bytes.saturating_sub(FILE_HEADER_LEN as u64 + l);
     }
-    let max_id = ids.last().copied().unwrap_or(0);
+    let max_id = files.data.last().copied().unwrap_or(0);
     let Some(next_file_id) = max_id.checked_add(1) else {
         return Err(Error::InvalidOptions(
             "datafile ids are exhausted; merge the store into a new directory".into(),
         ));
     };
-    report.keys = keydir.len();
-    report.duration = started.elapsed();
-    tracing::info!(
-        dir = %dir.display(),
-        keys = report.keys,
-        files_from_hints = report.files_from_hints,
-        files_scanned = report.files_scanned,
-        truncated_bytes = report.truncated_bytes,
-        elapsed_ms = report.duration.as_millis() as u64,
-        "recovered store"
-    );
     Ok(Recovered {
         next_seq: max_seq + 1,
         next_file_id,

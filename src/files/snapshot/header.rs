@@ -22,6 +22,38 @@ pub(super) fn header_len(files: usize) -> usize {
     FIXED + files * FILE_ENTRY + SHARDS * INDEX_ENTRY + 4
 }
 
+/// Encodes the header for a keydir hashed with `seed`, the datafiles `files` and the shard
+/// `index` of (offset, length, crc).
+pub(super) fn encode_header(
+    seed: u64,
+    next_seq: u64,
+    files: &[Listed],
+    index: &[(u64, u64, u32)],
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(header_len(files.len()));
+    h.extend_from_slice(&MAGIC);
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&(SHARDS as u32).to_le_bytes());
+    h.extend_from_slice(&(SLOT as u32).to_le_bytes());
+    h.extend_from_slice(&seed.to_le_bytes());
+    h.extend_from_slice(&next_seq.to_le_bytes());
+    h.extend_from_slice(&(files.len() as u32).to_le_bytes());
+    h.extend_from_slice(&KeyDir::hash_probe(seed).to_le_bytes());
+    for f in files {
+        h.extend_from_slice(&f.id.to_le_bytes());
+        h.extend_from_slice(&f.len.to_le_bytes());
+        h.extend_from_slice(&f.min_seq.to_le_bytes());
+        h.extend_from_slice(&f.ctime_ns.to_le_bytes());
+    }
+    for (off, len, crc) in index {
+        h.extend_from_slice(&off.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(&crc.to_le_bytes());
+    }
+    h.extend_from_slice(&crc32fast::hash(&h).to_le_bytes());
+    h
+}
+
 /// One datafile as the snapshot lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listed {

@@ -147,6 +147,7 @@ fn snapshot_loads_like_the_hint_files() {
 
 /// A snapshot that does not describe the directory, or is damaged, is deleted and the
 /// open loads the hint files; nothing is lost and nothing comes back.
+// long: one scenario per way a snapshot goes stale or bad, each a few lines against one store.
 #[test]
 fn stale_or_damaged_snapshots_fall_back_to_the_hint_files() {
     let tmp = tempfile::tempdir().expect("tmp");

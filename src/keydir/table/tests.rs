@@ -219,6 +219,7 @@ fn snapshot_round_trips() {
 /// Damaged snapshot bodies (checksums aside: the caller checks those) are refused or, when
 /// the damage is harmless (an entry field, an unused byte), load as a consistent table.
 /// Never a panic, and never a table in which a stored key cannot be found.
+// long: one table, then a list of damage kinds, each a few lines; split, it would repeat the setup.
 #[test]
 fn damaged_snapshot_bodies_are_refused_or_consistent() {
     let mut t = Table::default();
