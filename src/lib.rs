@@ -63,6 +63,8 @@ mod db;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod test_rng;
 
 pub use db::Db;
 pub use error::{Error, Result};

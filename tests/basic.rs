@@ -432,9 +432,11 @@ fn usable_from_a_plain_executor_and_sync_policies() {
                 assert!(db.stats().syncs >= 20);
             }
             if let SyncPolicy::IntervalMs(_) = policy {
-                std::thread::sleep(Duration::from_millis(50));
+                let before = db.stats().syncs;
                 db.put("one-more", "v").await.expect("put");
-                std::thread::sleep(Duration::from_millis(50));
+                common::poll_until("the interval sync", Duration::from_secs(5), || {
+                    db.stats().syncs > before
+                });
                 assert!(db.stats().syncs >= 2, "the interval sync should have run");
             }
             assert_eq!(

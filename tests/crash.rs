@@ -7,10 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
-use common::Rng;
+use common::crash::{self, Reporter};
+use common::{contents_under, Rng};
 use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 const TASKS: u64 = 8;
@@ -73,16 +72,15 @@ fn opts() -> Options {
         .preallocate_bytes(32 * 1024)
 }
 
+const NAME: &str = "crash";
+const TEST: &str = "sigkill_during_durable_writes_loses_nothing_acknowledged";
+
 fn child(dir: &str, round: u64) {
     let rt = common::multi_thread_rt(2);
     rt.block_on(async {
         let db = Db::open(dir, opts()).await.expect("child open");
-        let out = Arc::new(Mutex::new(std::io::stdout()));
-        {
-            let mut o = out.lock().expect("stdout");
-            writeln!(o, "READY").expect("write");
-            o.flush().expect("flush");
-        }
+        let out = Reporter::default();
+        out.ready();
         let mut tasks = Vec::new();
         for t in 0..TASKS {
             let db = db.clone();
@@ -98,9 +96,7 @@ fn child(dir: &str, round: u64) {
                         }
                     };
                     res.expect("child write");
-                    let mut o = out.lock().expect("stdout");
-                    writeln!(o, "ACK {t} {i}").expect("write");
-                    o.flush().expect("flush");
+                    out.ack(t, i);
                 }
             }));
         }
@@ -110,27 +106,10 @@ fn child(dir: &str, round: u64) {
     });
 }
 
-/// The store's contents under `prefix`.
-async fn contents(db: &Db, prefix: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for k in db.keys_with_prefix(prefix.as_bytes()) {
-        let v = db
-            .get(&k)
-            .await
-            .expect("get")
-            .expect("listed key has a value");
-        m.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
-    }
-    m
-}
-
 #[test]
 fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
-    if let (Ok(dir), Ok(round)) = (
-        std::env::var("RINGCASK_CRASH_CHILD_DIR"),
-        std::env::var("RINGCASK_CRASH_ROUND"),
-    ) {
-        child(&dir, round.parse().expect("round"));
+    if let Some((dir, round)) = crash::child_role(NAME) {
+        child(&dir, round);
         return;
     }
     let rounds: u64 = common::env_or("RINGCASK_CRASH_ROUNDS", 12);
@@ -139,15 +118,15 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
     let mut rng = Rng::new(0xC0FFEE);
     let mut total_acks = 0u64;
     for round in 0..rounds {
-        let acked = common::kill_child_after(
-            "sigkill_during_durable_writes_loses_nothing_acknowledged",
-            &[
-                ("RINGCASK_CRASH_CHILD_DIR", tmp.path().display().to_string()),
-                ("RINGCASK_CRASH_ROUND", round.to_string()),
-            ],
+        let killed = crash::kill_child(
+            TEST,
+            NAME,
+            tmp.path(),
+            round,
             TASKS as usize,
             20 + rng.below(300),
         );
+        let acked = killed.acked;
         total_acks += acked.iter().sum::<u64>();
         common::run(async {
             let db = Db::open(tmp.path(), opts())
@@ -162,7 +141,7 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 assert_eq!(
-                    contents(&db, &prefix).await,
+                    contents_under(&db, &prefix).await,
                     want,
                     "round {old} changed after round {round}"
                 );
@@ -170,14 +149,10 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
             // This round: every acknowledged op applied; the one in flight per task may be.
             for t in 0..TASKS {
                 let n = acked[t as usize];
-                let mut without = BTreeMap::new();
-                for i in 0..n {
-                    apply(&mut without, &step(round, t, i));
-                }
-                let mut with = without.clone();
-                apply(&mut with, &step(round, t, n));
+                let (without, with) =
+                    crash::acked_states(&BTreeMap::new(), n, |m, i| apply(m, &step(round, t, i)));
                 let prefix = format!("r{round}-t{t}-");
-                let got = contents(&db, &prefix).await;
+                let got = contents_under(&db, &prefix).await;
                 assert!(
                     got == without || got == with,
                     "round {round} task {t}: {n} acked ops; store does not match the model"

@@ -13,12 +13,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{run, Rng};
+use common::crash::{self, Reporter};
+use common::{contents, contents_under, copy_dir, run, Rng};
 use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
 
 fn opts() -> Options {
@@ -29,28 +28,6 @@ fn opts() -> Options {
         .preallocate_bytes(0)
         .auto_merge(false)
         .merge_bytes_per_sec(0)
-}
-
-async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for k in db.keys() {
-        let v = db
-            .get(&k)
-            .await
-            .expect("get")
-            .expect("listed key has a value");
-        m.insert(k.to_vec(), v.to_vec());
-    }
-    m
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        if e.file_name() != "LOCK" {
-            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-        }
-    }
 }
 
 /// A store with live values, overwrites, deletes (tombstones a full merge drops), expired
@@ -167,23 +144,23 @@ fn a_crash_at_every_io_of_a_merge_opens_to_the_same_state() {
 // ---- SIGKILL during merges -----------------------------------------------------------------
 
 const TASKS: u64 = 4;
+const NAME: &str = "merge";
+const TEST: &str = "sigkill_during_merges_loses_nothing_acknowledged";
 
 fn child(dir: &str, round: u64) {
     let rt = common::multi_thread_rt(2);
     rt.block_on(async {
         let o = opts().sync(SyncPolicy::Always).max_file_bytes(16 * 1024);
         let db = Db::open(dir, o).await.expect("child open");
-        let out = Arc::new(Mutex::new(std::io::stdout()));
-        {
-            let mut o = out.lock().expect("stdout");
-            writeln!(o, "READY").expect("write");
-            o.flush().expect("flush");
-        }
+        let out = Reporter::default();
+        out.ready();
         let merger = {
-            let db = db.clone();
+            let (db, out) = (db.clone(), out.clone());
             tokio::spawn(async move {
                 loop {
+                    out.mark("merge-start");
                     db.merge().await.expect("child merge");
+                    out.mark("merge-end");
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
@@ -199,9 +176,7 @@ fn child(dir: &str, round: u64) {
                         Some(v) => db.put(k, v).await.expect("put"),
                         None => db.delete(k).await.expect("delete"),
                     }
-                    let mut o = out.lock().expect("stdout");
-                    writeln!(o, "ACK {t} {i}").expect("write");
-                    o.flush().expect("flush");
+                    out.ack(t, i);
                 }
             }));
         }
@@ -230,56 +205,44 @@ fn step(round: u64, task: u64, i: u64) -> (String, Option<Vec<u8>>) {
     }
 }
 
+fn apply(model: &mut BTreeMap<String, Vec<u8>>, (k, v): (String, Option<Vec<u8>>)) {
+    match v {
+        Some(v) => model.insert(k, v),
+        None => model.remove(&k),
+    };
+}
+
 #[test]
 fn sigkill_during_merges_loses_nothing_acknowledged() {
-    if let (Ok(dir), Ok(round)) = (
-        std::env::var("RINGCASK_MERGE_CHILD_DIR"),
-        std::env::var("RINGCASK_MERGE_ROUND"),
-    ) {
-        child(&dir, round.parse().expect("round"));
+    if let Some((dir, round)) = crash::child_role(NAME) {
+        child(&dir, round);
         return;
     }
     let kills: u64 = common::env_or("RINGCASK_MERGE_KILLS", 10);
     let tmp = tempfile::tempdir().expect("tmp");
     let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut rng = Rng::new(5);
-    let mut merges_seen = 0;
+    let (mut merges_finished, mut kills_in_merge) = (0, 0);
     for round in 0..kills {
-        let acked = common::kill_child_after(
-            "sigkill_during_merges_loses_nothing_acknowledged",
-            &[
-                ("RINGCASK_MERGE_CHILD_DIR", tmp.path().display().to_string()),
-                ("RINGCASK_MERGE_ROUND", round.to_string()),
-            ],
+        let killed = crash::kill_child(
+            TEST,
+            NAME,
+            tmp.path(),
+            round,
             TASKS as usize,
             50 + rng.below(400),
         );
+        kills_in_merge += u64::from(killed.last_mark.as_deref() == Some("merge-start"));
         run(async {
             let db = Db::open(tmp.path(), opts())
                 .await
                 .expect("reopen after kill");
-            merges_seen += u64::from(db.stats().recovery.merge_finished);
-            let mut got: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            for k in db.keys() {
-                let v = db.get(&k).await.expect("get").expect("value");
-                got.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
-            }
+            merges_finished += u64::from(db.stats().recovery.merge_finished);
+            let got = contents_under(&db, "").await;
             for t in 0..TASKS {
-                let n = acked[t as usize];
-                let mut without = BTreeMap::new();
-                for i in 0..n {
-                    let (k, v) = step(round, t, i);
-                    match v {
-                        Some(v) => without.insert(k, v),
-                        None => without.remove(&k),
-                    };
-                }
-                let mut with = without.clone();
-                let (k, v) = step(round, t, n);
-                match v {
-                    Some(v) => with.insert(k, v),
-                    None => with.remove(&k),
-                };
+                let n = killed.acked[t as usize];
+                let (without, with) =
+                    crash::acked_states(&BTreeMap::new(), n, |m, i| apply(m, step(round, t, i)));
                 let prefix = format!("r{round}-t{t}-");
                 let mine: BTreeMap<_, _> = got
                     .iter()
@@ -292,18 +255,27 @@ fn sigkill_during_merges_loses_nothing_acknowledged() {
                 );
                 expected.extend(mine);
             }
+            let this_round = format!("r{round}-");
             let old: BTreeMap<_, _> = got
                 .into_iter()
-                .filter(|(k, _)| !k.starts_with(&format!("r{round}-")))
+                .filter(|(k, _)| !k.starts_with(&this_round))
                 .collect();
             let want_old: BTreeMap<_, _> = expected
                 .iter()
-                .filter(|(k, _)| !k.starts_with(&format!("r{round}-")))
+                .filter(|(k, _)| !k.starts_with(&this_round))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             assert_eq!(old, want_old, "earlier rounds changed after kill {round}");
             db.close().await.expect("close");
         });
     }
-    eprintln!("{kills} kills, {merges_seen} interrupted merges finished at open");
+    eprintln!(
+        "{kills} kills, {kills_in_merge} inside a merge, {merges_finished} interrupted merges \
+         finished at open"
+    );
+    // The test is about kills during merges: most of them must land inside one.
+    assert!(
+        kills_in_merge * 3 >= kills,
+        "only {kills_in_merge} of {kills} kills landed inside a merge"
+    );
 }

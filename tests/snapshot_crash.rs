@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
-use common::Rng;
+use common::crash::{self, Reporter};
+use common::{contents_under, Rng};
 use ringcask::{Db, Options, SyncPolicy};
 
 /// Writes between a close and the next open in the child.
@@ -49,12 +49,14 @@ fn opts() -> Options {
         .merge_trigger_bytes(64 * 1024)
 }
 
+const NAME: &str = "snapshot";
+const TEST: &str = "sigkill_around_snapshot_save_and_load_loses_nothing";
+
 fn child(dir: &str, round: u64) {
     let rt = common::multi_thread_rt(2);
     rt.block_on(async {
-        let mut out = std::io::stdout();
-        writeln!(out, "READY").expect("write");
-        out.flush().expect("flush");
+        let out = Reporter::default();
+        out.ready();
         let mut i = 0u64;
         loop {
             let db = Db::open(dir, opts()).await.expect("child open");
@@ -64,8 +66,7 @@ fn child(dir: &str, round: u64) {
                     (k, None) => db.delete(k).await,
                 };
                 res.expect("child write");
-                writeln!(out, "ACK 0 {i}").expect("write");
-                out.flush().expect("flush");
+                out.ack(0, i);
                 i += 1;
             }
             db.close().await.expect("child close");
@@ -73,22 +74,10 @@ fn child(dir: &str, round: u64) {
     });
 }
 
-async fn contents(db: &Db) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for k in db.keys() {
-        let v = db.get(&k).await.expect("get").expect("listed key");
-        m.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
-    }
-    m
-}
-
 #[test]
 fn sigkill_around_snapshot_save_and_load_loses_nothing() {
-    if let (Ok(dir), Ok(round)) = (
-        std::env::var("RINGCASK_SNAPSHOT_CHILD_DIR"),
-        std::env::var("RINGCASK_SNAPSHOT_ROUND"),
-    ) {
-        child(&dir, round.parse().expect("round"));
+    if let Some((dir, round)) = crash::child_role(NAME) {
+        child(&dir, round);
         return;
     }
     let rounds: u64 = common::env_or("RINGCASK_SNAPSHOT_KILLS", 12);
@@ -97,31 +86,16 @@ fn sigkill_around_snapshot_save_and_load_loses_nothing() {
     let mut rng = Rng::new(0x5A9_5407);
     let (mut total_acks, mut from_snapshot) = (0u64, 0u32);
     for round in 0..rounds {
-        let acked = common::kill_child_after(
-            "sigkill_around_snapshot_save_and_load_loses_nothing",
-            &[
-                (
-                    "RINGCASK_SNAPSHOT_CHILD_DIR",
-                    tmp.path().display().to_string(),
-                ),
-                ("RINGCASK_SNAPSHOT_ROUND", round.to_string()),
-            ],
-            1,
-            50 + rng.below(600),
-        )[0];
+        let acked =
+            crash::kill_child(TEST, NAME, tmp.path(), round, 1, 50 + rng.below(600)).acked[0];
         total_acks += acked;
-        let mut without = expected.clone();
-        for i in 0..acked {
-            apply(&mut without, op(round, i));
-        }
-        let mut with = without.clone();
-        apply(&mut with, op(round, acked));
+        let (without, with) = crash::acked_states(&expected, acked, |m, i| apply(m, op(round, i)));
         common::run(async {
             let db = Db::open(tmp.path(), opts())
                 .await
                 .expect("reopen after kill");
             from_snapshot += u32::from(db.stats().recovery.from_snapshot);
-            let got = contents(&db).await;
+            let got = contents_under(&db, "").await;
             assert!(
                 got == without || got == with,
                 "round {round}: {acked} acked ops; the store does not match the model \
@@ -138,7 +112,7 @@ fn sigkill_around_snapshot_save_and_load_loses_nothing() {
         let db = Db::open(tmp.path(), opts()).await.expect("final open");
         let r = db.stats().recovery;
         assert!(r.from_snapshot, "{r:?}");
-        assert_eq!(contents(&db).await, expected);
+        assert_eq!(contents_under(&db, "").await, expected);
         db.close().await.expect("close");
     });
     assert!(

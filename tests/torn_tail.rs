@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{data_files, run, Rng};
+use common::{copy_dir, data_files, run, Rng};
 use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 fn opts() -> Options {
@@ -19,13 +17,6 @@ fn opts() -> Options {
 /// Op `i` writes either key `p{i}` or the batch `b{i}-0..2`.
 fn is_batch(i: u32) -> bool {
     i % 4 == 3
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-    }
 }
 
 /// How many leading ops are fully present; panics if the present ops are not a prefix or a

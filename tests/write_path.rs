@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{data_files, env_or, run, small_opts, Rng};
+use common::{contents, data_files, env_or, run, small_opts, wait_for_syncs, Rng};
 use ringcask::{Db, Error, FaultInjector, SyncPolicy, WriteBatch};
 
 /// Under `SyncPolicy::Always` a put is acknowledged only after an `fdatasync` covering it: if
@@ -61,11 +61,11 @@ fn interval_sync_runs_without_further_calls() {
                 .inline_writes(inline);
             let db = Db::open(tmp.path(), opts).await.expect("open");
             db.put("a", "1").await.expect("put");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            wait_for_syncs(&db, 1).await;
             let before = db.stats().syncs;
             assert!(before >= 1, "inline={inline}: no interval sync ran");
             db.put("b", "2").await.expect("put");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            wait_for_syncs(&db, before + 1).await;
             let after = db.stats().syncs;
             assert!(
                 after > before,
@@ -241,24 +241,8 @@ fn space_accounting_is_the_same_after_reopen() {
     }
 }
 
-/// Every key and value of `db`, sorted.
-async fn contents(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut keys = db.keys();
-    keys.sort();
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        let v = db
-            .get(&k)
-            .await
-            .expect("get")
-            .expect("listed key has a value");
-        out.push((k.to_vec(), v.to_vec()));
-    }
-    out
-}
-
 /// What a reopen saw: contents, per-file accounting, key count.
-type Seen = (Vec<(Vec<u8>, Vec<u8>)>, Vec<(u32, u64, u64)>, usize);
+type Seen = (BTreeMap<Vec<u8>, Vec<u8>>, Vec<(u32, u64, u64)>, usize);
 
 /// A hint file large enough to be split between recovery threads loads the same keys, values
 /// and space accounting as one thread reading it whole, and as a scan of its datafile.
@@ -434,16 +418,6 @@ fn writeback_opts() -> ringcask::Options {
         .sync(SyncPolicy::Never)
         .max_file_bytes(1 << 30)
         .auto_merge(false)
-}
-
-/// Waits up to 5 s for the store to count `n` syncs (writebacks run in the background).
-async fn wait_for_syncs(db: &Db, n: u64) {
-    for _ in 0..100 {
-        if db.stats().syncs >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Under `SyncPolicy::Never`, every 16 MiB appended asks the writer for a background

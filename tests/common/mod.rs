@@ -3,7 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use ringcask::{Db, IoBackend, Options, SyncPolicy};
+
+pub mod crash;
 
 /// A small deterministic PRNG (xorshift64*), so failures replay from their seed.
 #[derive(Debug, Clone)]
@@ -108,60 +112,73 @@ fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Re-runs this test binary as a child running only `test` with `envs` set, waits until it
-/// prints `READY`, lets it run `delay_ms`, kills it with SIGKILL, and returns how many operations
-/// each of its `tasks` tasks acknowledged (lines `ACK <task> <op>`, in order per task).
-pub fn kill_child_after(
-    test: &str,
-    envs: &[(&str, String)],
-    tasks: usize,
-    delay_ms: u64,
-) -> Vec<u64> {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    use std::time::Duration;
-
-    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
-    for (k, v) in envs {
-        cmd.env(k, v);
+/// Every key of `db` with its value. A listed key must have a value.
+pub async fn contents(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for k in db.keys() {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("a listed key has a value");
+        m.insert(k.to_vec(), v.to_vec());
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut acked = vec![0u64; tasks];
-        let mut ready = Some(ready_tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // The test harness prints "test <name> ... " without a newline before it.
-            if line.ends_with("READY") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
-            } else if let Some(rest) = line.strip_prefix("ACK ") {
-                let mut it = rest.split(' ');
-                let (Some(Ok(t)), Some(Ok(i))) = (
-                    it.next().map(str::parse::<usize>),
-                    it.next().map(str::parse::<u64>),
-                ) else {
-                    continue; // a line cut by the kill
-                };
-                assert_eq!(acked[t], i, "acks of one task arrive in order");
-                acked[t] = i + 1;
-            }
+    m
+}
+
+/// Like [`contents`], for stores with TTLs: a key that expires between the listing and its
+/// read is left out.
+pub async fn contents_lenient(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for k in db.keys() {
+        if let Some(v) = db.get(&k).await.expect("get") {
+            m.insert(k.to_vec(), v.to_vec());
         }
-        acked
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("child never became ready");
-    std::thread::sleep(Duration::from_millis(delay_ms));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader thread")
+    }
+    m
+}
+
+/// The keys of `db` under `prefix` (UTF-8) with their values.
+pub async fn contents_under(db: &Db, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for k in db.keys_with_prefix(prefix.as_bytes()) {
+        let v = db
+            .get(&k)
+            .await
+            .expect("get")
+            .expect("a listed key has a value");
+        m.insert(String::from_utf8(k.to_vec()).expect("utf8"), v.to_vec());
+    }
+    m
+}
+
+/// Copies the files of store directory `from` into `to`, except the lock file.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Waits (async) until `db` has made at least `n` syncs; returns early when it has, and leaves
+/// the caller's assertion to fail if it never does within 5 s.
+pub async fn wait_for_syncs(db: &Db, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while db.stats().syncs < n && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Calls `done` every few milliseconds until it returns true; panics after `timeout`.
+pub fn poll_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

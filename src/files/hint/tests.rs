@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_rng::TestRng;
 
 #[test]
 fn finished_hint_loads() {
@@ -112,11 +113,9 @@ fn chunked_load_sees_every_record_whatever_the_chunk() {
 #[test]
 fn chunked_load_rejects_damage_and_applies_nothing() {
     let (file, _) = sample(80);
-    let mut r = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = TestRng::new(0x2545_f491_4f6c_dd1d);
     for round in 0..300 {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
+        let r = rng.next();
         let chunk = [1, 5, 53, 200, 1 << 20][round % 5];
         let mut bad = file.clone();
         if round % 3 == 0 {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_rng::TestRng;
 use crate::{Db, SyncPolicy};
 use std::collections::BTreeMap as Map;
 use std::path::PathBuf;
@@ -121,11 +122,9 @@ fn snapshot_loads_like_the_hint_files() {
     assert_eq!(d.keydir.len(), want.len());
     // Damage with the checksums recomputed reaches the checks behind them: each
     // snapshot is refused or decodes to a keydir in which every key is found.
-    let (mut refused, mut rng) = (0, 0x9E37_79B9_7F4A_7C15u64);
+    let (mut refused, mut gen) = (0, TestRng::new(0x9E37_79B9_7F4A_7C15));
     for _ in 0..300 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        let rng = gen.next();
         let mut bad = saved.clone();
         let at = rng as usize % bad.len();
         bad[at] ^= 1 << (rng >> 60 & 7);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_rng::TestRng;
 use std::collections::HashMap;
 
 fn hash(k: &[u8]) -> u64 {
@@ -48,13 +49,8 @@ fn check(t: &Table, model: &HashMap<Vec<u8>, Entry>) {
 fn behaves_like_a_map() {
     let mut t = Table::default();
     let mut model: HashMap<Vec<u8>, Entry> = HashMap::new();
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
-        r
-    };
+    let mut rng = TestRng::new(0x9E37_79B9_7F4A_7C15);
+    let mut next = || rng.next();
     for step in 0..60_000u64 {
         let x = next();
         let id = x % 3000;
@@ -232,13 +228,8 @@ fn damaged_snapshot_bodies_are_refused_or_consistent() {
         del(&mut t, &k);
     }
     let good = snapshot_of(&t);
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = TestRng::new(0x2545_F491_4F6C_DD1D);
+    let mut next = || rng.next();
     let (mut refused, mut loaded) = (0, 0);
     for round in 0..4000 {
         let mut bad = good.clone();
