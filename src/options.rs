@@ -268,7 +268,7 @@ impl Options {
 
     /// Size of an in-process cache of recently read values, in bytes (default 0: none, values
     /// are left to the OS page cache as in a classic Bitcask). A hit returns the value without
-    /// a system call; each cached value is charged its length plus 64 bytes. The cache needs
+    /// a system call; each cached value is charged its length plus 112 bytes. The cache needs
     /// no invalidation (records never change in place) and uses an S3-FIFO policy, so a scan
     /// over cold keys does not evict the hot ones.
     pub fn value_cache_bytes(mut self, bytes: u64) -> Self {

@@ -1,8 +1,8 @@
 //! loom models of ringcask's keydir protocol: writer put vs merge repoint vs delete vs
 //! recovery loads, over every interleaving loom explores.
 //!
-//! The engine's `DashMap` applies each compare-and-swap rule under a shard lock; this model
-//! applies the *same* rules (the engine's `src/keydir/cas.rs`, included below) under a loom
+//! The engine's keydir (a sharded table, `src/keydir/`) applies each compare-and-swap rule under
+//! a shard lock; this model applies the *same* rules (the engine's `src/keydir/cas.rs`, included below) under a loom
 //! mutex, one lock per operation, with the same copy-out-then-act shape as the engine.
 //!
 //! ```text

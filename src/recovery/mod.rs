@@ -1,7 +1,11 @@
-//! Open-time recovery: rebuild the keydir from hint files and datafile scans.
+//! Open-time recovery: rebuild the keydir from the keydir snapshot, hint files and datafile
+//! scans.
 //!
-//! 1. (The caller holds the directory lock.) Remove leftover temporary files and hint files
-//!    without a datafile.
+//! 0. (The caller holds the directory lock.) A keydir snapshot left by a clean close is taken
+//!    (unlinked) and, when it describes the directory as it is, loaded instead of everything
+//!    below ([`crate::files::snapshot`]).
+//! 1. A merge whose manifest was committed is finished ([`crate::files::manifest`]). Leftover
+//!    temporary files and hint files without a datafile are removed.
 //! 2. Load every datafile, in parallel: from its hint file when that is present and valid,
 //!    else by scanning. Every record goes through the keydir's compare-and-swap by seq;
 //!    tombstones and expired records enter as markers so that they still beat older records
