@@ -254,6 +254,71 @@ fn torn_creation_of_the_last_file_is_removed() {
     }
 }
 
+/// A power cut while a new datafile's header is being written can leave any mix of its bytes
+/// (some sectors written, others not) followed by preallocated zeros. Nothing in that file was
+/// ever synced, so it holds no acknowledged write: open drops it and reports it.
+#[test]
+fn torn_header_of_a_new_datafile_is_dropped() {
+    // A valid header for the next id, taken from the first datafile's with its id patched.
+    let valid = |dir: &Path, id: u32| -> Vec<u8> {
+        let mut h = std::fs::read(&data_files(dir)[0]).expect("read")[..20].to_vec();
+        h[12..16].copy_from_slice(&id.to_le_bytes());
+        let crc = crc32fast::hash(&h[..16]) ^ 0xA282_EAD8;
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    };
+    type Tear = fn(&mut Vec<u8>);
+    let tears: [(&str, Tear, usize); 6] = [
+        ("first 10 bytes zero", |h| h[..10].fill(0), 0),
+        ("last 10 bytes zero", |h| h[10..].fill(0), 0),
+        ("version zeroed", |h| h[8..12].fill(0), 0),
+        (
+            "magic half zero, preallocated tail",
+            |h| h[4..8].fill(0),
+            8192,
+        ),
+        ("crc zeroed, preallocated tail", |h| h[16..].fill(0), 4096),
+        (
+            "odd bytes zero",
+            |h| h.iter_mut().step_by(2).for_each(|b| *b = 0),
+            100,
+        ),
+    ];
+    for (what, tear, zeros) in tears {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let n = make_store(tmp.path());
+        let id = n as u32 + 1;
+        let mut h = valid(tmp.path(), id);
+        tear(&mut h);
+        h.resize(20 + zeros, 0);
+        let next = tmp.path().join(format!("{id:010}.data"));
+        std::fs::write(&next, &h).expect("write");
+        run(async {
+            let db = Db::open(tmp.path(), small_opts())
+                .await
+                .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+            assert_eq!(db.stats().recovery.empty_files_removed, 1, "{what}");
+            assert_eq!(db.len(), 600, "{what}");
+            db.close().await.expect("close");
+        });
+        assert!(!next.exists(), "{what}: the torn file is still there");
+    }
+    // The same torn header followed by anything but zeros may be data: refused and kept.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let n = make_store(tmp.path());
+    let id = n as u32 + 1;
+    let mut h = valid(tmp.path(), id);
+    h[..10].fill(0);
+    h.extend_from_slice(&[7u8; 64]);
+    let next = tmp.path().join(format!("{id:010}.data"));
+    std::fs::write(&next, &h).expect("write");
+    assert!(matches!(
+        open_err(tmp.path()),
+        Error::Corrupt { offset: 0, .. }
+    ));
+    assert!(next.exists(), "possible data must not be deleted");
+}
+
 #[test]
 fn foreign_bytes_in_the_last_file_are_an_error_not_deleted() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -100,6 +100,12 @@ impl<'f> Window<'f> {
 }
 
 /// Reads and checks the header of datafile `id`.
+///
+/// A header that does not decode is reported as *torn* — a creation cut short, which the
+/// caller may drop if this is the last file — when the file is shorter than a header, or when
+/// only zero bytes follow the header's 20 bytes and the header is not that of another format
+/// version. A power cut can leave any mix of a never-synced header's bytes on disk, but no
+/// record can follow it: a datafile's header is synced before anything is appended.
 pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), ScanError> {
     let mut hdr = vec![0u8; FILE_HEADER_LEN.min(file_len as usize)];
     file.read_exact_at(&mut hdr, 0)?;
@@ -110,7 +116,11 @@ pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), Sc
             torn: false,
         }),
         Err(err) => {
-            let torn = hdr.len() < FILE_HEADER_LEN || hdr.iter().all(|&b| b == 0);
+            // A torn version field reads as 0 (this version is 1, nothing else was written).
+            let foreign = matches!(err, DecodeError::UnsupportedVersion(v) if v != 0);
+            let torn = hdr.len() < FILE_HEADER_LEN
+                || (!foreign
+                    && zero_from(&mut Window::new(file, file_len), FILE_HEADER_LEN as u64)?);
             Err(ScanError::Header { err, torn })
         }
     }
