@@ -67,3 +67,16 @@ fn hint_file_regressions() {
         fuzzing::hint_file_input(&data);
     }
 }
+
+#[test]
+fn keydir_snapshot_regressions() {
+    let all = inputs("keydir_snapshot");
+    assert!(
+        !all.is_empty(),
+        "the keydir_snapshot target has a recorded regression"
+    );
+    for data in all {
+        // Each recorded input is a damaged snapshot: it must be refused, not decoded or panic.
+        assert!(!fuzzing::keydir_snapshot(&data));
+    }
+}

@@ -401,7 +401,7 @@ pub(crate) fn decode(
 /// A shard's table and tally, or why it failed.
 type ShardResult = std::result::Result<(ShardTable, ShardTally), Unused>;
 
-/// Loads every shard on `workers` threads. A worker that panicked leaves its shards `None`.
+/// Loads every shard on `workers` threads.
 fn load_shards(src: &dyn Source, head: &Header, workers: usize) -> Vec<Option<ShardResult>> {
     let workers = workers.clamp(1, SHARDS);
     let mut parts: Vec<Option<ShardResult>> = (0..SHARDS).map(|_| None).collect();
@@ -416,7 +416,9 @@ fn load_shards(src: &dyn Source, head: &Header, workers: usize) -> Vec<Option<Sh
                 })
             })
             .collect();
-        for done in handles.into_iter().filter_map(|h| h.join().ok()) {
+        for h in handles {
+            // A panic is a bug, never a validation result: pass it on.
+            let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             for (i, r) in done {
                 parts[i] = Some(r);
             }

@@ -498,7 +498,10 @@ fn read_long_keys(long: &[u8], long_n: u64) -> Result<Vec<Box<[u8]>>, SnapshotFa
     let mut keys = Vec::with_capacity(long_n as usize);
     let mut at = 0usize;
     while at < long.len() {
-        let len = rd32(long, at) as usize;
+        let len = long
+            .get(at..at + 4)
+            .map(|b| rd32(b, 0) as usize)
+            .ok_or(Invalid("stray bytes after the long keys"))?;
         let key = long
             .get(at + 4..)
             .and_then(|r| r.get(..len))

@@ -318,3 +318,28 @@ fn damaged_snapshot_bodies_are_refused_or_consistent() {
         "a key moved to an unrelated empty slot must be refused"
     );
 }
+
+/// A body that agrees with its header but has 1-3 stray bytes after its long keys (too few
+/// for another key's length) is refused, not a panic (found by review of the decoder).
+#[test]
+fn stray_bytes_after_the_long_keys_are_refused() {
+    let mut t = Table::default();
+    for i in 0..50u64 {
+        put(
+            &mut t,
+            format!("a key longer than sixteen {i}").as_bytes(),
+            e(i + 1),
+        );
+    }
+    let good = snapshot_of(&t);
+    for stray in 1..=3u64 {
+        let mut bad = good.clone();
+        let long_bytes = rd64(&bad, 32) + stray;
+        bad[32..40].copy_from_slice(&long_bytes.to_le_bytes());
+        bad.extend(std::iter::repeat_n(7u8, stray as usize));
+        assert!(
+            matches!(load(&bad), Err(SnapshotFault::Invalid(_))),
+            "{stray} stray bytes"
+        );
+    }
+}
