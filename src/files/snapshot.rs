@@ -1,24 +1,15 @@
+#![deny(clippy::indexing_slicing)]
 //! Keydir snapshot: the whole keydir, saved by a clean close and loaded by the next open
 //! instead of the hint files.
 //!
 //! Why: loading hint files costs one hash-table insert per record, a cache miss or two each in
 //! a table far larger than the CPU caches, and a scan costs the same inserts plus reading the
-//! values. The snapshot is the shard tables themselves (control bytes, packed slots, long
-//! keys), so loading it is sequential reads plus a check of every slot, with no insert.
+//! values. The snapshot holds each shard's entries together, so loading it is one sequential
+//! read per shard and inserts into a presized table that fits the CPU caches far better.
 //!
-//! Layout (little-endian):
-//!
-//! ```text
-//! header: magic "RCKEYDIR" | version u32 | shards u32 | slot bytes u32 | hash seed u64
-//!         | next seq u64 | file count u32 | hash of a fixed string under the seed u64 (a
-//!           build whose hash function differs refuses the snapshot up front)
-//!         | files: (id u32 | length u64 | min seq u64 | ctime ns u64) * file count,
-//!           ids ascending
-//!         | index: (offset u64 | length u64 | crc32 u32) * shards
-//!         | crc32 u32 of every header byte before it
-//! body:   one per shard at its index offset, see `Table::write_snapshot`; its crc32 is in
-//!         the index
-//! ```
+//! The byte layout is in [`crate::format::snapshot`] (and DESIGN.md §3): a header listing
+//! every datafile and a shard index, then each shard's live entries (key, seq, expiry,
+//! location), ~37 bytes for a 16-byte key.
 //!
 //! Rules:
 //! - Only [`crate::Db::close`] writes one: after the merge thread has stopped and the writer has
@@ -40,14 +31,18 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::clock::now_ms;
+use crate::format::snapshot::{
+    decode_snapshot_entry, encode_snapshot_entry, encode_snapshot_header, snapshot_crc,
+    snapshot_header_len, Listed, ShardIndex, SnapshotEntry, SnapshotFixed, SnapshotHeader,
+};
 use crate::format::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
-use crate::keydir::{Entry, KeyDir, ShardTable, SnapshotFault, SHARDS};
+use crate::keydir::{Entry, KeyDir, ShardTable, SHARDS};
 use crate::layout::{self, temp_path, DirEntry, SNAPSHOT_NAME};
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{Options, Result};
@@ -58,28 +53,8 @@ mod header;
 pub(crate) use header::fix_checksums;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use header::InMemory;
-use header::{encode_header, header_len, invalid, Listed, Source};
+use header::{invalid, Source};
 pub(crate) use header::{read_header, Header, Unused};
-
-/// A `Write` that counts bytes and checksums them.
-struct Summing<W> {
-    inner: W,
-    bytes: u64,
-    crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Write for Summing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// Saves `keydir` as the snapshot of the store in `dir`, whose datafiles are `usage`'s and the
 /// next seq is `next_seq`. Returns `false` (and writes nothing) when the directory does not
@@ -100,17 +75,20 @@ pub(crate) fn save(
     let path = dir.join(SNAPSHOT_NAME);
     let tmp = temp_path(&path);
     let file = File::create(&tmp)?;
-    let head_len = header_len(files.len());
-    let mut w = Summing {
-        inner: BufWriter::with_capacity(1 << 20, &file),
-        bytes: 0,
-        crc: crc32fast::Hasher::new(),
+    let head_len = snapshot_header_len(files.len(), SHARDS);
+    let index = write_bodies(&file, head_len as u64, keydir)?;
+    let fixed = SnapshotFixed {
+        shards: SHARDS as u32,
+        seed: keydir.seed(),
+        probe: KeyDir::hash_probe(keydir.seed()),
+        next_seq,
+        files: files.len() as u32,
     };
-    w.write_all(&vec![0u8; head_len])?;
-    let index = write_bodies(&mut w, keydir)?;
-    w.flush()?;
-    drop(w);
-    let h = encode_header(keydir.seed(), next_seq, &files, &index);
+    let h = encode_snapshot_header(&SnapshotHeader {
+        fixed,
+        files,
+        index,
+    });
     debug_assert_eq!(h.len(), head_len);
     file.write_all_at(&h, 0)?;
     drop(file);
@@ -148,20 +126,36 @@ fn listed_files(
     Ok(files)
 }
 
-/// Writes every shard's body after the header's room; returns the shard index.
-fn write_bodies<W: Write>(w: &mut Summing<W>, keydir: &KeyDir) -> io::Result<Vec<(u64, u64, u32)>> {
+/// Writes every shard's entries from offset `at` on (after the header's room); returns the
+/// shard index.
+fn write_bodies(file: &File, mut at: u64, keydir: &KeyDir) -> io::Result<Vec<ShardIndex>> {
     let mut index = Vec::with_capacity(SHARDS);
+    let mut body = Vec::new();
     for i in 0..SHARDS {
-        let start = w.bytes;
-        w.crc = crc32fast::Hasher::new();
-        let expect = keydir.write_shard_snapshot(i, w)?;
-        let len = w.bytes - start;
-        if len != expect {
-            return Err(io::Error::other(format!(
-                "keydir shard {i} wrote {len} snapshot bytes, expected {expect}"
-            )));
-        }
-        index.push((start, len, std::mem::take(&mut w.crc).finalize()));
+        body.clear();
+        let mut entries = 0u64;
+        keydir.for_each_in_shard(i, |key, e| {
+            encode_snapshot_entry(
+                &mut body,
+                &SnapshotEntry {
+                    key,
+                    seq: e.seq,
+                    expiry_ms: e.expiry_ms,
+                    file_id: e.file_id,
+                    offset: e.offset,
+                    len: e.len,
+                },
+            );
+            entries += 1;
+        });
+        file.write_all_at(&body, at)?;
+        index.push(ShardIndex {
+            offset: at,
+            len: body.len() as u64,
+            entries,
+            crc: snapshot_crc(&body),
+        });
+        at += body.len() as u64;
     }
     Ok(index)
 }
@@ -244,27 +238,14 @@ fn load_shard(
     head: &Header,
     i: usize,
 ) -> std::result::Result<(ShardTable, ShardTally), Unused> {
-    let (off, len, crc) = head.index[i];
-    let mut pos = off;
-    let mut sum = crc32fast::Hasher::new();
-    let mut read = |buf: &mut [u8]| -> io::Result<()> {
-        if pos + buf.len() as u64 > off + len {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        src.read_at(buf, pos)?;
-        sum.update(buf);
-        pos += buf.len() as u64;
-        Ok(())
-    };
-    let table = match KeyDir::read_shard_snapshot(head.seed, i, len, &mut read) {
-        Ok(t) => t,
-        Err(SnapshotFault::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(invalid(format!("shard {i}: body shorter than its tables")))
-        }
-        Err(SnapshotFault::Io(e)) => return Err(Unused::Io(e)),
-        Err(SnapshotFault::Invalid(why)) => return Err(invalid(format!("shard {i}: {why}"))),
-    };
-    if sum.finalize() != crc {
+    let ix = head
+        .index
+        .get(i)
+        .ok_or_else(|| invalid(format!("shard {i} is not indexed")))?;
+    // `read_header` bounded the body by the file's length.
+    let mut body = vec![0u8; ix.len as usize];
+    src.read_at(&mut body, ix.offset)?;
+    if snapshot_crc(&body) != ix.crc {
         return Err(invalid(format!("shard {i}: checksum mismatch")));
     }
     let n = head.files.len();
@@ -273,18 +254,30 @@ fn load_shard(
         min_seq: vec![u64::MAX; n],
         ..ShardTally::default()
     };
-    let mut bad = None;
-    table.for_each(|key, e| {
-        if bad.is_none() {
-            if let Err(why) = check_entry(&head.files, key, e, &mut t) {
-                bad = Some(why);
-            }
-        }
-    });
-    match bad {
-        Some(why) => Err(invalid(format!("shard {i}: {why}"))),
-        None => Ok((table, t)),
+    let mut builder = KeyDir::shard_builder(head.seed, i, ix.entries as usize);
+    let (mut rest, mut count) = (body.as_slice(), 0u64);
+    while !rest.is_empty() {
+        let (e, used) = decode_snapshot_entry(rest)
+            .map_err(|err| invalid(format!("shard {i}: entry {count}: {err}")))?;
+        let entry = Entry {
+            seq: e.seq,
+            expiry_ms: e.expiry_ms,
+            file_id: e.file_id,
+            offset: e.offset,
+            len: e.len,
+        };
+        check_entry(&head.files, e.key, &entry, &mut t)
+            .and_then(|()| builder.add(e.key, entry))
+            .map_err(|why| invalid(format!("shard {i}: {why}")))?;
+        rest = rest.get(used..).unwrap_or_default();
+        count += 1;
     }
+    if count != ix.entries {
+        return Err(invalid(format!(
+            "shard {i}: entry count does not match the index"
+        )));
+    }
+    Ok((builder.finish(), t))
 }
 
 /// Checks that `e` (for `key`) points inside a listed file, and tallies it.
@@ -297,15 +290,19 @@ fn check_entry(
     let at = files
         .binary_search_by_key(&e.file_id, |f| f.id)
         .map_err(|_| "entry in a file the snapshot does not list")?;
+    let (file, live, min_seq) = match (files.get(at), t.live.get_mut(at), t.min_seq.get_mut(at)) {
+        (Some(f), Some(l), Some(m)) => (f, l, m),
+        _ => return Err("entry in a file the snapshot does not list"),
+    };
     let end = u64::from(e.offset) + u64::from(e.len);
-    if u64::from(e.offset) < FILE_HEADER_LEN as u64 || end > files[at].len {
+    if u64::from(e.offset) < FILE_HEADER_LEN as u64 || end > file.len {
         return Err("entry outside its file");
     }
     if (e.len as usize) < RECORD_HEADER_LEN + key.len() {
         return Err("entry shorter than its key");
     }
-    t.live[at] += u64::from(e.len);
-    t.min_seq[at] = t.min_seq[at].min(e.seq);
+    *live += u64::from(e.len);
+    *min_seq = (*min_seq).min(e.seq);
     t.max_seq = t.max_seq.max(e.seq);
     t.ttl |= e.expiry_ms != 0;
     Ok(())
@@ -348,9 +345,11 @@ pub(crate) fn decode(
     let mut tables = Vec::with_capacity(SHARDS);
     for (i, p) in parts.into_iter().enumerate() {
         let (table, t) = p.ok_or_else(|| invalid(format!("shard {i} was not loaded")))??;
-        for f in 0..n {
-            live[f] += t.live[f];
-            min_seq[f] = min_seq[f].min(t.min_seq[f]);
+        for (sum, l) in live.iter_mut().zip(&t.live) {
+            *sum += l;
+        }
+        for (min, m) in min_seq.iter_mut().zip(&t.min_seq) {
+            *min = (*min).min(*m);
         }
         max_seq = max_seq.max(t.max_seq);
         ttl |= t.ttl;
@@ -359,11 +358,11 @@ pub(crate) fn decode(
     if head.next_seq <= max_seq {
         return Err(invalid("next seq not above every entry's"));
     }
-    for (f, l) in head.files.iter().enumerate() {
-        if min_seq[f] < l.min_seq {
+    for ((l, min), live) in head.files.iter().zip(&min_seq).zip(&live) {
+        if *min < l.min_seq {
             return Err(invalid("entry older than its file's first record"));
         }
-        if live[f] > l.len - FILE_HEADER_LEN as u64 {
+        if *live > l.len - FILE_HEADER_LEN as u64 {
             return Err(invalid("more live bytes than a file holds"));
         }
     }
@@ -372,7 +371,9 @@ pub(crate) fn decode(
     if ttl {
         for (id, len) in keydir.take_expired(now) {
             if let Ok(f) = head.files.binary_search_by_key(&id, |f| f.id) {
-                live[f] -= u64::from(len);
+                if let Some(l) = live.get_mut(f) {
+                    *l = l.saturating_sub(u64::from(len));
+                }
             }
         }
     }
@@ -420,7 +421,9 @@ fn load_shards(src: &dyn Source, head: &Header, workers: usize) -> Vec<Option<Sh
             // A panic is a bug, never a validation result: pass it on.
             let done = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             for (i, r) in done {
-                parts[i] = Some(r);
+                if let Some(p) = parts.get_mut(i) {
+                    *p = Some(r);
+                }
             }
         }
     });

@@ -543,3 +543,5 @@ pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) mod snapshot;

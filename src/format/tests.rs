@@ -195,3 +195,100 @@ fn hint_with_impossible_length_is_rejected() {
     );
     assert!(matches!(decode_hint(&b), Err(DecodeError::Invalid(_))));
 }
+
+#[test]
+fn snapshot_entries_round_trip_and_refuse_truncation() {
+    use super::snapshot::*;
+    let long = [b'L'; 128];
+    let max_short = [b's'; 127];
+    let cases = [
+        (&b"k"[..], 0u64),
+        (&b"sixteen-byte-key"[..], 0),
+        (&b"with-expiry"[..], 1_700_000_000_000),
+        (&max_short[..], 0),
+        (&long[..], 42),
+    ];
+    for (key, expiry_ms) in cases {
+        let e = SnapshotEntry {
+            key,
+            seq: 7,
+            expiry_ms,
+            file_id: 3,
+            offset: 20,
+            len: 29 + key.len() as u32,
+        };
+        let mut out = Vec::new();
+        encode_snapshot_entry(&mut out, &e);
+        assert_eq!(out.len(), snapshot_entry_len(&e));
+        assert_eq!(decode_snapshot_entry(&out).expect("decode"), (e, out.len()));
+        for cut in 0..out.len() {
+            assert!(decode_snapshot_entry(&out[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+    // A 16-byte key costs 37 bytes; an expiry 8 more; a long key 4 more.
+    let e = |key: &'static [u8], expiry_ms| SnapshotEntry {
+        key,
+        seq: 1,
+        expiry_ms,
+        file_id: 1,
+        offset: 20,
+        len: 60,
+    };
+    assert_eq!(snapshot_entry_len(&e(b"sixteen-byte-key", 0)), 37);
+    assert_eq!(snapshot_entry_len(&e(b"sixteen-byte-key", 5)), 45);
+    // A long key written as if short (length field 0 then a length under 128) is refused.
+    let mut bad = vec![0u8];
+    bad.extend_from_slice(&5u32.to_le_bytes());
+    bad.extend_from_slice(&[0u8; 40]);
+    assert!(decode_snapshot_entry(&bad).is_err());
+}
+
+#[test]
+fn snapshot_header_round_trip_and_damage() {
+    use super::snapshot::*;
+    let h = SnapshotHeader {
+        fixed: SnapshotFixed {
+            shards: 2,
+            seed: 9,
+            probe: 10,
+            next_seq: 11,
+            files: 1,
+        },
+        files: vec![Listed {
+            id: 1,
+            len: 100,
+            min_seq: 1,
+            ctime_ns: 5,
+        }],
+        index: vec![
+            ShardIndex {
+                offset: 200,
+                len: 0,
+                entries: 0,
+                crc: 1,
+            },
+            ShardIndex {
+                offset: 200,
+                len: 37,
+                entries: 1,
+                crc: 2,
+            },
+        ],
+    };
+    let b = encode_snapshot_header(&h);
+    assert_eq!(b.len(), snapshot_header_len(1, 2));
+    assert_eq!(decode_snapshot_header(&b).expect("decode"), h);
+    for i in 0..b.len() {
+        let mut bad = b.clone();
+        bad[i] ^= 0x10;
+        assert!(decode_snapshot_header(&bad).is_err(), "flip at {i}");
+    }
+    let zero = vec![0u8; b.len()];
+    assert!(decode_snapshot_header(&zero).is_err());
+    let mut v1 = b.clone();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        decode_snapshot_fixed(&v1),
+        Err(DecodeError::UnsupportedVersion(1))
+    ));
+}

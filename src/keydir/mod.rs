@@ -13,10 +13,9 @@ mod table;
 
 pub(crate) use cas::{Entry, Installed};
 use table::Table;
-pub(crate) use table::{SnapshotFault, SLOT};
 
 /// Seeded per store: a random seed when the keydir is built from the files, the stored seed
-/// when it is loaded from a keydir snapshot (whose slot positions depend on it).
+/// when it is loaded from a keydir snapshot (whose shard bodies are split by it).
 type Hasher = foldhash::fast::FixedState;
 
 /// Shards (a power of two): each is a [`Table`] behind its own lock, chosen by the top bits of
@@ -40,10 +39,33 @@ pub(crate) struct KeyDir {
 #[derive(Debug)]
 pub(crate) struct ShardTable(Table);
 
-impl ShardTable {
-    /// Calls `f` for every key and entry.
-    pub(crate) fn for_each(&self, f: impl FnMut(&[u8], &Entry)) {
-        self.0.for_each(f);
+/// Builds one shard's table from entries of a keydir snapshot, checking each.
+pub(crate) struct ShardBuilder {
+    table: Table,
+    hasher: Hasher,
+    shard: usize,
+}
+
+impl ShardBuilder {
+    /// Adds `key` with `entry`; refused when the key belongs to another shard or was already
+    /// added.
+    pub(crate) fn add(&mut self, key: &[u8], entry: Entry) -> Result<(), &'static str> {
+        let h = self.hasher.hash_one(key);
+        if (h >> SHARD_SHIFT) as usize != self.shard {
+            return Err("key in the wrong shard");
+        }
+        if self.table.find(key, h).is_some() {
+            return Err("key stored twice");
+        }
+        let hasher = &self.hasher;
+        self.table
+            .insert_new(key, h, &entry, &|k| hasher.hash_one(k));
+        Ok(())
+    }
+
+    /// The table built.
+    pub(crate) fn finish(self) -> ShardTable {
+        ShardTable(self.table)
     }
 }
 
@@ -89,36 +111,24 @@ impl KeyDir {
         self.seed
     }
 
-    /// Writes shard `i` as a snapshot body (see [`Table::write_snapshot`]), under its read
-    /// lock; returns the body's length.
-    pub(crate) fn write_shard_snapshot(
-        &self,
-        i: usize,
-        out: &mut impl std::io::Write,
-    ) -> std::io::Result<u64> {
-        let t = Self::read(&self.shards[i].0);
-        t.write_snapshot(out)?;
-        Ok(t.snapshot_len())
+    /// Calls `f` for every key and entry of shard `i`, under its read lock.
+    pub(crate) fn for_each_in_shard(&self, i: usize, f: impl FnMut(&[u8], &Entry)) {
+        if let Some(shard) = self.shards.get(i) {
+            Self::read(&shard.0).for_each(f);
+        }
     }
 
-    /// Loads shard `i` of a keydir with hash seed `seed` from a snapshot body of `body_len`
-    /// bytes read through `read` (see [`Table::read_snapshot`], which checks every slot).
-    pub(crate) fn read_shard_snapshot(
-        seed: u64,
-        i: usize,
-        body_len: u64,
-        read: &mut dyn FnMut(&mut [u8]) -> std::io::Result<()>,
-    ) -> Result<ShardTable, SnapshotFault> {
-        let hasher = Hasher::with_seed(seed);
-        let hash = |k: &[u8]| {
-            let h = hasher.hash_one(k);
-            ((h >> SHARD_SHIFT) as usize == i).then_some(h)
-        };
-        Table::read_snapshot(body_len, read, &hash).map(ShardTable)
+    /// A builder of shard `i` of a keydir with hash seed `seed`, for about `n` keys.
+    pub(crate) fn shard_builder(seed: u64, i: usize, n: usize) -> ShardBuilder {
+        ShardBuilder {
+            table: Table::with_capacity(n),
+            hasher: Hasher::with_seed(seed),
+            shard: i,
+        }
     }
 
-    /// A keydir made of the [`SHARDS`] tables loaded by [`KeyDir::read_shard_snapshot`] with
-    /// `seed`, in shard order; `None` if there are not exactly [`SHARDS`].
+    /// A keydir made of the [`SHARDS`] tables built by [`KeyDir::shard_builder`] with `seed`,
+    /// in shard order; `None` if there are not exactly [`SHARDS`].
     pub(crate) fn from_shard_tables(seed: u64, tables: Vec<ShardTable>) -> Option<KeyDir> {
         if tables.len() != SHARDS {
             return None;

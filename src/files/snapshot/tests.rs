@@ -1,3 +1,4 @@
+#![allow(clippy::indexing_slicing)]
 use super::*;
 use crate::test_rng::TestRng;
 use crate::{Db, SyncPolicy};
@@ -146,6 +147,43 @@ fn snapshot_loads_like_the_hint_files() {
 
 /// A snapshot that does not describe the directory, or is damaged, is deleted and the
 /// open loads the hint files; nothing is lost and nothing comes back.
+/// Re-encodes the snapshot `saved` after `edit` changed its shards' entries (each entry's
+/// bytes), with the index and every checksum made to agree.
+fn edit_bodies(saved: &[u8], edit: impl FnOnce(&mut Vec<Vec<Vec<u8>>>)) -> Vec<u8> {
+    use crate::format::snapshot::*;
+    let fixed = decode_snapshot_fixed(&saved[..SNAPSHOT_FIXED_LEN]).expect("fixed");
+    let head_len = snapshot_header_len(fixed.files as usize, fixed.shards as usize);
+    let mut head = decode_snapshot_header(&saved[..head_len]).expect("header");
+    let mut bodies: Vec<Vec<Vec<u8>>> = head
+        .index
+        .iter()
+        .map(|ix| {
+            let mut body = &saved[ix.offset as usize..(ix.offset + ix.len) as usize];
+            let mut entries = Vec::new();
+            while !body.is_empty() {
+                let (_, used) = decode_snapshot_entry(body).expect("entry");
+                entries.push(body[..used].to_vec());
+                body = &body[used..];
+            }
+            entries
+        })
+        .collect();
+    edit(&mut bodies);
+    let mut out = vec![0u8; head_len];
+    for (ix, entries) in head.index.iter_mut().zip(&bodies) {
+        let body: Vec<u8> = entries.concat();
+        *ix = ShardIndex {
+            offset: out.len() as u64,
+            len: body.len() as u64,
+            entries: entries.len() as u64,
+            crc: snapshot_crc(&body),
+        };
+        out.extend_from_slice(&body);
+    }
+    out[..head_len].copy_from_slice(&encode_snapshot_header(&head));
+    out
+}
+
 // long: one scenario per way a snapshot goes stale or bad, each a few lines against one store.
 #[test]
 fn stale_or_damaged_snapshots_fall_back_to_the_hint_files() {
@@ -190,22 +228,26 @@ fn stale_or_damaged_snapshots_fall_back_to_the_hint_files() {
     let mut cases: Vec<Case> = vec![
         ("valid", Box::new(|| {}), true),
         (
-            "a datafile changed in place",
-            Box::new(|| {
-                let b = std::fs::read(&data[0]).expect("read");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                std::fs::write(&data[0], b).expect("rewrite");
-            }),
+            "a temporary file",
+            Box::new(|| std::fs::write(dir.join("0000000099.data.tmp"), b"x").expect("w")),
             true,
         ),
+    ];
+    // Cases that touch datafiles (a rename or a rewrite moves their ctime, which makes the
+    // saved snapshot stale for good) come last, after the snapshot-content cases.
+    let touching_datafiles: Vec<Case> = vec![
         (
             "a datafile missing",
             Box::new(|| std::fs::rename(&last, &aside).expect("mv")),
             false,
         ),
         (
-            "a temporary file",
-            Box::new(|| std::fs::write(dir.join("0000000099.data.tmp"), b"x").expect("w")),
+            "a datafile changed in place",
+            Box::new(|| {
+                let b = std::fs::read(&data[0]).expect("read");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::fs::write(&data[0], b).expect("rewrite");
+            }),
             true,
         ),
     ];
@@ -217,6 +259,28 @@ fn stale_or_damaged_snapshots_fall_back_to_the_hint_files() {
     let short = saved[..saved.len() - 10].to_vec();
     cases.push(("cut short", Box::new(move || put_back(&short)), true));
     cases.push(("not a snapshot", Box::new(|| put_back(b"hello")), true));
+    let mut v1 = saved.clone();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    fix_checksums(&mut v1);
+    cases.push(("format version 1", Box::new(move || put_back(&v1)), true));
+    let dup = edit_bodies(&saved, |bodies| {
+        let b = bodies.iter_mut().find(|b| !b.is_empty()).expect("a shard");
+        let first = b[0].clone();
+        b.push(first);
+    });
+    cases.push(("a forged duplicate", Box::new(move || put_back(&dup)), true));
+    let moved = edit_bodies(&saved, |bodies| {
+        let from = bodies.iter().position(|b| !b.is_empty()).expect("a shard");
+        let e = bodies[from].pop().expect("an entry");
+        let to = (from + 1) % bodies.len();
+        bodies[to].push(e);
+    });
+    cases.push((
+        "an entry in the wrong shard",
+        Box::new(move || put_back(&moved)),
+        true,
+    ));
+    cases.extend(touching_datafiles);
     for (what, damage, complete) in &cases {
         put_back(&saved);
         damage();
@@ -238,4 +302,66 @@ fn stale_or_damaged_snapshots_fall_back_to_the_hint_files() {
     let r = reopen(dir, opts().keydir_snapshot(false), &want, true);
     assert!(!r.from_snapshot);
     assert!(!snap_path.exists(), "no snapshot saved with the option off");
+}
+
+/// Entries forged behind valid checksums are refused for what they are: a key stored twice, a
+/// key in another shard than its hash's, an entry outside its file, a wrong entry count.
+#[test]
+fn forged_entries_are_refused_with_their_reason() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    make_store(tmp.path());
+    let saved = std::fs::read(tmp.path().join(SNAPSHOT_NAME)).expect("read");
+    let refusal = |bytes: &[u8]| -> String {
+        let decoded =
+            read_header(&InMemory(bytes)).and_then(|h| decode(&InMemory(bytes), h, 2, now_ms()));
+        match decoded {
+            Ok(_) => "accepted".into(),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    assert_eq!(refusal(&edit_bodies(&saved, |_| {})), "accepted");
+    let first = |bodies: &Vec<Vec<Vec<u8>>>| bodies.iter().position(|b| !b.is_empty());
+    let dup = edit_bodies(&saved, |bodies| {
+        let i = first(bodies).expect("a shard");
+        let e = bodies[i][0].clone();
+        bodies[i].push(e);
+    });
+    assert!(
+        refusal(&dup).contains("key stored twice"),
+        "{}",
+        refusal(&dup)
+    );
+    let moved = edit_bodies(&saved, |bodies| {
+        let i = first(bodies).expect("a shard");
+        let e = bodies[i].pop().expect("an entry");
+        bodies[(i + 1) % SHARDS].push(e);
+    });
+    assert!(
+        refusal(&moved).contains("wrong shard"),
+        "{}",
+        refusal(&moved)
+    );
+    let outside = edit_bodies(&saved, |bodies| {
+        let i = first(bodies).expect("a shard");
+        let e = &mut bodies[i][0];
+        let at = e.len() - 8;
+        e[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes()); // offset
+    });
+    assert!(
+        refusal(&outside).contains("outside its file"),
+        "{}",
+        refusal(&outside)
+    );
+    let mut short_count = saved.clone();
+    use crate::format::snapshot::{decode_snapshot_fixed, LISTED_LEN, SNAPSHOT_FIXED_LEN};
+    let fixed = decode_snapshot_fixed(&saved[..SNAPSHOT_FIXED_LEN]).expect("fixed");
+    let i = SNAPSHOT_FIXED_LEN + fixed.files as usize * LISTED_LEN + 16; // shard 0's count
+    let n = u64::from_le_bytes(short_count[i..i + 8].try_into().expect("8"));
+    short_count[i..i + 8].copy_from_slice(&(n + 1).to_le_bytes());
+    fix_checksums(&mut short_count);
+    assert!(
+        refusal(&short_count).contains("entry count"),
+        "{}",
+        refusal(&short_count)
+    );
 }
