@@ -1,3 +1,4 @@
+#![deny(clippy::indexing_slicing)]
 //! The on-disk format, version 1: every byte layout ringcask writes lives here.
 //!
 //! All integers are little-endian. No `usize` is ever written. Every structure carries a CRC-32
@@ -158,18 +159,50 @@ fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes) ^ CRC_MASK
 }
 
+/// `b[at..at + n]`, or `Truncated`.
+fn bytes_at(b: &[u8], at: usize, n: usize) -> Result<&[u8], DecodeError> {
+    at.checked_add(n)
+        .and_then(|end| b.get(at..end))
+        .ok_or(DecodeError::Truncated {
+            needed: at as u64 + n as u64,
+            available: b.len() as u64,
+        })
+}
+
 /// The little-endian `u32` at `b[at..at + 4]`.
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+fn u32_at(b: &[u8], at: usize) -> Result<u32, DecodeError> {
     let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
+    a.copy_from_slice(bytes_at(b, at, 4)?);
+    Ok(u32::from_le_bytes(a))
 }
 
 /// The little-endian `u64` at `b[at..at + 8]`.
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+fn u64_at(b: &[u8], at: usize) -> Result<u64, DecodeError> {
     let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+    a.copy_from_slice(bytes_at(b, at, 8)?);
+    Ok(u64::from_le_bytes(a))
+}
+
+/// `b[from..to]`, or `Truncated`.
+fn range(b: &[u8], from: usize, to: usize) -> Result<&[u8], DecodeError> {
+    if to < from {
+        return Err(DecodeError::Invalid("a field ends before it starts"));
+    }
+    bytes_at(b, from, to - from)
+}
+
+/// The byte at `b[at]`.
+fn u8_at(b: &[u8], at: usize) -> Result<u8, DecodeError> {
+    bytes_at(b, at, 1).map(|s| s.first().copied().unwrap_or(0))
+}
+
+/// Writes the CRC of `out[start + body..]` into `out[start..start + 4]` (the CRC leads the
+/// record it covers).
+fn seal_crc(out: &mut [u8], start: usize, body: usize) {
+    let c = crc(out.get(start + body..).unwrap_or_default());
+    if let Some(dst) = out.get_mut(start..start + size_of::<u32>()) {
+        dst.copy_from_slice(&c.to_le_bytes());
+    }
 }
 
 fn need(buf: &[u8], needed: usize) -> Result<(), DecodeError> {
@@ -211,7 +244,7 @@ pub(crate) fn encode_file_header(out: &mut Vec<u8>, kind: FileKind, file_id: u32
     out.extend_from_slice(&kind.magic());
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&file_id.to_le_bytes());
-    let c = crc(&out[start..start + FH_CRC_OFFSET]);
+    let c = crc(out.get(start..start + FH_CRC_OFFSET).unwrap_or_default());
     out.extend_from_slice(&c.to_le_bytes());
     debug_assert_eq!(out.len() - start, FILE_HEADER_LEN);
 }
@@ -229,21 +262,21 @@ pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, Deco
 /// Decodes a file header of any kind; returns the file id and the kind.
 pub(crate) fn decode_any_file_header(buf: &[u8]) -> Result<(u32, FileKind), DecodeError> {
     need(buf, FILE_HEADER_LEN)?;
-    let magic = &buf[FH_MAGIC_OFFSET..FH_VERSION_OFFSET];
+    let magic = range(buf, FH_MAGIC_OFFSET, FH_VERSION_OFFSET)?;
     let kind = [FileKind::Data, FileKind::Merged, FileKind::Hint]
         .into_iter()
         .find(|k| k.magic() == magic)
         .ok_or(DecodeError::BadMagic)?;
     // The version comes before the CRC: a later version may lay out (and check) its header
     // differently, and must be reported as such rather than as corruption.
-    let version = u32_at(buf, FH_VERSION_OFFSET);
+    let version = u32_at(buf, FH_VERSION_OFFSET)?;
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    if u32_at(buf, FH_CRC_OFFSET) != crc(&buf[..FH_CRC_OFFSET]) {
+    if u32_at(buf, FH_CRC_OFFSET)? != crc(range(buf, 0, FH_CRC_OFFSET)?) {
         return Err(DecodeError::BadCrc);
     }
-    Ok((u32_at(buf, FH_FILE_ID_OFFSET), kind))
+    Ok((u32_at(buf, FH_FILE_ID_OFFSET)?, kind))
 }
 
 // ---- data record -------------------------------------------------------------------------
@@ -297,19 +330,18 @@ pub(crate) fn encode_record(
     out.push(flags);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    let c = crc(&out[start + REC_SEQ_OFFSET..]);
-    out[start..start + REC_SEQ_OFFSET].copy_from_slice(&c.to_le_bytes());
+    seal_crc(out, start, REC_SEQ_OFFSET);
 }
 
 /// Decodes and validates the fixed header of a record (not its CRC, which covers the body).
 pub(crate) fn decode_record_header(buf: &[u8]) -> Result<RecordHeader, DecodeError> {
     need(buf, RECORD_HEADER_LEN)?;
     let h = RecordHeader {
-        seq: u64_at(buf, REC_SEQ_OFFSET),
-        expiry_ms: u64_at(buf, REC_EXPIRY_OFFSET),
-        key_len: u32_at(buf, REC_KEY_LEN_OFFSET),
-        value_len: u32_at(buf, REC_VALUE_LEN_OFFSET),
-        flags: buf[REC_FLAGS_OFFSET],
+        seq: u64_at(buf, REC_SEQ_OFFSET)?,
+        expiry_ms: u64_at(buf, REC_EXPIRY_OFFSET)?,
+        key_len: u32_at(buf, REC_KEY_LEN_OFFSET)?,
+        value_len: u32_at(buf, REC_VALUE_LEN_OFFSET)?,
+        flags: u8_at(buf, REC_FLAGS_OFFSET)?,
     };
     if h.key_len == 0 {
         return Err(DecodeError::Invalid("empty key"));
@@ -351,14 +383,14 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
         });
     }
     let len = len as usize;
-    if u32_at(buf, REC_CRC_OFFSET) != crc(&buf[REC_SEQ_OFFSET..len]) {
+    if u32_at(buf, REC_CRC_OFFSET)? != crc(range(buf, REC_SEQ_OFFSET, len)?) {
         return Err(DecodeError::BadCrc);
     }
     let key_end = RECORD_HEADER_LEN + header.key_len as usize;
     Ok(Record {
         header,
-        key: &buf[RECORD_HEADER_LEN..key_end],
-        value: &buf[key_end..len],
+        key: range(buf, RECORD_HEADER_LEN, key_end)?,
+        value: range(buf, key_end, len)?,
     })
 }
 
@@ -387,8 +419,7 @@ pub(crate) fn encode_hint(out: &mut Vec<u8>, h: &HintRecord<'_>) {
     out.extend_from_slice(&(h.key.len() as u32).to_le_bytes());
     out.push(if h.tombstone { FLAG_TOMBSTONE } else { 0 });
     out.extend_from_slice(h.key);
-    let c = crc(&out[start + HINT_SEQ_OFFSET..]);
-    out[start..start + HINT_SEQ_OFFSET].copy_from_slice(&c.to_le_bytes());
+    seal_crc(out, start, HINT_SEQ_OFFSET);
 }
 
 /// Decodes the hint record at the start of `buf`; returns it and its encoded length.
@@ -404,26 +435,26 @@ pub(crate) fn decode_hint_with(
     verify_crc: bool,
 ) -> Result<(HintRecord<'_>, usize), DecodeError> {
     need(buf, HINT_RECORD_HEADER_LEN)?;
-    let key_len = u32_at(buf, HINT_KEY_LEN_OFFSET);
+    let key_len = u32_at(buf, HINT_KEY_LEN_OFFSET)?;
     if key_len == 0 || key_len > KEY_LEN_LIMIT {
         return Err(DecodeError::Invalid("hint key length out of range"));
     }
-    let flags = buf[HINT_FLAGS_OFFSET];
+    let flags = u8_at(buf, HINT_FLAGS_OFFSET)?;
     if flags & !FLAG_TOMBSTONE != 0 {
         return Err(DecodeError::Invalid("unknown hint flags"));
     }
     let len = HINT_RECORD_HEADER_LEN + key_len as usize;
     need(buf, len)?;
-    if verify_crc && u32_at(buf, HINT_CRC_OFFSET) != crc(&buf[HINT_SEQ_OFFSET..len]) {
+    if verify_crc && u32_at(buf, HINT_CRC_OFFSET)? != crc(range(buf, HINT_SEQ_OFFSET, len)?) {
         return Err(DecodeError::BadCrc);
     }
     let h = HintRecord {
-        seq: u64_at(buf, HINT_SEQ_OFFSET),
-        expiry_ms: u64_at(buf, HINT_EXPIRY_OFFSET),
-        offset: u64_at(buf, HINT_REC_OFFSET_OFFSET),
-        record_len: u32_at(buf, HINT_REC_LEN_OFFSET),
+        seq: u64_at(buf, HINT_SEQ_OFFSET)?,
+        expiry_ms: u64_at(buf, HINT_EXPIRY_OFFSET)?,
+        offset: u64_at(buf, HINT_REC_OFFSET_OFFSET)?,
+        record_len: u32_at(buf, HINT_REC_LEN_OFFSET)?,
         tombstone: flags & FLAG_TOMBSTONE != 0,
-        key: &buf[HINT_RECORD_HEADER_LEN..len],
+        key: range(buf, HINT_RECORD_HEADER_LEN, len)?,
     };
     let min_len = record_len(key_len as usize, 0) as u64;
     let max_len = min_len + u64::from(VALUE_LEN_LIMIT);
@@ -452,7 +483,7 @@ pub(crate) fn encode_hint_footer(out: &mut Vec<u8>, f: &HintFooter) {
     out.extend_from_slice(&FOOTER_MAGIC);
     out.extend_from_slice(&f.record_count.to_le_bytes());
     out.extend_from_slice(&f.data_len.to_le_bytes());
-    let c = crc(&out[start..]);
+    let c = crc(out.get(start..).unwrap_or_default());
     out.extend_from_slice(&c.to_le_bytes());
     debug_assert_eq!(out.len() - start, HINT_FOOTER_LEN);
 }
@@ -460,15 +491,15 @@ pub(crate) fn encode_hint_footer(out: &mut Vec<u8>, f: &HintFooter) {
 /// Decodes a hint footer (exactly [`HINT_FOOTER_LEN`] bytes are looked at).
 pub(crate) fn decode_hint_footer(buf: &[u8]) -> Result<HintFooter, DecodeError> {
     need(buf, HINT_FOOTER_LEN)?;
-    if buf[FOOT_MAGIC_OFFSET..FOOT_COUNT_OFFSET] != FOOTER_MAGIC {
+    if range(buf, FOOT_MAGIC_OFFSET, FOOT_COUNT_OFFSET)? != FOOTER_MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if u32_at(buf, FOOT_CRC_OFFSET) != crc(&buf[..FOOT_CRC_OFFSET]) {
+    if u32_at(buf, FOOT_CRC_OFFSET)? != crc(range(buf, 0, FOOT_CRC_OFFSET)?) {
         return Err(DecodeError::BadCrc);
     }
     Ok(HintFooter {
-        record_count: u64_at(buf, FOOT_COUNT_OFFSET),
-        data_len: u64_at(buf, FOOT_DATA_LEN_OFFSET),
+        record_count: u64_at(buf, FOOT_COUNT_OFFSET)?,
+        data_len: u64_at(buf, FOOT_DATA_LEN_OFFSET)?,
     })
 }
 
@@ -509,29 +540,32 @@ pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
         buf,
         MAN_INPUTS_OFFSET + 2 * size_of::<u32>() + size_of::<u32>(),
     )?;
-    if buf[MAN_MAGIC_OFFSET..MAN_VERSION_OFFSET] != MANIFEST_MAGIC {
+    if range(buf, MAN_MAGIC_OFFSET, MAN_VERSION_OFFSET)? != MANIFEST_MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let version = u32_at(buf, MAN_VERSION_OFFSET);
+    let version = u32_at(buf, MAN_VERSION_OFFSET)?;
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let body_len = buf.len() - size_of::<u32>();
-    if u32_at(buf, body_len) != crc(&buf[..body_len]) {
+    let body = range(buf, 0, body_len)?;
+    if u32_at(buf, body_len)? != crc(body) {
         return Err(DecodeError::BadCrc);
     }
     let mut at = MAN_INPUTS_OFFSET;
     let mut lists = [Vec::new(), Vec::new()];
     for list in lists.iter_mut() {
-        need(&buf[..body_len], at + size_of::<u32>())?;
-        let n = u32_at(buf, at);
+        need(body, at + size_of::<u32>())?;
+        let n = u32_at(buf, at)?;
         if n > MANIFEST_MAX_IDS {
             return Err(DecodeError::Invalid("manifest lists too many files"));
         }
         at += size_of::<u32>();
         let end = at + n as usize * size_of::<u32>();
-        need(&buf[..body_len], end)?;
-        list.extend((at..end).step_by(size_of::<u32>()).map(|i| u32_at(buf, i)));
+        need(body, end)?;
+        for i in (at..end).step_by(size_of::<u32>()) {
+            list.push(u32_at(buf, i)?);
+        }
         at = end;
     }
     if at != body_len {

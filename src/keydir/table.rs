@@ -17,7 +17,20 @@
 //! A `Table` is not synchronised: [`super::KeyDir`] puts each in its own lock.
 
 use super::Entry;
-use crate::format::{u32_at as rd32, u64_at as rd64};
+
+/// The little-endian `u32` at `b[at..at + 4]` (slots are a fixed in-memory layout).
+fn rd32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// The little-endian `u64` at `b[at..at + 8]`.
+fn rd64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
 
 const EMPTY: u8 = 0;
 const DELETED: u8 = 1;
