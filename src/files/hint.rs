@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::fault::{fault_point, FaultInjector};
+use crate::fault::FaultInjector;
 use crate::format::{self, FileKind, HintFooter, HintRecord, FILE_HEADER_LEN, HINT_FOOTER_LEN};
-use crate::io::fs;
+use crate::io::{self, fs};
 use crate::layout::{hint_path, temp_path};
 use crate::options::IoBackendKind;
 
@@ -114,16 +114,15 @@ impl HintBuilder {
             return Ok(());
         };
         if sp.failed {
-            let _ = std::fs::remove_file(&sp.path);
+            let _ = fs::remove_file(sp.fault.as_deref(), &sp.path);
             return Err(std::io::Error::other("an earlier hint spill failed"));
         }
         let mut tail = std::mem::take(&mut self.records);
         encode_footer(&mut tail, self.count, data_len);
         let res = async {
             sp.append(&tail)?;
-            fault_point(sp.fault.as_deref())?;
             if let Some(f) = &sp.file {
-                f.sync_all()?;
+                io::sync_file(sp.fault.as_deref(), f)?;
             }
             let final_path = hint_path(dir, file_id);
             fs::rename(sp.fault.as_deref(), &sp.path, &final_path)?;
@@ -131,7 +130,7 @@ impl HintBuilder {
         }
         .await;
         if res.is_err() {
-            let _ = std::fs::remove_file(&sp.path);
+            let _ = fs::remove_file(sp.fault.as_deref(), &sp.path);
         }
         sp.file = None;
         sp.failed = true; // a builder writes its hint once
@@ -142,28 +141,22 @@ impl HintBuilder {
 impl Spill {
     /// Appends `bytes` to the temporary hint file, creating it (with its header) first.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         if self.failed {
             return Err(std::io::Error::other("an earlier hint spill failed"));
         }
+        let fault = self.fault.as_deref();
         if self.file.is_none() {
-            fault_point(self.fault.as_deref())?;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&self.path)?;
+            let f = fs::create_file(fault, &self.path)?;
             let mut header = Vec::with_capacity(FILE_HEADER_LEN);
             format::encode_file_header(&mut header, FileKind::Hint, self.file_id);
-            f.write_all_at(&header, 0)?;
+            io::pwrite_all(fault, &f, &header, 0)?;
             self.written = header.len() as u64;
             self.file = Some(f);
         }
-        fault_point(self.fault.as_deref())?;
         let Some(f) = &self.file else {
             return Err(std::io::Error::other("no spill file"));
         };
-        f.write_all_at(bytes, self.written)?;
+        io::pwrite_all(fault, f, bytes, self.written)?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -197,7 +190,7 @@ pub(crate) async fn write(
     .await;
     if res.is_err() {
         // Best effort: a leftover temp file is removed at the next open anyway.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs::remove_file(fault.map(|f| &**f), &tmp);
     }
     res
 }

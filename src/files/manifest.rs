@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::fault::FaultInjector;
 use crate::format::{self, Manifest};
 use crate::io::fs::{self, remove_if_exists};
 use crate::layout::{data_path, hint_path, temp_path, MANIFEST_NAME};
@@ -14,7 +15,10 @@ pub(crate) fn manifest_path(dir: &Path) -> PathBuf {
 }
 
 /// Open-time step: completes a merge whose manifest was committed. Returns its manifest.
-pub(crate) fn finish_committed(dir: &Path) -> Result<Option<Manifest>> {
+pub(crate) fn finish_committed(
+    dir: &Path,
+    fault: Option<&FaultInjector>,
+) -> Result<Option<Manifest>> {
     let path = manifest_path(dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -30,7 +34,7 @@ pub(crate) fn finish_committed(dir: &Path) -> Result<Option<Manifest>> {
         for final_path in [data_path(dir, id), hint_path(dir, id)] {
             let tmp = temp_path(&final_path);
             if tmp.exists() {
-                std::fs::rename(&tmp, &final_path)?;
+                fs::rename(fault, &tmp, &final_path)?;
             }
         }
         if !data_path(dir, id).exists() {
@@ -41,13 +45,13 @@ pub(crate) fn finish_committed(dir: &Path) -> Result<Option<Manifest>> {
             });
         }
     }
-    fs::sync_dir(None, dir)?;
+    fs::sync_dir(fault, dir)?;
     for &id in &m.inputs {
-        remove_if_exists(None, &data_path(dir, id))?;
-        remove_if_exists(None, &hint_path(dir, id))?;
+        remove_if_exists(fault, &data_path(dir, id))?;
+        remove_if_exists(fault, &hint_path(dir, id))?;
     }
-    fs::sync_dir(None, dir)?;
-    std::fs::remove_file(&path)?;
-    fs::sync_dir(None, dir)?;
+    fs::sync_dir(fault, dir)?;
+    fs::remove_file(fault, &path)?;
+    fs::sync_dir(fault, dir)?;
     Ok(Some(m))
 }

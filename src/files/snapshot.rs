@@ -32,16 +32,17 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::clock::now_ms;
+use crate::fault::FaultInjector;
 use crate::format::snapshot::{
     decode_snapshot_entry, encode_snapshot_entry, encode_snapshot_header, snapshot_crc,
     snapshot_header_len, Listed, ShardIndex, SnapshotEntry, SnapshotFixed, SnapshotHeader,
 };
 use crate::format::{FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::io::fs;
 use crate::keydir::{Entry, KeyDir, ShardTable, SHARDS};
 use crate::layout::{self, temp_path, DirEntry, SNAPSHOT_NAME};
 use crate::stats::{FileStats, RecoveryReport};
@@ -64,6 +65,7 @@ pub(crate) fn save(
     keydir: &KeyDir,
     next_seq: u64,
     usage: &BTreeMap<u32, FileStats>,
+    fault: Option<&FaultInjector>,
 ) -> io::Result<bool> {
     let files = match listed_files(dir, usage) {
         Ok(files) => files,
@@ -74,9 +76,9 @@ pub(crate) fn save(
     };
     let path = dir.join(SNAPSHOT_NAME);
     let tmp = temp_path(&path);
-    let file = File::create(&tmp)?;
+    let file = fs::create_file(fault, &tmp)?;
     let head_len = snapshot_header_len(files.len(), SHARDS);
-    let index = write_bodies(&file, head_len as u64, keydir)?;
+    let index = write_bodies(&file, head_len as u64, keydir, fault)?;
     let fixed = SnapshotFixed {
         shards: SHARDS as u32,
         seed: keydir.seed(),
@@ -90,9 +92,9 @@ pub(crate) fn save(
         index,
     });
     debug_assert_eq!(h.len(), head_len);
-    file.write_all_at(&h, 0)?;
+    crate::io::pwrite_all(fault, &file, &h, 0)?;
     drop(file);
-    std::fs::rename(&tmp, &path)?;
+    fs::rename(fault, &tmp, &path)?;
     Ok(true)
 }
 
@@ -128,7 +130,12 @@ fn listed_files(
 
 /// Writes every shard's entries from offset `at` on (after the header's room); returns the
 /// shard index.
-fn write_bodies(file: &File, mut at: u64, keydir: &KeyDir) -> io::Result<Vec<ShardIndex>> {
+fn write_bodies(
+    file: &File,
+    mut at: u64,
+    keydir: &KeyDir,
+    fault: Option<&FaultInjector>,
+) -> io::Result<Vec<ShardIndex>> {
     let mut index = Vec::with_capacity(SHARDS);
     let mut body = Vec::new();
     for i in 0..SHARDS {
@@ -148,7 +155,7 @@ fn write_bodies(file: &File, mut at: u64, keydir: &KeyDir) -> io::Result<Vec<Sha
             );
             entries += 1;
         });
-        file.write_all_at(&body, at)?;
+        crate::io::pwrite_all(fault, file, &body, at)?;
         index.push(ShardIndex {
             offset: at,
             len: body.len() as u64,
@@ -458,11 +465,11 @@ pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Restore
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             tracing::warn!("cannot open the keydir snapshot ({e}); loading hint files");
-            std::fs::remove_file(&path)?;
+            fs::remove_file(opts.fault_injector.as_deref(), &path)?;
             return Ok(None);
         }
     };
-    std::fs::remove_file(&path)?;
+    fs::remove_file(opts.fault_injector.as_deref(), &path)?;
     if !opts.keydir_snapshot {
         tracing::info!("keydir snapshots are off: deleted the one found");
         return Ok(None);

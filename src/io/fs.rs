@@ -24,7 +24,30 @@ pub(crate) fn remove_file(fault: Option<&FaultInjector>, path: &Path) -> io::Res
 /// `fsync` of a directory, so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(fault: Option<&FaultInjector>, dir: &Path) -> io::Result<()> {
     fault_point(fault)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    if let Some(fi) = fault {
+        fi.note_dir_sync(dir);
+    }
+    Ok(())
+}
+
+/// Creates `path` for writing (and reading); fails if it exists.
+pub(crate) fn create_file(fault: Option<&FaultInjector>, path: &Path) -> io::Result<std::fs::File> {
+    fault_point(fault)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    if let Some(fi) = fault {
+        fi.note_created(path);
+    }
+    Ok(f)
+}
+
+/// Opens the existing file `path` for writing (truncation at recovery).
+pub(crate) fn open_for_write(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).open(path)
 }
 
 /// `unlink(path)`; `Ok(false)` if it did not exist.

@@ -56,6 +56,9 @@ impl IoFile {
             .write(true)
             .create_new(true)
             .open(path)?;
+        if let Some(fi) = fault.as_deref() {
+            fi.note_created(path);
+        }
         let meta = f.try_clone()?;
         Ok(IoFile::wrap(kind, f, Some(meta), fault))
     }
@@ -74,6 +77,21 @@ impl IoFile {
             handle,
             meta,
             fault,
+        }
+    }
+
+    /// A std descriptor of this file, for the fault layer's notes.
+    fn std_file(&self) -> Option<&std::fs::File> {
+        match &self.handle {
+            Handle::Pread(f) => Some(f),
+            Handle::Uring(_) => self.meta.as_ref(),
+        }
+    }
+
+    /// Tells the fault layer (in power-loss mode) what just happened to this file.
+    fn note(&self, what: impl FnOnce(&FaultInjector, &std::fs::File)) {
+        if let (Some(fi), Some(f)) = (self.fault.as_deref(), self.std_file()) {
+            what(fi, f);
         }
     }
 
@@ -121,15 +139,22 @@ impl IoFile {
                 }
                 Handle::Pread(f) => f.write_all_at(&buf[..half], offset),
             };
+            if res.is_ok() {
+                self.note(|fi, f| fi.note_write(f, offset, &buf[..half]));
+            }
             return (res.and(Err(injected())), buf);
         }
-        match &self.handle {
+        let (res, buf) = match &self.handle {
             Handle::Uring(f) => f.write_all_at(buf, offset).await,
             Handle::Pread(f) => {
                 let r = f.write_all_at(&buf, offset);
                 (r, buf)
             }
+        };
+        if res.is_ok() {
+            self.note(|fi, f| fi.note_write(f, offset, &buf));
         }
+        (res, buf)
     }
 
     /// `fdatasync` as a plain system call on the calling thread. An io_uring fsync always runs
@@ -140,7 +165,9 @@ impl IoFile {
         match &self.handle {
             Handle::Uring(_) => self.meta()?.sync_data(),
             Handle::Pread(f) => f.sync_data(),
-        }
+        }?;
+        self.note(|fi, f| fi.note_sync(f));
+        Ok(())
     }
 
     /// `fsync` (data and metadata, e.g. after a truncation).
@@ -149,7 +176,9 @@ impl IoFile {
         match &self.handle {
             Handle::Uring(f) => f.sync_all().await,
             Handle::Pread(f) => f.sync_all(),
-        }
+        }?;
+        self.note(|fi, f| fi.note_sync(f));
+        Ok(())
     }
 
     /// Sets the file length (used to trim preallocated space when a file is sealed).
@@ -173,11 +202,27 @@ pub(crate) fn pwrite_all(
 ) -> io::Result<()> {
     if let Some(fi) = fault {
         if fi.check(true)? {
-            f.write_all_at(&buf[..buf.len() / 2], offset)?;
+            let half = &buf[..buf.len() / 2];
+            f.write_all_at(half, offset)?;
+            fi.note_write(f, offset, half);
             return Err(injected());
         }
     }
-    f.write_all_at(buf, offset)
+    f.write_all_at(buf, offset)?;
+    if let Some(fi) = fault {
+        fi.note_write(f, offset, buf);
+    }
+    Ok(())
+}
+
+/// `fsync` of `f` through the fault seam.
+pub(crate) fn sync_file(fault: Option<&FaultInjector>, f: &std::fs::File) -> io::Result<()> {
+    fault_point(fault)?;
+    f.sync_all()?;
+    if let Some(fi) = fault {
+        fi.note_sync(f);
+    }
+    Ok(())
 }
 
 /// Allocates `[offset, offset + len)` of `f` and extends its size over it (`fallocate` mode 0).
@@ -189,7 +234,11 @@ pub(crate) fn fallocate(
 ) -> io::Result<()> {
     fault_point(fault)?;
     rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), offset, len)
-        .map_err(io::Error::from)
+        .map_err(io::Error::from)?;
+    if let Some(fi) = fault {
+        fi.note_allocate(f, offset + len);
+    }
+    Ok(())
 }
 
 /// Sets the length of `f` (used to trim preallocated space when a file is sealed).
@@ -199,7 +248,11 @@ pub(crate) fn set_len(
     len: u64,
 ) -> io::Result<()> {
     fault_point(fault)?;
-    f.set_len(len)
+    f.set_len(len)?;
+    if let Some(fi) = fault {
+        fi.note_set_len(f, len);
+    }
+    Ok(())
 }
 
 /// A runtime built for an io thread.

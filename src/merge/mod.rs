@@ -180,7 +180,7 @@ impl Merger {
             Ok(()) => Ok(()),
             Err(Commit::NotDone(e)) => {
                 self.discard(outputs);
-                let _ = std::fs::remove_file(temp_path(&manifest_path(&self.dir)));
+                let _ = fs::remove_file(self.fault(), &temp_path(&manifest_path(&self.dir)));
                 Err(e.into())
             }
             Err(Commit::Uncertain(e)) => {
@@ -255,8 +255,8 @@ impl Merger {
     /// Removes the temporary outputs of an aborted merge (best effort: open removes leftovers).
     fn discard(&self, outputs: &[Output]) {
         for o in outputs {
-            let _ = std::fs::remove_file(temp_path(&data_path(&self.dir, o.id)));
-            let _ = std::fs::remove_file(temp_path(&hint_path(&self.dir, o.id)));
+            let _ = fs::remove_file(self.fault(), &temp_path(&data_path(&self.dir, o.id)));
+            let _ = fs::remove_file(self.fault(), &temp_path(&hint_path(&self.dir, o.id)));
         }
     }
 

@@ -24,11 +24,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::clock::now_ms;
+use crate::fault::FaultInjector;
 use crate::files::datafile::{self, ScanEnd, ScanError, ScanMode};
 use crate::files::hint::{self, HintBuilder};
 use crate::files::manifest;
 use crate::files::snapshot;
 use crate::format::{DecodeError, FILE_HEADER_LEN, FORMAT_VERSION};
+use crate::io::{self, fs};
 use crate::keydir::KeyDir;
 use crate::layout::{self, data_path, hint_path, DirEntry};
 use crate::state::Recovered;
@@ -83,6 +85,10 @@ enum Checked {
 }
 
 impl Ctx<'_> {
+    fn fault(&self) -> Option<&FaultInjector> {
+        self.opts.fault_injector.as_deref()
+    }
+
     /// Loads datafile `id`: from its hint file when it has a usable one, else by a scan.
     fn load_file(&self, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
         let path = data_path(self.dir, id);
@@ -126,9 +132,9 @@ impl Ctx<'_> {
                 "removing the last datafile: its header is incomplete ({err})"
             );
             drop(file);
-            std::fs::remove_file(path)?;
+            fs::remove_file(self.fault(), path)?;
             if has_hint {
-                std::fs::remove_file(hint_path(self.dir, id))?;
+                fs::remove_file(self.fault(), &hint_path(self.dir, id))?;
             }
             return Ok(Checked::Removed);
         }
@@ -227,14 +233,14 @@ impl Ctx<'_> {
             );
         }
         if outcome.valid_end < outcome.file_len {
-            let f = std::fs::OpenOptions::new().write(true).open(path)?;
-            f.set_len(outcome.valid_end)?;
-            f.sync_all()?;
+            let f = fs::open_for_write(path)?;
+            io::set_len(self.fault(), &f, outcome.valid_end)?;
+            io::sync_file(self.fault(), &f)?;
             out.file_len = outcome.valid_end;
         }
         if is_last && out.records == 0 {
             tracing::info!(file = %path.display(), "removing the empty last datafile");
-            std::fs::remove_file(path)?;
+            fs::remove_file(self.fault(), path)?;
             out.removed = true;
             return Ok(out);
         }
@@ -335,7 +341,7 @@ pub(crate) fn open(dir: &Path, opts: &Options) -> Result<(KeyDir, Recovered)> {
 pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
-    if let Some(m) = manifest::finish_committed(dir)? {
+    if let Some(m) = manifest::finish_committed(dir, opts.fault_injector.as_deref())? {
         report.merge_finished = true;
         tracing::info!(
             inputs = ?m.inputs,
@@ -343,7 +349,7 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
             "finished a merge that a crash interrupted after its commit"
         );
     }
-    let files = list(dir, &mut report)?;
+    let files = list(dir, opts.fault_injector.as_deref(), &mut report)?;
     // Files load in parallel; when there are fewer files than threads, hint files are split.
     let parallelism = opts.recovery_workers();
     let cx = Ctx {
@@ -382,7 +388,7 @@ struct Listing {
 
 /// Lists the files of `dir`, removing leftover temporary files and hint files without a
 /// datafile.
-fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Listing> {
+fn list(dir: &Path, fault: Option<&FaultInjector>, report: &mut RecoveryReport) -> Result<Listing> {
     let mut data_ids = BTreeSet::new();
     let mut hint_ids = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
@@ -398,7 +404,7 @@ fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Listing> {
             }
             Some(DirEntry::Temp) => {
                 tracing::info!(file = name, "removing a leftover temporary file");
-                std::fs::remove_file(entry.path())?;
+                fs::remove_file(fault, &entry.path())?;
                 report.temp_files_removed += 1;
             }
             None => {}
@@ -406,7 +412,7 @@ fn list(dir: &Path, report: &mut RecoveryReport) -> Result<Listing> {
     }
     for &id in hint_ids.difference(&data_ids) {
         tracing::info!(id, "removing a hint file without its datafile");
-        std::fs::remove_file(hint_path(dir, id))?;
+        fs::remove_file(fault, &hint_path(dir, id))?;
     }
     let data: Vec<u32> = data_ids.iter().copied().collect();
     let last = last_log_file(dir, &data)?;

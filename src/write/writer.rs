@@ -329,11 +329,17 @@ impl Writer {
             (None, None) => Ok(()),
             (None, Some(a)) => self.close_active(a).await.map_err(Error::Io),
         };
-        let crashed = fault(&self.opts).is_some_and(|f| f.has_crashed());
-        if res.is_ok() && snapshot && self.opts.keydir_snapshot && !crashed {
+        if res.is_ok() && snapshot && self.opts.keydir_snapshot {
             let started = Instant::now();
             let usage = self.shared.with_usage(|u| u.clone());
-            match crate::files::snapshot::save(&self.dir, &self.appender.keydir, next_seq, &usage) {
+            let saved = crate::files::snapshot::save(
+                &self.dir,
+                &self.appender.keydir,
+                next_seq,
+                &usage,
+                fault(&self.opts),
+            );
+            match saved {
                 Ok(true) => tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "saved the keydir snapshot"

@@ -1,0 +1,172 @@
+//! Fault injection for crash-safety tests: every state-changing IO of the engine counts against
+//! an optional [`FaultInjector`], which can fail, tear or "crash" it, and in power-loss mode
+//! also tells it what became durable, so that a simulated power cut can put the directory back
+//! to what the disk would hold.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+mod power;
+
+pub use power::PowerCut;
+use power::PowerModel;
+
+/// Injects faults into the engine's IO, for crash-safety tests.
+///
+/// Every state-changing operation (write, sync, preallocate, truncate, create, rename, remove,
+/// directory sync) counts as one operation. After [`FaultInjector::crash_after`]`(n)`, the first
+/// `n` operations succeed and every later one fails without touching the disk, as if the process
+/// had died at that instant; with [`FaultInjector::tear_writes`] the write that crosses the limit
+/// first writes the leading half of its bytes. Reads are never failed.
+///
+/// In power-loss mode ([`FaultInjector::power_loss`]) it also keeps the durable image of the
+/// store directory: data not yet `fsync`ed and directory changes not yet followed by a
+/// directory fsync are lost at [`FaultInjector::cut_power`], and the last unsynced write may be
+/// torn at 512-byte sector granularity.
+#[derive(Debug)]
+pub struct FaultInjector {
+    ops: AtomicU64,
+    limit: AtomicU64,
+    tear: AtomicBool,
+    crashed: AtomicBool,
+    power: Option<Mutex<PowerModel>>,
+}
+
+impl FaultInjector {
+    /// A new injector that lets every operation through.
+    pub fn new() -> Arc<Self> {
+        Arc::new(FaultInjector {
+            ops: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            tear: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            power: None,
+        })
+    }
+
+    /// An injector in power-loss mode for the store directory `dir` (created if missing),
+    /// whose files as they are now are taken as durable; `seed` picks how the last unsynced
+    /// write tears.
+    ///
+    /// # Errors
+    /// Reading the directory failed.
+    pub fn power_loss(dir: impl AsRef<Path>, seed: u64) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(FaultInjector {
+            ops: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            tear: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            power: Some(Mutex::new(PowerModel::new(dir.as_ref(), seed)?)),
+        }))
+    }
+
+    /// Cuts the power: from now on every operation fails (the machine is off), and the
+    /// directory is rewritten to what the disk holds durably. Drop every handle of the store
+    /// first, so that no io thread is still writing. The injector can then be used for the
+    /// next open, with its directory image as it is after the cut.
+    ///
+    /// # Errors
+    /// Not in power-loss mode, or rewriting the directory failed.
+    pub fn cut_power(&self) -> io::Result<PowerCut> {
+        self.crashed.store(true, Ordering::SeqCst);
+        self.limit.store(0, Ordering::SeqCst);
+        let cut = match &self.power {
+            Some(m) => m.lock().unwrap_or_else(|p| p.into_inner()).cut()?,
+            None => return Err(io::Error::other("not a power-loss injector")),
+        };
+        Ok(cut)
+    }
+
+    /// Powers the machine back on after [`FaultInjector::cut_power`] or a crash: operations
+    /// succeed again (and are counted from now).
+    pub fn restart(&self) {
+        self.limit.store(u64::MAX, Ordering::SeqCst);
+        self.crashed.store(false, Ordering::SeqCst);
+    }
+
+    fn model(&self, f: impl FnOnce(&mut PowerModel)) {
+        if let Some(m) = &self.power {
+            f(&mut m.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// `path` was just created.
+    pub(crate) fn note_created(&self, path: &Path) {
+        self.model(|m| m.created(path));
+    }
+
+    /// `data` was just written to `file` at `offset`.
+    pub(crate) fn note_write(&self, file: &File, offset: u64, data: &[u8]) {
+        self.model(|m| m.wrote(file, offset, data));
+    }
+
+    /// `file`'s length was just set.
+    pub(crate) fn note_set_len(&self, file: &File, len: u64) {
+        self.model(|m| m.set_len(file, len));
+    }
+
+    /// `file` was just preallocated up to `end`.
+    pub(crate) fn note_allocate(&self, file: &File, end: u64) {
+        self.model(|m| m.allocated(file, end));
+    }
+
+    /// `file` was just synced.
+    pub(crate) fn note_sync(&self, file: &File) {
+        self.model(|m| m.synced(file));
+    }
+
+    /// Directory `dir` was just synced.
+    pub(crate) fn note_dir_sync(&self, dir: &Path) {
+        self.model(|m| m.dir_synced(dir));
+    }
+
+    /// Lets `n` more operations succeed (counted from now), then fails all later ones.
+    pub fn crash_after(&self, n: u64) {
+        let now = self.ops.load(Ordering::SeqCst);
+        self.limit.store(now.saturating_add(n), Ordering::SeqCst);
+    }
+
+    /// Makes the first failing write write half of its bytes before failing.
+    pub fn tear_writes(&self, tear: bool) {
+        self.tear.store(tear, Ordering::SeqCst);
+    }
+
+    /// Number of state-changing operations seen so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    /// Whether the crash point has been reached.
+    pub fn has_crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write" (only
+    /// ever for a write: any other operation at the crash point fails).
+    pub(crate) fn check(&self, is_write: bool) -> io::Result<bool> {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst);
+        if n < self.limit.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let first = !self.crashed.swap(true, Ordering::SeqCst);
+        if first && is_write && self.tear.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        Err(injected())
+    }
+}
+
+pub(crate) fn injected() -> io::Error {
+    io::Error::other("injected fault: simulated crash")
+}
+
+/// Counts one state-changing operation against an optional injector.
+pub(crate) fn fault_point(fault: Option<&FaultInjector>) -> io::Result<()> {
+    match fault {
+        Some(f) => f.check(false).map(|_| ()),
+        None => Ok(()),
+    }
+}
