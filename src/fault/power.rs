@@ -117,12 +117,22 @@ impl PowerModel {
             return;
         }
         if let Ok(meta) = std::fs::metadata(path) {
-            self.new_id(meta.ino());
+            let id = self.new_id(meta.ino());
+            trace(format_args!("create {} -> id {id}", path.display()));
         }
     }
 
     fn pending(&mut self, file: &File, p: Pending) {
-        let Some(id) = self.id_of(file) else { return };
+        let Some(id) = self.id_of(file) else {
+            trace(format_args!("untracked change {p:?}"));
+            return;
+        };
+        match &p {
+            Pending::Write { offset, data } => {
+                trace(format_args!("id {id}: write {} at {offset}", data.len()))
+            }
+            other => trace(format_args!("id {id}: {other:?}")),
+        }
         self.write_seq += 1;
         let seq = self.write_seq;
         if let Some(f) = self.files.get_mut(&id) {
@@ -153,7 +163,11 @@ impl PowerModel {
 
     /// `file`'s contents and size are durable now.
     pub(crate) fn synced(&mut self, file: &File) {
-        let Some(id) = self.id_of(file) else { return };
+        let Some(id) = self.id_of(file) else {
+            trace(format_args!("untracked sync"));
+            return;
+        };
+        trace(format_args!("id {id}: sync"));
         if let Some(f) = self.files.get_mut(&id) {
             for p in std::mem::take(&mut f.pending) {
                 apply(&mut f.durable, &p);
@@ -183,6 +197,7 @@ impl PowerModel {
             };
             now.insert(e.file_name(), id);
         }
+        trace(format_args!("dir sync {now:?}"));
         self.durable_dir = now;
     }
 
@@ -196,6 +211,7 @@ impl PowerModel {
     /// Cuts the power: rewrites the directory to its durable image, with the most recent
     /// unsynced write torn to a random subset of its sectors.
     pub(crate) fn cut(&mut self) -> io::Result<PowerCut> {
+        trace(format_args!("CUT durable dir {:?}", self.durable_dir));
         let mut report = PowerCut {
             torn_write: self.tear_last_write(),
             ..PowerCut::default()
@@ -320,6 +336,12 @@ impl PowerModel {
     }
 }
 
+/// What the model saw, for a failing test's log (`RUST_LOG`-style filters on target
+/// `ringcask::power` with a subscriber installed).
+fn trace(what: std::fmt::Arguments<'_>) {
+    tracing::trace!(target: "ringcask::power", "{what}");
+}
+
 /// Applies one change to a file's contents.
 fn apply(contents: &mut Vec<u8>, p: &Pending) {
     match p {
@@ -341,3 +363,6 @@ fn apply(contents: &mut Vec<u8>, p: &Pending) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
