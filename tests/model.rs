@@ -1,6 +1,8 @@
 //! Model-based test: random operations against the store and a `BTreeMap`, including reopen
-//! (by close and by drop), merges, and crashes injected through the IO layer (a write fails, possibly
-//! torn, and every later IO fails as if the process had died).
+//! (by close and by drop), merges, crashes injected through the IO layer (a write fails, possibly
+//! torn, and every later IO fails as if the process had died), and power cuts after such a
+//! crash (what was not synced is lost: the store must come back to the state after some
+//! operation since the last durable point).
 
 mod common;
 
@@ -142,9 +144,12 @@ fn run_seed(seed: u64, steps: usize) {
     let dir = tmp.path();
     let mut rng = Rng::new(seed);
     let mut model = Model::new();
-    let (mut crashes, mut reopens, mut merges) = (0, 0, 0);
+    let (mut crashes, mut reopens, mut merges, mut cuts) = (0, 0, 0, 0);
+    let always = seed % 3 == 0; // opts(): SyncPolicy::Always
+                                // Model states since the last durable point: a power cut may go back to any of them.
+    let mut since_durable = vec![model.clone()];
     run(async {
-        let mut fault = FaultInjector::new();
+        let fault = FaultInjector::power_loss(dir, seed + 1).expect("injector");
         let mut db = Db::open(dir, opts(seed, Some(fault.clone())))
             .await
             .expect("open");
@@ -157,8 +162,9 @@ fn run_seed(seed: u64, steps: usize) {
                     if rng.below(2) == 0 {
                         db.close().await.expect("close");
                     }
+                    // Close, or the drop of the last handle, syncs everything.
                     drop(db);
-                    fault = FaultInjector::new();
+                    since_durable = vec![model.clone()];
                     db = Db::open(dir, opts(seed, Some(fault.clone())))
                         .await
                         .expect("reopen");
@@ -170,15 +176,20 @@ fn run_seed(seed: u64, steps: usize) {
                     .await;
                 }
                 2..=3 => {
-                    // Crash after a few more IO operations, somewhere in the next writes.
+                    // Crash after a few more IO operations, somewhere in the next writes, and
+                    // now and then cut the power too.
                     crashes += 1;
+                    let power = rng.below(2) == 0;
                     fault.tear_writes(rng.below(2) == 0);
                     fault.crash_after(rng.below(6));
                     let mut uncertain: Option<(Op, Model)> = None;
                     for _ in 0..20 {
                         if rng.below(4) == 0 {
-                            // A merge never changes what the store holds, crash or not.
-                            let _ = db.merge().await;
+                            // A merge never changes what the store holds, crash or not; one
+                            // that completes with inputs synced the writer first.
+                            if db.merge().await.is_ok_and(|r| !r.inputs.is_empty()) {
+                                since_durable = vec![model.clone()];
+                            }
                             if fault.has_crashed() {
                                 break;
                             }
@@ -187,7 +198,14 @@ fn run_seed(seed: u64, steps: usize) {
                         let op = random_op(&mut rng);
                         let before = model.clone();
                         match op.run(&db).await {
-                            Ok(()) => op.apply(&mut model),
+                            Ok(()) => {
+                                op.apply(&mut model);
+                                if always {
+                                    since_durable = vec![model.clone()];
+                                } else {
+                                    since_durable.push(model.clone());
+                                }
+                            }
                             Err(_) => {
                                 // The first failed op may or may not have reached the disk;
                                 // later ones are refused before any IO.
@@ -201,10 +219,32 @@ fn run_seed(seed: u64, steps: usize) {
                         }
                     }
                     drop(db);
-                    fault = FaultInjector::new();
+                    if power {
+                        cuts += 1;
+                        fault.cut_power().expect("cut");
+                    }
+                    fault.restart();
                     db = Db::open(dir, opts(seed, Some(fault.clone())))
                         .await
                         .expect("reopen after crash");
+                    if power {
+                        let mut allowed = since_durable.clone();
+                        if let Some((op, before)) = &uncertain {
+                            let mut after = before.clone();
+                            op.apply(&mut after);
+                            allowed.push(after);
+                        }
+                        let got = common::contents(&db).await;
+                        assert!(
+                            allowed.contains(&got),
+                            "seed {seed} step {step}: after a power cut the store is in none of \
+                             the {} states since the last durable point",
+                            allowed.len()
+                        );
+                        model = got;
+                        since_durable = vec![model.clone()];
+                        continue;
+                    }
                     if let Some((op, before)) = uncertain {
                         let mut after = before.clone();
                         op.apply(&mut after);
@@ -227,13 +267,17 @@ fn run_seed(seed: u64, steps: usize) {
                         }
                         if applied == Some(true) {
                             model = after;
+                            since_durable.push(model.clone());
                         }
                     }
                     check_all(&db, &model, &format!("seed {seed} step {step} after crash")).await;
                 }
                 4..=5 => {
                     merges += 1;
-                    db.merge().await.expect("merge");
+                    // A merge with inputs syncs the writer first.
+                    if !db.merge().await.expect("merge").inputs.is_empty() {
+                        since_durable = vec![model.clone()];
+                    }
                     check_all(&db, &model, &format!("seed {seed} step {step} after merge")).await;
                 }
                 6..=30 => {
@@ -246,6 +290,11 @@ fn run_seed(seed: u64, steps: usize) {
                     let op = random_op(&mut rng);
                     op.run(&db).await.expect("write");
                     op.apply(&mut model);
+                    if always {
+                        since_durable = vec![model.clone()];
+                    } else {
+                        since_durable.push(model.clone());
+                    }
                 }
             }
         }
@@ -255,8 +304,8 @@ fn run_seed(seed: u64, steps: usize) {
         assert_eq!(keys, model.keys().cloned().collect::<Vec<_>>());
     });
     assert!(
-        crashes > 0 && reopens > 0,
-        "seed {seed}: {crashes} crashes, {reopens} reopens"
+        crashes > 0 && reopens > 0 && cuts > 0,
+        "seed {seed}: {crashes} crashes ({cuts} with a power cut), {reopens} reopens"
     );
 }
 

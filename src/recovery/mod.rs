@@ -237,6 +237,11 @@ impl Ctx<'_> {
             io::set_len(self.fault(), &f, outcome.valid_end)?;
             io::sync_file(self.fault(), &f)?;
             out.file_len = outcome.valid_end;
+        } else if is_last {
+            // The last file of a crashed writer may hold records never synced (`Never`,
+            // `IntervalMs`). From now on it is a sealed file that merges rely on: a record
+            // superseded by one of its records may be dropped. Make it durable first.
+            io::sync_file(self.fault(), &fs::open_for_write(path)?)?;
         }
         if is_last && out.records == 0 {
             tracing::info!(file = %path.display(), "removing the empty last datafile");
