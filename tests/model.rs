@@ -145,7 +145,7 @@ fn run_seed(seed: u64, steps: usize) {
     let mut rng = Rng::new(seed);
     let mut model = Model::new();
     let (mut crashes, mut reopens, mut merges, mut cuts) = (0, 0, 0, 0);
-    let always = seed % 3 == 0; // opts(): SyncPolicy::Always
+    let always = seed.is_multiple_of(3); // opts(): SyncPolicy::Always
                                 // Model states since the last durable point: a power cut may go back to any of them.
     let mut since_durable = vec![model.clone()];
     run(async {
