@@ -5,13 +5,14 @@
 //! Each function panics only when an invariant is broken (which the fuzzer reports).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::files::datafile::{self, ScanMode};
 use crate::format::{self, FileKind, HintRecord};
 use crate::layout;
-use crate::{Db, Options, SyncPolicy, WriteBatch};
+use crate::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
 
 /// Decodes a data record; a decoded record must re-encode to exactly the same bytes.
 /// Returns whether it decoded.
@@ -291,29 +292,14 @@ pub fn open_dir(dir: &Path, data: &[u8]) {
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
-fn model_opts() -> Options {
+fn model_opts(policy: SyncPolicy, fault: &Arc<FaultInjector>) -> Options {
     Options::default()
-        .sync(SyncPolicy::Never)
+        .sync(policy)
         .auto_merge(false)
         .preallocate_bytes(0)
         .max_file_bytes(4096)
         .merge_bytes_per_sec(0)
-}
-
-/// The writer's last datafile: the highest id that is not a merge output.
-fn last_log_datafile(dir: &Path) -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "data"))
-        .collect();
-    v.sort();
-    v.into_iter().rev().find(|p| {
-        std::fs::read(p)
-            .map(|b| !b.starts_with(b"RCASKMRG"))
-            .unwrap_or(false)
-    })
+        .fault_injector(fault.clone())
 }
 
 async fn model_contents(db: &Db) -> Model {
@@ -329,20 +315,34 @@ async fn model_contents(db: &Db) -> Model {
     m
 }
 
-/// Runs the operations encoded in `data` (3 bytes each, at most 64) in a fresh store in `dir`
-/// against a `BTreeMap` model: put, delete, batch, get, TTL (expired and long), merge, reopen,
-/// and crash by truncation of the writer's last datafile (never below what the last durable
-/// point — open, close, merge — made durable). After a crash the store must hold the model's
-/// state after some prefix of the operations since that point.
+/// Runs the operations encoded in `data` in a fresh store in `dir` against a `BTreeMap` model:
+/// the first byte picks the sync policy, then 3 bytes per operation (at most 64): put, delete,
+/// batch, get, TTL (expired and long), merge, reopen, and a power cut through a power-loss
+/// injector (what was not synced is lost, the last unsynced write torn). After a cut the store
+/// must hold the model's state after some operation since the last durable point (open,
+/// close, a merge with inputs, and every write under `SyncPolicy::Always`).
 pub fn model(dir: &Path, data: &[u8]) {
+    let Some((&policy, data)) = data.split_first() else {
+        return;
+    };
+    let policy = match policy % 3 {
+        0 => SyncPolicy::Never,
+        1 => SyncPolicy::Always,
+        _ => SyncPolicy::IntervalMs(1),
+    };
     futures::executor::block_on(async {
+        let fault = FaultInjector::power_loss(dir, 1).expect("injector");
         let mut run = ModelRun {
             dir,
-            db: Some(Db::open(dir, model_opts()).await.expect("open")),
+            db: Some(
+                Db::open(dir, model_opts(policy, &fault))
+                    .await
+                    .expect("open"),
+            ),
+            policy,
+            fault,
             model: Model::new(),
-            since_open: vec![Model::new()],
-            writes_since_open: 0,
-            durable: None,
+            since_durable: vec![Model::new()],
         };
         for op in data.chunks(3).take(64) {
             let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
@@ -355,7 +355,7 @@ pub fn model(dir: &Path, data: &[u8]) {
                 }
                 7 => run.merge().await,
                 8 => run.reopen().await,
-                9 | 10 => run.crash(u16::from_le_bytes([b, a])).await,
+                9 | 10 => run.cut(u64::from(u16::from_le_bytes([b, a]))).await,
                 _ => {
                     let k2 = vec![b'k', op.get(2).copied().unwrap_or(0) % 12];
                     run.write(a % 11, b, k, v, k2).await;
@@ -369,20 +369,22 @@ pub fn model(dir: &Path, data: &[u8]) {
 /// The state of one [`model`] run.
 struct ModelRun<'d> {
     dir: &'d Path,
-    /// `None` only while a crash is being simulated.
+    /// `None` only while the power is cut.
     db: Option<Db>,
+    policy: SyncPolicy,
+    fault: Arc<FaultInjector>,
     model: Model,
-    /// Model states since the last open: a truncation may roll back to any of them.
-    since_open: Vec<Model>,
-    writes_since_open: u32,
-    /// The last datafile and its length at the last durable point: a crash cannot cut it
-    /// shorter than that.
-    durable: Option<(PathBuf, u64)>,
+    /// Model states since the last durable point: a power cut may go back to any of them.
+    since_durable: Vec<Model>,
 }
 
 impl ModelRun<'_> {
     fn db(&self) -> &Db {
         self.db.as_ref().expect("the store is open")
+    }
+
+    fn durable_now(&mut self) {
+        self.since_durable = vec![self.model.clone()];
     }
 
     /// A write: put (`kind` 0-2), delete (3), batch of a put of `k` and a delete of `k2` (4),
@@ -426,64 +428,49 @@ impl ModelRun<'_> {
                 model.insert(k, v);
             }
         }
-        self.writes_since_open += 1;
-        self.since_open.push(self.model.clone());
+        if self.policy == SyncPolicy::Always {
+            self.durable_now();
+        } else {
+            self.since_durable.push(self.model.clone());
+        }
     }
 
     async fn merge(&mut self) {
-        self.db().merge().await.expect("merge");
+        let r = self.db().merge().await.expect("merge");
         assert_eq!(model_contents(self.db()).await, self.model);
-        // A merge syncs the writer: what was written so far is durable.
-        self.since_open = vec![self.model.clone()];
-        self.durable = last_log_datafile(self.dir).map(|p| {
-            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            (p, len)
-        });
+        // A merge with inputs syncs the writer first: what was written so far is durable.
+        if !r.inputs.is_empty() {
+            self.durable_now();
+        }
     }
 
     async fn reopen(&mut self) {
         self.db().close().await.expect("close");
         drop(self.db.take());
-        self.db = Some(Db::open(self.dir, model_opts()).await.expect("reopen"));
+        self.durable_now();
+        let opts = model_opts(self.policy, &self.fault);
+        self.db = Some(Db::open(self.dir, opts).await.expect("reopen"));
         assert_eq!(model_contents(self.db()).await, self.model);
-        self.since_open = vec![self.model.clone()];
-        self.writes_since_open = 0;
-        self.durable = None;
     }
 
-    /// Crash by truncation of the file this session appended to, at a point chosen by `at`.
-    async fn crash(&mut self, at: u16) {
+    /// The process dies after `at % 8` more IO operations, then the power is cut.
+    async fn cut(&mut self, at: u64) {
+        self.fault.crash_after(at % 8);
         drop(self.db.take());
-        if self.writes_since_open > 0 {
-            if let Some(last) = last_log_datafile(self.dir) {
-                let _ = std::fs::remove_file(last.with_extension("hint"));
-                let len = std::fs::metadata(&last).map(|m| m.len()).unwrap_or(0);
-                let mut cut = 20 + u64::from(at) % len.max(21);
-                if let Some((p, synced)) = &self.durable {
-                    if *p == last {
-                        cut = cut.max(*synced);
-                    }
-                }
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&last)
-                    .expect("open last");
-                f.set_len(cut.min(len)).expect("cut");
-            }
-        }
+        self.fault.cut_power().expect("cut");
+        self.fault.restart();
+        let opts = model_opts(self.policy, &self.fault);
         self.db = Some(
-            Db::open(self.dir, model_opts())
+            Db::open(self.dir, opts)
                 .await
-                .expect("reopen after truncation"),
+                .expect("open after a power cut"),
         );
         let got = model_contents(self.db()).await;
         assert!(
-            self.since_open.contains(&got),
-            "recovered a state that no prefix of the operations produced"
+            self.since_durable.contains(&got),
+            "recovered a state that no operation since the last durable point produced"
         );
         self.model = got;
-        self.since_open = vec![self.model.clone()];
-        self.writes_since_open = 0;
-        self.durable = None;
+        self.durable_now();
     }
 }

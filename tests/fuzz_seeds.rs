@@ -138,18 +138,17 @@ fn write_seed_corpora_from_a_real_store() {
         dirseed.extend_from_slice(bytes);
     }
     seed("open_dir", "store", &dirseed);
-    // model: a few operation strings (3 bytes per op).
-    seed(
-        "model",
-        "ops1",
-        &[0, 1, 0, 1, 2, 0, 5, 1, 0, 3, 1, 0, 8, 0, 0, 5, 1, 0],
-    );
-    seed(
-        "model",
-        "ops2",
-        &[
-            4, 3, 5, 0, 7, 0, 9, 200, 1, 5, 7, 0, 6, 2, 0, 6, 3, 0, 10, 9, 9,
-        ],
-    );
+    // model: a policy byte (Never, Always, IntervalMs), then operations of 3 bytes each.
+    let ops1 = [0, 1, 0, 1, 2, 0, 5, 1, 0, 3, 1, 0, 8, 0, 0, 5, 1, 0];
+    let ops2 = [
+        4, 3, 5, 0, 7, 0, 9, 200, 1, 5, 7, 0, 6, 2, 0, 6, 3, 0, 10, 9, 9,
+    ];
+    for (policy, name) in [(0u8, "never"), (1, "always"), (2, "interval")] {
+        for (i, ops) in [&ops1[..], &ops2[..]].into_iter().enumerate() {
+            let mut input = vec![policy];
+            input.extend_from_slice(ops);
+            seed("model", &format!("{name}-ops{}", i + 1), &input);
+        }
+    }
     assert!(n >= 2);
 }

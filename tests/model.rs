@@ -146,7 +146,7 @@ fn run_seed(seed: u64, steps: usize) {
     let mut model = Model::new();
     let (mut crashes, mut reopens, mut merges, mut cuts) = (0, 0, 0, 0);
     let always = seed.is_multiple_of(3); // opts(): SyncPolicy::Always
-                                // Model states since the last durable point: a power cut may go back to any of them.
+                                         // Model states since the last durable point: a power cut may go back to any of them.
     let mut since_durable = vec![model.clone()];
     run(async {
         let fault = FaultInjector::power_loss(dir, seed + 1).expect("injector");
