@@ -70,6 +70,67 @@ pub fn manifest(data: &[u8]) -> bool {
     true
 }
 
+/// A decoder target's input: a flag byte, then the bytes. With flag bit 0 set, the CRCs are
+/// recomputed first (by `fix`), so that the input reaches the checks behind them.
+fn with_flag(
+    data: &[u8],
+    fix: impl FnOnce(&mut Vec<u8>),
+    decode: impl FnOnce(&[u8]) -> bool,
+) -> bool {
+    let Some((&flag, rest)) = data.split_first() else {
+        return false;
+    };
+    let mut bytes = rest.to_vec();
+    if flag & 1 == 1 {
+        fix(&mut bytes);
+    }
+    decode(&bytes)
+}
+
+/// The `record` target: a flag byte (bit 0: fix the CRC), then a data record for [`record`].
+pub fn record_input(data: &[u8]) -> bool {
+    with_flag(
+        data,
+        |b| {
+            format::fix_record_crc(b);
+        },
+        record,
+    )
+}
+
+/// The `hint_record` target: a flag byte (bit 0: fix the CRC), then a hint record.
+pub fn hint_record_input(data: &[u8]) -> bool {
+    with_flag(data, |b| format::fix_hint_crc(b), hint_record)
+}
+
+/// The `file_header` target: a flag byte (bit 0: fix the CRC), then a file header.
+pub fn file_header_input(data: &[u8]) -> bool {
+    let fix = |b: &mut Vec<u8>| format::fix_trailing_crc(b, format::FILE_HEADER_LEN);
+    with_flag(data, fix, file_header)
+}
+
+/// The `manifest` target: a flag byte (bit 0: fix the CRC), then a manifest.
+pub fn manifest_input(data: &[u8]) -> bool {
+    let fix = |b: &mut Vec<u8>| {
+        let len = b.len();
+        format::fix_trailing_crc(b, len);
+    };
+    with_flag(data, fix, manifest)
+}
+
+/// The `batch_frame` target: a flag byte (bit 0: fix every record's CRC), then the records of
+/// a datafile for [`datafile`].
+pub fn datafile_input(dir: &Path, data: &[u8]) {
+    with_flag(
+        data,
+        |b| format::fix_record_crcs(b),
+        |b| {
+            datafile(dir, b);
+            true
+        },
+    );
+}
+
 /// An encoded manifest (a seed for the `manifest` target).
 pub fn encoded_manifest(inputs: &[u32], outputs: &[u32]) -> Vec<u8> {
     format::encode_manifest(&format::Manifest {

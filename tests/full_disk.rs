@@ -117,9 +117,16 @@ fn writes_past_a_full_disk_fail_and_lose_nothing_acknowledged() {
         let db = Db::open(&dir, opts()).await.expect("open");
         let (acked, err) = fill(&db, "k", u32::MAX).await;
         assert!(is_full(&err), "the first failed put: {err:?}");
-        assert!(acked.len() > 1000, "{} puts before the disk was full", acked.len());
+        assert!(
+            acked.len() > 1000,
+            "{} puts before the disk was full",
+            acked.len()
+        );
         // The store refuses further writes, and says why.
-        let later = db.put("more", "x").await.expect_err("a write after a full disk");
+        let later = db
+            .put("more", "x")
+            .await
+            .expect_err("a write after a full disk");
         assert!(
             matches!(later, Error::Poisoned(_)) || is_full(&later),
             "{later:?}"

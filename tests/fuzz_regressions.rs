@@ -43,16 +43,16 @@ fn open_dir_regressions() {
 #[test]
 fn decoder_regressions() {
     for data in inputs("record") {
-        fuzzing::record(&data);
+        fuzzing::record_input(&data);
     }
     for data in inputs("hint_record") {
-        fuzzing::hint_record(&data);
+        fuzzing::hint_record_input(&data);
     }
     for data in inputs("manifest") {
-        fuzzing::manifest(&data);
+        fuzzing::manifest_input(&data);
     }
     for data in inputs("file_header") {
-        fuzzing::file_header(&data);
+        fuzzing::file_header_input(&data);
     }
 }
 

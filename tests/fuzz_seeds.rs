@@ -26,6 +26,30 @@ fn seed(target: &str, name: &str, bytes: &[u8]) {
     std::fs::write(corpus(target).join(format!("seed-{name}")), bytes).expect("write seed");
 }
 
+/// Seeds of a decoder target whose input starts with a flag byte (bit 0: fix the CRCs): the
+/// bytes as they are, and with a CRC to fix (zeroed, so that only the fix makes them decode).
+/// `decode` is the target's entry point: both seeds must decode.
+fn flagged_seeds(
+    target: &str,
+    name: &str,
+    bytes: &[u8],
+    crc_at: std::ops::Range<usize>,
+    decode: &dyn Fn(&[u8]) -> bool,
+) {
+    let mut plain = vec![0u8];
+    plain.extend_from_slice(bytes);
+    assert!(decode(&plain), "{target} {name}: the seed decodes");
+    seed(target, &format!("{name}-plain"), &plain);
+    let mut fixed = vec![1u8];
+    fixed.extend_from_slice(bytes);
+    fixed[crc_at.start + 1..crc_at.end + 1].fill(0);
+    let mut unfixed = fixed.clone();
+    unfixed[0] = 0;
+    assert!(!decode(&unfixed), "{target} {name}: a zeroed CRC fails");
+    assert!(decode(&fixed), "{target} {name}: the fixed CRC decodes");
+    seed(target, &format!("{name}-fix"), &fixed);
+}
+
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read_dir")
@@ -82,25 +106,50 @@ fn write_seed_corpora_from_a_real_store() {
     for (fi, f) in datafiles.iter().enumerate() {
         let bytes = std::fs::read(f).expect("read");
         assert!(fuzzing::file_header(&bytes[..20]));
-        seed("file_header", &format!("data{fi}"), &bytes[..20]);
+        flagged_seeds(
+            "file_header",
+            &format!("data{fi}"),
+            &bytes[..20],
+            16..20,
+            &fuzzing::file_header_input,
+        );
         let spans = fuzzing::record_spans(&bytes);
         assert!(!spans.is_empty());
         for (ri, (off, len)) in spans.iter().take(6).enumerate() {
             assert!(fuzzing::record(&bytes[*off..off + len]));
-            seed("record", &format!("f{fi}r{ri}"), &bytes[*off..off + len]);
+            flagged_seeds(
+                "record",
+                &format!("f{fi}r{ri}"),
+                &bytes[*off..off + len],
+                0..4,
+                &fuzzing::record_input,
+            );
         }
-        seed("batch_frame", &format!("f{fi}"), &bytes[20..]);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&bytes[20..]);
+        seed("batch_frame", &format!("f{fi}-plain"), &frame);
+        frame[0] = 1;
+        frame[1..5].fill(0);
+        seed("batch_frame", &format!("f{fi}-fix"), &frame);
         n += 1;
     }
     for (hi, h) in hints.iter().enumerate() {
         let bytes = std::fs::read(h).expect("read");
         assert!(fuzzing::file_header(&bytes[..20]));
-        seed("file_header", &format!("hint{hi}"), &bytes[..20]);
+        flagged_seeds(
+            "file_header",
+            &format!("hint{hi}"),
+            &bytes[..20],
+            16..20,
+            &fuzzing::file_header_input,
+        );
         assert!(fuzzing::hint_record(&bytes[20..]));
-        seed(
+        flagged_seeds(
             "hint_record",
             &format!("h{hi}"),
             &bytes[20..bytes.len().min(20 + 64)],
+            0..4,
+            &fuzzing::hint_record_input,
         );
         let data_len = std::fs::metadata(h.with_extension("data"))
             .map(|m| m.len())
@@ -120,7 +169,14 @@ fn write_seed_corpora_from_a_real_store() {
     {
         let m = fuzzing::encoded_manifest(inputs, outputs);
         assert!(fuzzing::manifest(&m));
-        seed("manifest", &format!("m{i}"), &m);
+        let n = m.len();
+        flagged_seeds(
+            "manifest",
+            &format!("m{i}"),
+            &m,
+            n - 4..n,
+            &fuzzing::manifest_input,
+        );
     }
     // open_dir: the store's files as (selector, u16 length, bytes) entries.
     let mut dirseed = Vec::new();

@@ -1,5 +1,6 @@
 #![no_main]
-//! Scans arbitrary bytes as the records of a datafile (after a valid header), in strict and
+//! Scans arbitrary bytes (a flag byte first: bit 0 recomputes every record CRC) as the records
+//! of a datafile (after a valid header), in strict and
 //! skip-damaged mode, through the atomic-batch framing.
 use libfuzzer_sys::fuzz_target;
 
@@ -8,5 +9,5 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
-    DIR.with(|d| ringcask::fuzzing::datafile(d.path(), data));
+    DIR.with(|d| ringcask::fuzzing::datafile_input(d.path(), data));
 });
