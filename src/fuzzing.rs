@@ -212,7 +212,7 @@ pub fn datafile(dir: &Path, body: &[u8]) {
     for mode in [ScanMode::Stop, ScanMode::Skip] {
         let len = bytes.len() as u64;
         let mut last_end = 0u64;
-        let res = datafile::scan(&path, 1, mode, |h: &HintRecord<'_>| {
+        let res = datafile::scan(&path, 1, mode, None, |h: &HintRecord<'_>| {
             assert!(h.offset >= format::FILE_HEADER_LEN as u64);
             assert!(h.offset + u64::from(h.record_len) <= len);
             last_end = last_end.max(h.offset + u64::from(h.record_len));

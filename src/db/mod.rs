@@ -91,7 +91,7 @@ impl Db {
         } = ready;
         let mut threads = Threads(vec![writer], shared.clone());
         let readers = threads.spawn_readers(&dir, &opts, kind)?;
-        let files = Arc::new(FileTable::new(dir.clone()));
+        let files = Arc::new(FileTable::new(dir.clone(), opts.fault_injector.clone()));
         let (merge_tx, merge_rx) = mpsc::channel(16);
         let merger = Merger {
             files: files.clone(),
@@ -456,8 +456,18 @@ impl Inner {
     /// Reads and verifies the record `e` points at; returns its value.
     async fn read_record(&self, key: &[u8], e: Entry) -> Result<Bytes> {
         let offset = u64::from(e.offset);
+        let failed = |err: std::io::Error| {
+            let file = layout::data_path(&self.dir, e.file_id);
+            let what = format!(
+                "reading {} bytes at offset {offset} of {}",
+                e.len,
+                file.display()
+            );
+            Error::Io(crate::io::context(err, what))
+        };
         if self.opts.inline_reads {
-            if let Some(buf) = self.files.read_nowait(e.file_id, offset, e.len as usize)? {
+            let read = self.files.read_nowait(e.file_id, offset, e.len as usize);
+            if let Some(buf) = read.map_err(failed)? {
                 self.shared.reads_inline.add(1);
                 return self.verify(key, e, buf);
             }
@@ -486,7 +496,7 @@ impl Inner {
                     reason: "datafile is shorter than the record the keydir points at".into(),
                 })
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(failed(err)),
         };
         self.verify(key, e, buf)
     }

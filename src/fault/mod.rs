@@ -32,6 +32,10 @@ pub struct FaultInjector {
     limit: AtomicU64,
     tear: AtomicBool,
     crashed: AtomicBool,
+    /// Reads to let through before failing any.
+    reads_before_failing: AtomicU64,
+    /// Reads still to fail with `EIO` after those.
+    failing_reads: AtomicU64,
     power: Option<Mutex<PowerModel>>,
 }
 
@@ -43,6 +47,8 @@ impl FaultInjector {
             limit: AtomicU64::new(u64::MAX),
             tear: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
+            reads_before_failing: AtomicU64::new(0),
+            failing_reads: AtomicU64::new(0),
             power: None,
         })
     }
@@ -59,6 +65,8 @@ impl FaultInjector {
             limit: AtomicU64::new(u64::MAX),
             tear: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
+            reads_before_failing: AtomicU64::new(0),
+            failing_reads: AtomicU64::new(0),
             power: Some(Mutex::new(PowerModel::new(dir.as_ref(), seed)?)),
         }))
     }
@@ -129,6 +137,33 @@ impl FaultInjector {
         self.limit.store(now.saturating_add(n), Ordering::SeqCst);
     }
 
+    /// Lets `after` more reads of datafiles, hint files and the keydir snapshot (a `get`'s, a
+    /// merge's, recovery's) through, then makes the next `n` fail with `EIO`, without reading.
+    pub fn fail_reads(&self, after: u64, n: u64) {
+        self.reads_before_failing.store(after, Ordering::SeqCst);
+        self.failing_reads.store(n, Ordering::SeqCst);
+    }
+
+    /// Fails this read if [`FaultInjector::fail_reads`] asked for it.
+    pub(crate) fn check_read(&self) -> io::Result<()> {
+        let dec = |n: u64| n.checked_sub(1);
+        if self.failing_reads.load(Ordering::SeqCst) == 0
+            || self
+                .reads_before_failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, dec)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        match self
+            .failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, dec)
+        {
+            Ok(_) => Err(io::Error::from_raw_os_error(5)), // EIO
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Makes the first failing write write half of its bytes before failing.
     pub fn tear_writes(&self, tear: bool) {
         self.tear.store(tear, Ordering::SeqCst);
@@ -161,6 +196,14 @@ impl FaultInjector {
 
 pub(crate) fn injected() -> io::Error {
     io::Error::other("injected fault: simulated crash")
+}
+
+/// Fails a read if an optional injector asks for it.
+pub(crate) fn read_point(fault: Option<&FaultInjector>) -> io::Result<()> {
+    match fault {
+        Some(f) => f.check_read(),
+        None => Ok(()),
+    }
 }
 
 /// Counts one state-changing operation against an optional injector.

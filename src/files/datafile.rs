@@ -2,9 +2,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::fault::FaultInjector;
 use crate::format::{
     self, DecodeError, FileKind, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END,
     RECORD_HEADER_LEN,
@@ -66,15 +66,17 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// A read window over a file, refilled with positioned reads.
 struct Window<'f> {
     file: &'f File,
+    fault: Option<&'f FaultInjector>,
     file_len: u64,
     buf: Vec<u8>,
     start: u64,
 }
 
 impl<'f> Window<'f> {
-    fn new(file: &'f File, file_len: u64) -> Self {
+    fn new(file: &'f File, file_len: u64, fault: Option<&'f FaultInjector>) -> Self {
         Window {
             file,
+            fault,
             file_len,
             buf: Vec::new(),
             start: 0,
@@ -90,7 +92,7 @@ impl<'f> Window<'f> {
                 .max(CHUNK_BYTES as u64)
                 .min(self.file_len - off) as usize;
             self.buf.resize(n, 0);
-            self.file.read_exact_at(&mut self.buf, off)?;
+            crate::io::read_exact_at(self.fault, self.file, &mut self.buf, off)?;
             self.start = off;
         }
         let s = (off - self.start) as usize;
@@ -106,9 +108,14 @@ impl<'f> Window<'f> {
 /// only zero bytes follow the header's 20 bytes and the header is not that of another format
 /// version. A power cut can leave any mix of a never-synced header's bytes on disk, but no
 /// record can follow it: a datafile's header is synced before anything is appended.
-pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), ScanError> {
+pub(crate) fn check_header(
+    file: &File,
+    file_len: u64,
+    id: u32,
+    fault: Option<&FaultInjector>,
+) -> Result<(), ScanError> {
     let mut hdr = vec![0u8; FILE_HEADER_LEN.min(file_len as usize)];
-    file.read_exact_at(&mut hdr, 0)?;
+    crate::io::read_exact_at(fault, file, &mut hdr, 0)?;
     match format::decode_file_header(&hdr, FileKind::Data) {
         Ok(found) if found == id => Ok(()),
         Ok(_) => Err(ScanError::Header {
@@ -120,7 +127,10 @@ pub(crate) fn check_header(file: &File, file_len: u64, id: u32) -> Result<(), Sc
             let foreign = matches!(err, DecodeError::UnsupportedVersion(v) if v != 0);
             let torn = hdr.len() < FILE_HEADER_LEN
                 || (!foreign
-                    && zero_from(&mut Window::new(file, file_len), FILE_HEADER_LEN as u64)?);
+                    && zero_from(
+                        &mut Window::new(file, file_len, fault),
+                        FILE_HEADER_LEN as u64,
+                    )?);
             Err(ScanError::Header { err, torn })
         }
     }
@@ -163,12 +173,13 @@ pub(crate) fn scan(
     path: &Path,
     id: u32,
     mode: ScanMode,
+    fault: Option<&FaultInjector>,
     mut apply: impl FnMut(&HintRecord<'_>),
 ) -> Result<ScanOutcome, ScanError> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
-    check_header(&file, file_len, id)?;
-    let mut w = Window::new(&file, file_len);
+    check_header(&file, file_len, id, fault)?;
+    let mut w = Window::new(&file, file_len, fault);
     let mut s = Scanner {
         path,
         mode,

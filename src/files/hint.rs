@@ -243,6 +243,7 @@ pub(crate) fn load<S: Send>(
     file_id: u32,
     data_len: u64,
     parts: usize,
+    fault: Option<&FaultInjector>,
     state: impl Fn() -> S + Sync,
     apply: impl Fn(&mut S, &HintRecord<'_>) + Sync,
 ) -> Result<(u64, Vec<S>), LoadError> {
@@ -256,7 +257,10 @@ pub(crate) fn load<S: Send>(
         .map_err(cannot)
         .map_err(LoadError::Unusable)?
         .len();
-    let read_at = |buf: &mut [u8], off: u64| file.read_at(buf, off).map_err(cannot);
+    let read_at = |buf: &mut [u8], off: u64| {
+        crate::fault::read_point(fault).map_err(cannot)?;
+        file.read_at(buf, off).map_err(cannot)
+    };
     let how = How {
         parts,
         ..How::default()

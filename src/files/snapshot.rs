@@ -54,7 +54,7 @@ mod header;
 pub(crate) use header::fix_checksums;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use header::InMemory;
-use header::{invalid, Source};
+use header::{invalid, FileSource, Source};
 pub(crate) use header::{read_header, Header, Unused};
 
 /// Saves `keydir` as the snapshot of the store in `dir`, whose datafiles are `usage`'s and the
@@ -474,9 +474,13 @@ pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Restore
         tracing::info!("keydir snapshots are off: deleted the one found");
         return Ok(None);
     }
-    let loaded = read_header(&file).and_then(|head| {
+    let src = FileSource {
+        file: &file,
+        fault: opts.fault_injector.as_deref(),
+    };
+    let loaded = read_header(&src).and_then(|head| {
         matches_dir(dir, &head.files).map_err(Unused::Stale)?;
-        decode(&file, head, opts.recovery_workers(), now_ms())
+        decode(&src, head, opts.recovery_workers(), now_ms())
     });
     match loaded {
         Ok(mut d) => {

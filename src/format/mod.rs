@@ -575,69 +575,10 @@ pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
     Ok(Manifest { inputs, outputs })
 }
 
-// ---- checksum fixing (fuzzing: inputs reach the checks behind the CRCs) -----------------
-
-/// The length of the record (`header`-byte header, length fields at `key_at` and, for data
-/// records, `value_at`) at the start of `buf`, if it fits.
-#[cfg(any(test, feature = "fuzzing"))]
-fn fixable_len(buf: &[u8], header: usize, key_at: usize, value_at: Option<usize>) -> Option<usize> {
-    let k = u32_at(buf, key_at).ok()? as usize;
-    let v = match value_at {
-        Some(at) => u32_at(buf, at).ok()? as usize,
-        None => 0,
-    };
-    header
-        .checked_add(k)?
-        .checked_add(v)
-        .filter(|&l| l <= buf.len())
-}
-
-/// Recomputes the CRC of the data record at the start of `buf`; returns its length.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn fix_record_crc(buf: &mut [u8]) -> Option<usize> {
-    let len = fixable_len(
-        buf,
-        RECORD_HEADER_LEN,
-        REC_KEY_LEN_OFFSET,
-        Some(REC_VALUE_LEN_OFFSET),
-    )?;
-    seal_crc(buf.get_mut(..len)?, 0, REC_SEQ_OFFSET);
-    Some(len)
-}
-
-/// Recomputes the CRC of every data record of `buf`, from its start, as far as they fit.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn fix_record_crcs(buf: &mut [u8]) {
-    let mut at = 0;
-    while let Some(len) = buf.get_mut(at..).and_then(fix_record_crc) {
-        at += len.max(1);
-    }
-}
-
-/// Recomputes the CRC of the hint record at the start of `buf`.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn fix_hint_crc(buf: &mut [u8]) {
-    if let Some(len) = fixable_len(buf, HINT_RECORD_HEADER_LEN, HINT_KEY_LEN_OFFSET, None) {
-        if let Some(rec) = buf.get_mut(..len) {
-            seal_crc(rec, 0, HINT_SEQ_OFFSET);
-        }
-    }
-}
-
-/// Recomputes the CRC of a file header (or, for a manifest, of the whole file): the last 4
-/// bytes of `buf[..len]` hold the CRC of the bytes before them.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn fix_trailing_crc(buf: &mut [u8], len: usize) {
-    let Some(body) = len.checked_sub(size_of::<u32>()) else {
-        return;
-    };
-    let Some(c) = buf.get(..body).map(crc) else {
-        return;
-    };
-    if let Some(dst) = buf.get_mut(body..len) {
-        dst.copy_from_slice(&c.to_le_bytes());
-    }
-}
+#[cfg(feature = "fuzzing")]
+mod fix;
+#[cfg(feature = "fuzzing")]
+pub(crate) use fix::{fix_hint_crc, fix_record_crc, fix_record_crcs, fix_trailing_crc};
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::fault::{fault_point, injected, FaultInjector};
+use crate::fault::{fault_point, injected, read_point, FaultInjector};
 use crate::options::{IoBackend, IoBackendKind};
 use std::sync::Arc;
 
@@ -103,6 +103,7 @@ impl IoFile {
 
     /// Reads exactly `len` bytes at `offset`. A short file is `UnexpectedEof`.
     pub(crate) async fn read_exact_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        read_point(self.fault.as_deref())?;
         let buf = vec![0u8; len];
         match &self.handle {
             Handle::Uring(f) => {
@@ -213,6 +214,22 @@ pub(crate) fn pwrite_all(
         fi.note_write(f, offset, buf);
     }
     Ok(())
+}
+
+/// A positioned read of all of `buf` at `offset` of `f`, through the fault seam.
+pub(crate) fn read_exact_at(
+    fault: Option<&FaultInjector>,
+    f: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<()> {
+    read_point(fault)?;
+    f.read_exact_at(buf, offset)
+}
+
+/// `e` with `what` (the operation and the file) in front of its message, same kind.
+pub(crate) fn context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 /// `fsync` of `f` through the fault seam.

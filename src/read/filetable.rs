@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use crate::fault::{read_point, FaultInjector};
 use crate::layout::data_path;
 
 /// Most descriptors one datafile is read through.
@@ -66,11 +67,13 @@ pub(crate) struct FileTable {
     files: ArcSwap<HashMap<u32, Arc<Handles>>>,
     /// Descriptors per file: one per CPU, at most [`MAX_FDS_PER_FILE`].
     fds_per_file: usize,
+    fault: Option<Arc<FaultInjector>>,
 }
 
 impl FileTable {
-    pub(crate) fn new(dir: PathBuf) -> FileTable {
+    pub(crate) fn new(dir: PathBuf, fault: Option<Arc<FaultInjector>>) -> FileTable {
         FileTable {
+            fault,
             dir,
             files: ArcSwap::from_pointee(HashMap::new()),
             fds_per_file: std::thread::available_parallelism()
@@ -102,6 +105,7 @@ impl FileTable {
         offset: u64,
         len: usize,
     ) -> io::Result<Option<Vec<u8>>> {
+        read_point(self.fault.as_deref())?;
         let files = self.files.load();
         let opened;
         let handles: &Handles = match files.get(&id) {

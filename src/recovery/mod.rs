@@ -92,6 +92,17 @@ impl Ctx<'_> {
     /// Loads datafile `id`: from its hint file when it has a usable one, else by a scan.
     fn load_file(&self, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
         let path = data_path(self.dir, id);
+        self.load_path(&path, id, is_last, has_hint)
+            .map_err(|e| match e {
+                Error::Io(io) => {
+                    Error::Io(io::context(io, format!("recovering {}", path.display())))
+                }
+                other => other,
+            })
+    }
+
+    fn load_path(&self, path: &Path, id: u32, is_last: bool, has_hint: bool) -> Result<Loaded> {
+        let path = path.to_path_buf();
         let file_len = std::fs::metadata(&path)?.len();
         if file_len > u64::from(u32::MAX) {
             return Err(corrupt(path, 0, "datafile of 4 GiB or more"));
@@ -121,7 +132,7 @@ impl Ctx<'_> {
         has_hint: bool,
     ) -> Result<Checked> {
         let file = std::fs::File::open(path)?;
-        let (err, torn) = match datafile::check_header(&file, file_len, id) {
+        let (err, torn) = match datafile::check_header(&file, file_len, id, self.fault()) {
             Ok(()) => return Ok(Checked::Good),
             Err(ScanError::Io(e)) => return Err(e.into()),
             Err(ScanError::Header { err, torn }) => (err, torn),
@@ -158,6 +169,7 @@ impl Ctx<'_> {
             id,
             out.file_len,
             self.hint_parts,
+            self.fault(),
             Group::default,
             |g, h| g.push(keydir, id, h, now),
         );
@@ -200,7 +212,7 @@ impl Ctx<'_> {
             opts.fault_injector.clone(),
         );
         let mut group = Group::default();
-        let scanned = datafile::scan(path, id, mode, |h| {
+        let scanned = datafile::scan(path, id, mode, self.fault(), |h| {
             group.push(keydir, id, h, now);
             hb.push(h);
         });

@@ -100,11 +100,11 @@ fn chunked_load_sees_every_record_whatever_the_chunk() {
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("h");
     std::fs::write(&path, &file).expect("write");
-    let (n, parts) = load(&path, 3, 20 + 80 * 400, 2, Vec::new, seen).expect("loads");
+    let (n, parts) = load(&path, 3, 20 + 80 * 400, 2, None, Vec::new, seen).expect("loads");
     assert_eq!(n, 80);
     assert_eq!(parts.concat(), recs);
     assert!(matches!(
-        load(&dir.join("missing"), 3, 0, 1, || (), |_, _| {}),
+        load(&dir.join("missing"), 3, 0, 1, None, || (), |_, _| {}),
         Err(LoadError::Unusable(_))
     ));
     std::fs::remove_dir_all(&dir).expect("cleanup");

@@ -4,8 +4,8 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
+use crate::fault::FaultInjector;
 use crate::format::snapshot::{
     decode_snapshot_fixed, decode_snapshot_header, snapshot_header_len, Listed, ShardIndex,
     LISTED_LEN, MIN_ENTRY_LEN, SNAPSHOT_FIXED_LEN, SNAPSHOT_VERSION,
@@ -21,13 +21,19 @@ pub(crate) trait Source: Sync {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
 }
 
-impl Source for File {
+/// The snapshot file, read through the fault seam.
+pub(crate) struct FileSource<'a> {
+    pub file: &'a File,
+    pub fault: Option<&'a FaultInjector>,
+}
+
+impl Source for FileSource<'_> {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.read_exact_at(buf, off)
+        crate::io::read_exact_at(self.fault, self.file, buf, off)
     }
 }
 
