@@ -64,6 +64,9 @@ mod db;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(ringcask_loom)]
+#[doc(hidden)]
+pub mod loom_api;
 #[cfg(test)]
 mod test_rng;
 

@@ -1,8 +1,8 @@
 //! The keydir's compare-and-swap rules, as plain functions over one entry.
 //!
-//! The concurrent map applies each rule under its shard lock; the loom model in
-//! `loom-models/` includes this very file and applies the same rules under a loom mutex, so the
-//! protocol it checks (writer put vs merge repoint vs delete) is the one the engine runs.
+//! The concurrent map applies each rule under its shard lock. The loom models in
+//! `loom-models/` drive the keydir itself (`crate::loom_api`, built with loom's shard locks
+//! under `--cfg ringcask_loom`), so the protocol they check is the one the engine runs.
 
 /// Location and metadata of a key's newest record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,10 @@
 //! their updates does not matter. Callers copy the small `Copy` entry out; no map guard ever
 //! lives across an `.await`.
 
+#[cfg(ringcask_loom)]
+use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::hash::BuildHasher;
+#[cfg(not(ringcask_loom))]
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 mod cas;
