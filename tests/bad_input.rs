@@ -390,3 +390,23 @@ fn second_process_gets_locked() {
         drop(db);
     });
 }
+
+/// An IO error says what was being done and to which file, not just "File exists".
+#[test]
+fn a_store_path_that_is_a_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("not-a-dir");
+    std::fs::write(&path, b"x").expect("write");
+    let e = run(async {
+        Db::open(&path, small_opts())
+            .await
+            .expect_err("open must fail")
+    });
+    let text = e.to_string();
+    assert!(
+        matches!(e, Error::Io(_))
+            && text.contains("creating the store directory")
+            && text.contains("not-a-dir"),
+        "{text}"
+    );
+}

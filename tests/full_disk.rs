@@ -117,6 +117,11 @@ fn writes_past_a_full_disk_fail_and_lose_nothing_acknowledged() {
         let db = Db::open(&dir, opts()).await.expect("open");
         let (acked, err) = fill(&db, "k", u32::MAX).await;
         assert!(is_full(&err), "the first failed put: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("appending") && text.contains(".data") || text.contains("creating"),
+            "the error names the operation and the file: {text}"
+        );
         assert!(
             acked.len() > 1000,
             "{} puts before the disk was full",

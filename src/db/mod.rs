@@ -78,7 +78,9 @@ impl Db {
     pub async fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let dir = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            crate::io::context(e, format!("creating the store directory {}", dir.display()))
+        })?;
         let shared = Arc::new(Shared::default());
         let (write_tx, write_rx) = mpsc::channel(opts.write_queue_depth);
         let (writer, ready) = start_writer(&dir, &opts, &shared, write_rx).await?;

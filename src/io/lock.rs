@@ -20,7 +20,11 @@ impl DirLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join(LOCK_NAME))?;
+            .open(dir.join(LOCK_NAME))
+            .map_err(|e| {
+                let what = format!("opening the lock file {}", dir.join(LOCK_NAME).display());
+                crate::io::context(e, what)
+            })?;
         // `try_lock` is `flock(LOCK_EX | LOCK_NB)` on Linux: released when the file is closed,
         // also when the process dies, so no stale lock is ever left behind.
         match file.try_lock() {

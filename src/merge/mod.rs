@@ -139,7 +139,13 @@ impl Merger {
         let mut run = MergeRun::new(floor, self.opts.merge_bytes_per_sec, report);
         if let Err(e) = self.write_outputs(&inputs, &mut run).await {
             self.discard(&run.outputs);
-            return Err(e);
+            return Err(match e {
+                Error::Io(io) => Error::Io(crate::io::context(
+                    io,
+                    format!("merging datafiles {inputs:?} in {}", self.dir.display()),
+                )),
+                other => other,
+            });
         }
         let MergeRun {
             outputs,

@@ -275,7 +275,15 @@ impl Appender {
                 }
             }
         }
-        io::pwrite_all(self.fault.as_deref(), &active.fd, buf, active.len)?;
+        io::pwrite_all(self.fault.as_deref(), &active.fd, buf, active.len).map_err(|e| {
+            let file = crate::layout::data_path(std::path::Path::new(""), active.id);
+            let what = format!(
+                "appending {need} bytes at offset {} of {}",
+                active.len,
+                file.display()
+            );
+            io::context(e, what)
+        })?;
         active.len += need;
         self.dirty.store(true, Ordering::Release);
         self.shared.bytes_written.add(need);

@@ -85,14 +85,16 @@ impl Writer {
         id: u32,
     ) -> Result<(IoFile, ActiveFile)> {
         let path = data_path(dir, id);
-        let file = IoFile::create_new(kind, &path, opts.fault_injector.clone())?;
+        let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
+        let file =
+            IoFile::create_new(kind, &path, opts.fault_injector.clone()).map_err(creating)?;
         let mut header = Vec::with_capacity(FILE_HEADER_LEN);
         format::encode_file_header(&mut header, FileKind::Data, id);
         let (r, _) = file.write_all_at(header, 0).await;
-        r?;
+        r.map_err(creating)?;
         let fd = file.clone_std()?;
-        file.sync_all().await?;
-        fs::sync_dir(fault(opts), dir)?;
+        file.sync_all().await.map_err(creating)?;
+        fs::sync_dir(fault(opts), dir).map_err(creating)?;
         tracing::debug!(file = %path.display(), "started a new active datafile");
         let hint =
             HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
@@ -185,6 +187,9 @@ impl Writer {
         let upto = a.appended_seq.load(Ordering::Acquire);
         if a.dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.io.sync_data_now() {
+                let id = self.shared.active_file_id.load(Ordering::Relaxed);
+                let file = data_path(&self.dir, id);
+                let e = io::context(e, format!("syncing {}", file.display()));
                 a.poison(&e);
                 return Err(Error::Io(e));
             }
