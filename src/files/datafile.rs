@@ -1,3 +1,4 @@
+#![deny(clippy::indexing_slicing)]
 //! Datafiles on disk: naming, and the sequential scan that recovery uses when no hint exists.
 
 use std::fs::File;
@@ -97,7 +98,9 @@ impl<'f> Window<'f> {
         }
         let s = (off - self.start) as usize;
         let e = (want_end - self.start) as usize;
-        Ok(&self.buf[s..e])
+        self.buf
+            .get(s..e)
+            .ok_or_else(|| io::Error::other("read window out of range"))
     }
 }
 

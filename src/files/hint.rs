@@ -1,3 +1,4 @@
+#![deny(clippy::indexing_slicing)]
 //! Hint files: the keys and record locations of one sealed datafile, so that open does not have
 //! to read values. Written under a temporary name, synced, renamed, and the directory synced.
 
@@ -282,7 +283,10 @@ pub(crate) fn load_bytes<S: Send>(
     let read_at = |buf: &mut [u8], off: u64| {
         let from = usize::try_from(off).map_or(bytes.len(), |o| o.min(bytes.len()));
         let n = buf.len().min(bytes.len() - from);
-        buf[..n].copy_from_slice(&bytes[from..from + n]);
+        match (buf.get_mut(..n), bytes.get(from..from + n)) {
+            (Some(dst), Some(src)) => dst.copy_from_slice(src),
+            _ => return Err("read out of range".to_string()),
+        }
         Ok(n)
     };
     load_from(
@@ -327,7 +331,8 @@ type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> Result<usize, String> + Sync + 'a;
 fn read_exact_at(read_at: &ReadAt<'_>, buf: &mut [u8], off: u64) -> Result<(), String> {
     let mut done = 0;
     while done < buf.len() {
-        match read_at(&mut buf[done..], off + done as u64)? {
+        let rest = buf.get_mut(done..).unwrap_or_default();
+        match read_at(rest, off + done as u64)? {
             0 => return Err("the file shrank while it was read".into()),
             n => done += n,
         }
@@ -355,15 +360,15 @@ fn load_from<S: Send>(
         })
         .map(|_| st)
     };
-    let states = if bounds.len() == 2 {
-        vec![apply_range(bounds[0]..bounds[1])]
+    let states = if let [from, to] = bounds[..] {
+        vec![apply_range(from..to)]
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = bounds
                 .windows(2)
-                .map(|w| {
-                    let r = w[0]..w[1];
-                    s.spawn(|| apply_range(r))
+                .filter_map(|w| match *w {
+                    [from, to] => Some(s.spawn(move || apply_range(from..to))),
+                    _ => None,
                 })
                 .collect();
             handles
@@ -393,9 +398,9 @@ fn verify(
 ) -> Result<(u64, Vec<u64>), String> {
     let mut header = [0u8; FILE_HEADER_LEN];
     let head_len = header.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-    read_exact_at(read_at, &mut header[..head_len], 0)?;
-    let id = format::decode_file_header(&header[..head_len], FileKind::Hint)
-        .map_err(|e| e.to_string())?;
+    let header = header.get_mut(..head_len).unwrap_or_default();
+    read_exact_at(read_at, header, 0)?;
+    let id = format::decode_file_header(header, FileKind::Hint).map_err(|e| e.to_string())?;
     if id != file_id {
         return Err(format!("names file {id}, expected {file_id}"));
     }
@@ -465,7 +470,8 @@ fn for_each_record(
     loop {
         let mut needed = 0;
         while at < filled {
-            match format::decode_hint_with(&buf[at..filled], verify_crc) {
+            let bytes = buf.get(at..filled).unwrap_or_default();
+            match format::decode_hint_with(bytes, verify_crc) {
                 Ok((h, n)) => {
                     f(&h, count, range.start + pos + at as u64)?;
                     at += n;
@@ -493,11 +499,10 @@ fn for_each_record(
             buf.resize(needed, 0);
         }
         let want = (buf.len() - filled).min(usize::try_from(unread).unwrap_or(usize::MAX));
-        read_exact_at(
-            read_at,
-            &mut buf[filled..filled + want],
-            range.start + pos + filled as u64,
-        )?;
+        let dst = buf
+            .get_mut(filled..filled + want)
+            .ok_or("read buffer out of range")?;
+        read_exact_at(read_at, dst, range.start + pos + filled as u64)?;
         filled += want;
     }
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::indexing_slicing)]
 use super::*;
 use crate::test_rng::TestRng;
 
