@@ -44,7 +44,7 @@ pub enum Error {
     EmptyKey,
 
     /// The key is longer than `Options::max_key_bytes`.
-    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("key of {len} bytes exceeds the limit of {max} bytes (Options::max_key_bytes)")]
     KeyTooLarge {
         /// Length of the rejected key.
         len: usize,
@@ -53,7 +53,7 @@ pub enum Error {
     },
 
     /// The value is longer than `Options::max_value_bytes`.
-    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("value of {len} bytes exceeds the limit of {max} bytes (Options::max_value_bytes)")]
     ValueTooLarge {
         /// Length of the rejected value.
         len: usize,
@@ -62,7 +62,7 @@ pub enum Error {
     },
 
     /// A batch is larger than one datafile may hold.
-    #[error("batch of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("batch of {len} bytes exceeds the limit of {max} bytes (Options::max_file_bytes)")]
     BatchTooLarge {
         /// Encoded length of the rejected batch.
         len: u64,
@@ -80,7 +80,9 @@ pub enum Error {
 
     /// An earlier write or sync failed, so the writer can no longer promise what is on disk.
     /// Reads still work; reopen the store to write again.
-    #[error("writes are disabled after an earlier IO failure: {0}")]
+    #[error(
+        "writes are disabled after an earlier IO failure (reopen the store to write again): {0}"
+    )]
     Poisoned(String),
 }
 

@@ -326,10 +326,30 @@ fn oversized_and_empty_inputs_are_clear_errors() {
             db.put("k", vec![0u8; 101]).await,
             Err(Error::ValueTooLarge { len: 101, max: 100 })
         ));
+        // The limit errors name the option that raises them.
+        let e = db.put("123456789", "v").await.expect_err("too long");
+        assert!(e.to_string().contains("Options::max_key_bytes"), "{e}");
+        let e = db.put("k", vec![0u8; 101]).await.expect_err("too large");
+        assert!(e.to_string().contains("Options::max_value_bytes"), "{e}");
         db.put("k", vec![7u8; 100])
             .await
             .expect("at the limit is fine");
         assert_eq!(db.len(), 1);
+        // A batch takes borrowed keys and values, like `put`.
+        let (key, value) = (String::from("borrowed"), vec![1u8, 2, 3]);
+        db.write(
+            WriteBatch::new()
+                .put(&key, &value)
+                .delete(key.as_bytes())
+                .put(&key[..3], "v"),
+        )
+        .await
+        .expect("batch of borrowed bytes");
+        assert_eq!(
+            db.get("bor").await.expect("get").as_deref(),
+            Some(&b"v"[..])
+        );
+        assert!(db.get(&key).await.expect("get").is_none());
         let bad = Db::open(
             tmp.path().join("other"),
             Options::default().max_file_bytes(1),
@@ -511,5 +531,44 @@ fn reads_take_any_byte_like_key() {
         assert_eq!(db.keys_with_prefix("na"), vec![key]);
         assert!(db.keys_with_prefix("x").is_empty());
         db.close().await.expect("close");
+    });
+}
+
+/// `len` is constant time and counts what its docs say; a closed handle holds nothing.
+#[test]
+fn len_counts_what_its_docs_say_and_a_closed_handle_holds_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        db.put("a", "1").await.expect("put");
+        db.put_with_ttl("b", "2", Duration::ZERO)
+            .await
+            .expect("put expired");
+        assert_eq!(db.len(), 1, "a put whose TTL already passed is not counted");
+        db.put("b", "old").await.expect("put");
+        db.put_with_ttl("b", "3", Duration::ZERO)
+            .await
+            .expect("put expired over a value");
+        assert_eq!(db.get("b").await.expect("get"), None, "it hides the older value");
+        assert_eq!(db.len(), 1);
+        db.put_with_ttl("c", "4", Duration::from_millis(100))
+            .await
+            .expect("put ttl");
+        assert_eq!(db.len(), 2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(db.len(), 2, "an expired key counts until it is reclaimed");
+        assert!(!db.contains_key("c"));
+        assert_eq!(db.get("c").await.expect("get"), None);
+        assert_eq!(db.len(), 1, "the read reclaimed it");
+        db.close().await.expect("close");
+        assert_eq!(db.len(), 0);
+        assert!(db.is_empty() && db.keys().is_empty() && !db.contains_key("a"));
+        assert!(matches!(db.get("a").await, Err(Error::Closed)));
+        assert!(matches!(db.put("a", "x").await, Err(Error::Closed)));
+    });
+    run(async {
+        let db = open(tmp.path(), small_opts()).await;
+        assert_eq!(db.len(), 1, "after a reopen too");
+        assert_eq!(db.get("b").await.expect("get"), None);
     });
 }

@@ -174,24 +174,26 @@ impl Db {
         )))
     }
 
-    /// Whether `key` has a live (present, unexpired) value. Answered from memory.
+    /// Whether `key` has a live (present, unexpired) value. Answered from memory; `false` once
+    /// the store is closed.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
-        self.inner
-            .keydir
-            .get(key.as_ref())
-            .is_some_and(|e| e.expiry_ms == 0 || !e.is_expired(now_ms()))
+        self.live().is_ok()
+            && self
+                .inner
+                .keydir
+                .get(key.as_ref())
+                .is_some_and(|e| e.expiry_ms == 0 || !e.is_expired(now_ms()))
     }
 
-    /// Number of live keys.
+    /// Number of keys, in constant time: every live key, plus keys whose TTL passed after they
+    /// were written and that no read, expiry sweep (`merge_check_interval_ms`) or merge has
+    /// reclaimed yet. A put whose TTL had already passed is never counted. 0 once the store is
+    /// closed.
     pub fn len(&self) -> usize {
-        let kd = &self.inner.keydir;
-        if !self.inner.shared.has_ttl.load(Ordering::Relaxed) {
-            return kd.len();
+        match self.live() {
+            Ok(inner) => inner.keydir.len(),
+            Err(_) => 0,
         }
-        let now = now_ms();
-        let mut n = 0;
-        kd.for_each(|_, e| n += usize::from(!e.is_expired(now)));
-        n
     }
 
     /// Whether the store holds no live key.
@@ -199,16 +201,20 @@ impl Db {
         self.len() == 0
     }
 
-    /// All live keys, in no particular order.
+    /// All live keys, in no particular order; none once the store is closed.
     pub fn keys(&self) -> Vec<Bytes> {
         self.keys_with_prefix([])
     }
 
-    /// All live keys starting with `prefix`, in no particular order.
+    /// All live keys starting with `prefix`, in no particular order; none once the store is
+    /// closed.
     pub fn keys_with_prefix(&self, prefix: impl AsRef<[u8]>) -> Vec<Bytes> {
         let prefix = prefix.as_ref();
         let now = now_ms();
         let mut out = Vec::new();
+        if self.live().is_err() {
+            return out;
+        }
         self.inner.keydir.for_each(|k, e| {
             if k.starts_with(prefix) && !e.is_expired(now) {
                 out.push(Bytes::copy_from_slice(k));

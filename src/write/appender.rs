@@ -233,6 +233,9 @@ impl Appender {
             }
         };
         let len = (buf.len() - start) as u32;
+        // A put whose TTL has already passed reads as absent: the keydir applies it as a delete
+        // (it still hides older values of its key), so the key count stays exact.
+        let expired = expiry_ms != 0 && expiry_ms <= crate::clock::now_ms();
         active.hint.push(&HintRecord {
             seq,
             expiry_ms,
@@ -250,7 +253,7 @@ impl Appender {
                 offset: offset as u32,
                 len,
             },
-            tombstone,
+            tombstone: tombstone || expired,
         });
     }
 

@@ -20,11 +20,11 @@ impl WriteBatch {
         WriteBatch::default()
     }
 
-    /// Adds a put of `key` → `value`.
-    pub fn put(mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+    /// Adds a put of `key` → `value` (copied into the batch).
+    pub fn put(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
         self.ops.push(Op::Put {
-            key: key.into(),
-            value: value.into(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
             expiry_ms: 0,
         });
         self
@@ -33,21 +33,23 @@ impl WriteBatch {
     /// Adds a put of `key` → `value` that expires after `ttl`.
     pub fn put_with_ttl(
         mut self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
         ttl: Duration,
     ) -> Self {
         self.ops.push(Op::Put {
-            key: key.into(),
-            value: value.into(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
             expiry_ms: expiry_after(ttl),
         });
         self
     }
 
     /// Adds a delete of `key`.
-    pub fn delete(mut self, key: impl Into<Bytes>) -> Self {
-        self.ops.push(Op::Delete { key: key.into() });
+    pub fn delete(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.ops.push(Op::Delete {
+            key: Bytes::copy_from_slice(key.as_ref()),
+        });
         self
     }
 
