@@ -549,7 +549,11 @@ fn len_counts_what_its_docs_say_and_a_closed_handle_holds_nothing() {
         db.put_with_ttl("b", "3", Duration::ZERO)
             .await
             .expect("put expired over a value");
-        assert_eq!(db.get("b").await.expect("get"), None, "it hides the older value");
+        assert_eq!(
+            db.get("b").await.expect("get"),
+            None,
+            "it hides the older value"
+        );
         assert_eq!(db.len(), 1);
         db.put_with_ttl("c", "4", Duration::from_millis(100))
             .await

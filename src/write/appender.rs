@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::request::{Counts, Op, ReqRef};
+use super::request::{Appended, Cond, Counts, Op, ReqRef};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END};
@@ -131,7 +131,7 @@ impl Appender {
     /// Appends `req` to the active file and applies it to the keydir. `Ok(None)` when it cannot
     /// be done here: the active file is full (or being rotated), so the writer thread must take
     /// the request. Returns the seq of the request's last record.
-    pub(crate) fn try_append(&self, req: ReqRef<'_>) -> Result<Option<u64>> {
+    pub(crate) fn try_append(&self, req: ReqRef<'_>) -> Result<Option<Appended>> {
         let len = req.encoded_len() as u64;
         let room = self.max_file_bytes - FILE_HEADER_LEN as u64;
         if matches!(req, ReqRef::Batch(_)) && len > room {
@@ -148,7 +148,7 @@ impl Appender {
         &self,
         active: ActiveFile,
         req: Option<ReqRef<'_>>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Appended>> {
         let mut guard = self.lock();
         guard.active = Some(active);
         match req {
@@ -157,13 +157,18 @@ impl Appender {
         }
     }
 
-    fn append_locked(&self, st: &mut AppendState, req: ReqRef<'_>) -> Result<Option<u64>> {
+    fn append_locked(&self, st: &mut AppendState, req: ReqRef<'_>) -> Result<Option<Appended>> {
         let len = req.encoded_len() as u64;
         if let Some(p) = &st.poisoned {
             return Err(Error::Poisoned(p.clone()));
         }
         if st.closed {
             return Err(Error::Closed);
+        }
+        if let ReqRef::If(op, cond) = req {
+            if !self.holds(op.key(), cond) {
+                return Ok(Some(Appended::Refused));
+            }
         }
         let Some(active) = st.active.as_mut() else {
             return Ok(None);
@@ -173,7 +178,9 @@ impl Appender {
         }
         let mut seq = st.next_seq;
         match req {
-            ReqRef::Single(op) => Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0),
+            ReqRef::Single(op) | ReqRef::If(op, _) => {
+                Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0)
+            }
             ReqRef::Batch(ops) => {
                 let n = ops.len();
                 for (i, op) in ops.iter().enumerate() {
@@ -200,11 +207,26 @@ impl Appender {
             self.writeback_due.store(true, Ordering::Relaxed);
         }
         match req {
-            ReqRef::Single(op) => self.apply(active, std::iter::once(op.key()), &mut st.pending),
+            ReqRef::Single(op) | ReqRef::If(op, _) => {
+                self.apply(active, std::iter::once(op.key()), &mut st.pending)
+            }
             ReqRef::Batch(ops) => self.apply(active, ops.iter().map(Op::key), &mut st.pending),
         }
         Counts::of(req).record(&self.shared);
-        Ok(Some(seq))
+        Ok(Some(Appended::Seq(seq)))
+    }
+
+    /// Whether `key`'s current entry meets `cond` (called under the append lock, which every
+    /// write of the key takes: nothing can change it before the append that follows).
+    fn holds(&self, key: &[u8], cond: Cond) -> bool {
+        let live = self
+            .keydir
+            .get(key)
+            .filter(|e| e.expiry_ms == 0 || !e.is_expired(crate::clock::now_ms()));
+        match cond {
+            Cond::Absent => live.is_none(),
+            Cond::SeqIs(seq) => live.is_some_and(|e| e.seq == seq),
+        }
     }
 
     fn encode(

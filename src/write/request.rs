@@ -76,12 +76,33 @@ impl<B: AsRef<[u8]>> Op<B> {
 pub(crate) enum ReqRef<'a> {
     Single(Op<&'a [u8]>),
     Batch(&'a [Op]),
+    /// A single op applied only if its key's current entry meets the condition.
+    If(Op<&'a [u8]>, Cond),
+}
+
+/// A condition on a key's current keydir entry, checked under the append lock, so that it is
+/// atomic with respect to every other write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cond {
+    /// No live (present, unexpired) entry.
+    Absent,
+    /// A live entry with this seq.
+    SeqIs(u64),
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Appended {
+    /// Appended and applied; the seq of its last record.
+    Seq(u64),
+    /// Its condition did not hold: nothing was written.
+    Refused,
 }
 
 impl ReqRef<'_> {
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
-            ReqRef::Single(op) => op.encoded_len(),
+            ReqRef::Single(op) | ReqRef::If(op, _) => op.encoded_len(),
             ReqRef::Batch(ops) => ops.iter().map(Op::encoded_len).sum(),
         }
     }
@@ -92,7 +113,8 @@ pub(crate) enum WriteMsg {
     /// One op, or an atomic batch of ops.
     Write {
         ops: Request,
-        reply: oneshot::Sender<Result<()>>,
+        /// `Ok(false)` when a conditional request was refused.
+        reply: oneshot::Sender<Result<bool>>,
     },
     /// Make every record up to seq `upto` durable (`u64::MAX`: everything written so far).
     Sync { upto: u64, reply: SyncSender },
@@ -183,6 +205,7 @@ pub(crate) fn fan_out(mut list: Vec<SyncSender>, result: &SyncResult) {
 pub(crate) enum Request {
     Single(Op),
     Batch(Vec<Op>),
+    If(Op, Cond),
 }
 
 impl Request {
@@ -190,6 +213,7 @@ impl Request {
         match self {
             Request::Single(op) => ReqRef::Single(op.view()),
             Request::Batch(ops) => ReqRef::Batch(ops),
+            Request::If(op, cond) => ReqRef::If(op.view(), *cond),
         }
     }
 }
@@ -209,7 +233,9 @@ pub(super) struct Counts {
 impl Counts {
     pub(super) fn of(req: ReqRef<'_>) -> Counts {
         let (n, deletes) = match req {
-            ReqRef::Single(op) => (1, u64::from(matches!(op, Op::Delete { .. }))),
+            ReqRef::Single(op) | ReqRef::If(op, _) => {
+                (1, u64::from(matches!(op, Op::Delete { .. })))
+            }
             ReqRef::Batch(ops) => (
                 ops.len() as u64,
                 ops.iter()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::appender::{clone_io_err, ActiveFile, Appender};
-use super::request::{fan_out, ReqRef, Request, SyncResult, WriteMsg};
+use super::request::{fan_out, Appended, ReqRef, Request, SyncResult, WriteMsg};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, FileKind, FILE_HEADER_LEN};
@@ -112,7 +112,7 @@ impl Writer {
 
     /// Makes `active` the file appends go to, appending `req` first thing (see
     /// [`Appender::install`]).
-    fn install(&mut self, active: ActiveFile, req: Option<ReqRef<'_>>) -> Result<Option<u64>> {
+    fn install(&mut self, active: ActiveFile, req: Option<ReqRef<'_>>) -> Result<Option<Appended>> {
         let id = active.id;
         self.shared.active_file_id.store(id, Ordering::Relaxed);
         self.shared
@@ -207,7 +207,11 @@ impl Writer {
         for msg in group.drain(..) {
             match msg {
                 WriteMsg::Write { ops, reply } => match self.append(&ops).await {
-                    Ok(()) => waiters.push(reply),
+                    Ok(true) => waiters.push(reply),
+                    // Refused: nothing was written, nothing to sync.
+                    Ok(false) => {
+                        let _ = reply.send(Ok(false));
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -220,7 +224,7 @@ impl Writer {
         // any sync below, as inline appends are.
         if self.opts.sync != SyncPolicy::Always {
             for reply in waiters.drain(..) {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(true));
             }
         }
         // Appends made here (requests of 1 MiB or more) passed the writeback step: the
@@ -238,7 +242,7 @@ impl Writer {
             Ok(())
         };
         let answer = |r: &Result<()>| match r {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(Error::Io(io)) => Err(clone_io_err(io)),
             Err(e) => Err(Error::Poisoned(e.to_string())),
         };
@@ -252,10 +256,11 @@ impl Writer {
         close
     }
 
-    /// Appends a request that came over the channel, rotating first if the file is full.
-    async fn append(&mut self, req: &Request) -> Result<()> {
-        if self.appender.try_append(req.as_ref())?.is_some() {
-            return Ok(());
+    /// Appends a request that came over the channel, rotating first if the file is full;
+    /// `Ok(false)` when a conditional request was refused.
+    async fn append(&mut self, req: &Request) -> Result<bool> {
+        if let Some(done) = self.appender.try_append(req.as_ref())? {
+            return Ok(done != Appended::Refused);
         }
         let res = async {
             let (io, active) = self.rotate().await?;
@@ -271,7 +276,7 @@ impl Writer {
             }
         };
         match self.install(active, Some(req.as_ref()))? {
-            Some(_) => Ok(()),
+            Some(done) => Ok(done != Appended::Refused),
             None => Err(Error::Io(std::io::Error::other(
                 "a write did not fit in a fresh datafile",
             ))),
