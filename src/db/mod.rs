@@ -21,9 +21,10 @@ use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
 use crate::write::WriteBatch;
-use crate::write::{self, Appended, Appender, Cond, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
+use crate::write::{self, Appended, Appender, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
 use crate::{Error, Options, Result};
 
+mod conditional;
 mod open;
 
 use open::{start_writer, Ready, Threads};
@@ -298,117 +299,6 @@ impl Db {
             .submit(ReqRef::Single(op), || Request::Single(op.to_owned_op()))
             .await
             .map(drop)
-    }
-
-    /// Applies `op` if its key's current entry meets `cond`; whether it did.
-    async fn submit_if(&self, op: Op<&[u8]>, cond: Cond) -> Result<bool> {
-        let inner = self.live()?;
-        batch::validate(&op, &inner.opts)?;
-        inner
-            .submit(ReqRef::If(op, cond), || Request::If(op.to_owned_op(), cond))
-            .await
-    }
-
-    /// Stores `value` under `key` only if the key has no live value; whether it did. Decided
-    /// under the append lock, so it is atomic with respect to every other write (a racing put
-    /// of the same key makes it return `false`, or comes after it).
-    ///
-    /// ```
-    /// # futures::executor::block_on(async {
-    /// # let tmp = tempfile::tempdir()?;
-    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
-    /// assert!(db.put_if_absent("k", "first").await?);
-    /// assert!(!db.put_if_absent("k", "second").await?);
-    /// assert_eq!(db.get("k").await?.as_deref(), Some(&b"first"[..]));
-    /// # db.close().await })?; Ok::<(), ringcask::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`Db::put`].
-    pub async fn put_if_absent(
-        &self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-    ) -> Result<bool> {
-        let op = Op::Put {
-            key: key.as_ref(),
-            value: value.as_ref(),
-            expiry_ms: 0,
-        };
-        self.submit_if(op, Cond::Absent).await
-    }
-
-    /// Replaces `key`'s value by `new` (`None` deletes it) only if its current value equals
-    /// `expected` (`None`: absent). `Ok(Ok(()))` when it did; `Ok(Err(current))` otherwise,
-    /// with the current value. Atomic with respect to every other write: the value is read,
-    /// compared, and the write is applied only if the key's record is still the one read
-    /// (checked under the append lock; a racing write makes it read and compare again).
-    ///
-    /// ```
-    /// # futures::executor::block_on(async {
-    /// # let tmp = tempfile::tempdir()?;
-    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
-    /// db.put("n", "1").await?;
-    /// assert!(db.compare_and_swap("n", Some("1"), Some("2")).await?.is_ok());
-    /// let stale = db.compare_and_swap("n", Some("1"), Some("3")).await?;
-    /// assert_eq!(stale.unwrap_err().as_deref(), Some(&b"2"[..]));
-    /// assert!(db.compare_and_swap("n", Some("2"), None::<&str>).await?.is_ok()); // deleted
-    /// assert!(db.compare_and_swap("n", None::<&str>, Some("new")).await?.is_ok());
-    /// # db.close().await })?; Ok::<(), ringcask::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// As [`Db::get`] and [`Db::put`].
-    pub async fn compare_and_swap(
-        &self,
-        key: impl AsRef<[u8]>,
-        expected: Option<impl AsRef<[u8]>>,
-        new: Option<impl AsRef<[u8]>>,
-    ) -> Result<std::result::Result<(), Option<Bytes>>> {
-        let key = key.as_ref();
-        let expected = expected.as_ref().map(AsRef::as_ref);
-        loop {
-            let (current, seq) = self.get_with_seq(key).await?;
-            if current.as_deref() != expected {
-                return Ok(Err(current));
-            }
-            let cond = seq.map_or(Cond::Absent, Cond::SeqIs);
-            let op = match &new {
-                Some(v) => Op::Put {
-                    key,
-                    value: v.as_ref(),
-                    expiry_ms: 0,
-                },
-                // Absent and to stay absent: nothing to write.
-                None if seq.is_none() => return Ok(Ok(())),
-                None => Op::Delete { key },
-            };
-            if self.submit_if(op, cond).await? {
-                return Ok(Ok(()));
-            }
-            // Another write of the key came between the read and the append: compare again.
-        }
-    }
-
-    /// The live value of `key` and the seq of its record.
-    async fn get_with_seq(&self, key: &[u8]) -> Result<(Option<Bytes>, Option<u64>)> {
-        let inner = self.live()?;
-        loop {
-            let Some(e) = inner.keydir.get(key) else {
-                return Ok((None, None));
-            };
-            if e.expiry_ms != 0 && e.is_expired(now_ms()) {
-                return Ok((None, None));
-            }
-            let value = Self::read_current(inner, key, e).await?;
-            // The read may have followed a merge's repoint (same seq) or raced a write: use the
-            // seq of what was read only if the keydir still has it.
-            match inner.keydir.get(key) {
-                Some(now) if now.seq == e.seq => return Ok((value, Some(e.seq))),
-                None if value.is_none() => return Ok((None, None)),
-                _ => continue,
-            }
-        }
     }
 
     /// Forces everything acknowledged so far to stable storage (`fdatasync`).
