@@ -136,3 +136,76 @@ fn of_racing_put_if_absent_exactly_one_wins() {
         });
     }
 }
+
+#[test]
+fn expire_and_ttl_change_a_keys_life_and_survive_a_reopen() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().expect("tmp");
+    common::run(async {
+        let db = Db::open(tmp.path(), small_opts()).await.expect("open");
+        assert!(!db.expire("missing", None).await.expect("expire"));
+        assert_eq!(db.ttl("missing"), None);
+        db.put("forever", "v").await.expect("put");
+        db.put_with_ttl("short", "v", Duration::from_secs(3600))
+            .await
+            .expect("put");
+        assert_eq!(db.ttl("forever"), Some(None));
+        let left = db.ttl("short").flatten().expect("an expiry");
+        assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600));
+        assert!(db.expire("short", None).await.expect("persist"));
+        assert!(db
+            .expire("forever", Some(Duration::from_millis(150)))
+            .await
+            .expect("expire"));
+        db.put("soon", "x").await.expect("put");
+        assert!(db
+            .expire("soon", Some(Duration::from_secs(3600)))
+            .await
+            .expect("expire"));
+        assert_eq!(
+            db.get("short").await.expect("get").as_deref(),
+            Some(&b"v"[..])
+        );
+        db.close().await.expect("close");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    common::run(async {
+        let db = Db::open(tmp.path(), small_opts()).await.expect("reopen");
+        assert_eq!(
+            db.ttl("short"),
+            Some(None),
+            "persisting survived the reopen"
+        );
+        assert_eq!(
+            db.get("forever").await.expect("get"),
+            None,
+            "the new expiry did too"
+        );
+        assert!(db.ttl("soon").flatten().is_some());
+        assert_eq!(
+            db.get("soon").await.expect("get").as_deref(),
+            Some(&b"x"[..])
+        );
+    });
+}
+
+#[test]
+fn get_many_returns_values_in_order() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    common::run(async {
+        let db = Db::open(tmp.path(), small_opts()).await.expect("open");
+        for i in 0..300u32 {
+            if i % 3 != 0 {
+                db.put(format!("k{i}"), format!("v{i}")).await.expect("put");
+            }
+        }
+        db.merge().await.expect("merge");
+        let keys: Vec<String> = (0..300u32).map(|i| format!("k{i}")).collect();
+        let got = db.get_many(&keys).await.expect("get_many");
+        for (i, v) in got.iter().enumerate() {
+            let want = (i % 3 != 0).then(|| format!("v{i}"));
+            assert_eq!(v.as_deref(), want.as_deref().map(str::as_bytes), "k{i}");
+        }
+        db.close().await.expect("close");
+    });
+}

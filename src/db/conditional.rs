@@ -1,10 +1,13 @@
 //! Conditional writes: decided under the append lock against the key's current entry, so they
 //! are atomic with respect to every other write.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::Db;
-use crate::clock::now_ms;
+use crate::clock::{expiry_after, now_ms};
 use crate::write::{batch, Cond, Op, ReqRef, Request};
 use crate::Result;
 
@@ -118,5 +121,83 @@ impl Db {
                 _ => continue,
             }
         }
+    }
+
+    /// The time `key` has left: `None` when it has no live value, `Some(None)` when it never
+    /// expires, `Some(Some(d))` when it expires in `d`. Answered from memory.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// # let tmp = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
+    /// db.put("k", "v").await?;
+    /// assert_eq!(db.ttl("k"), Some(None));
+    /// assert!(db.expire("k", Some(Duration::from_secs(60))).await?);
+    /// assert!(db.ttl("k").flatten().is_some_and(|d| d <= Duration::from_secs(60)));
+    /// assert!(db.expire("k", None).await?); // persists again
+    /// assert_eq!(db.ttl("k"), Some(None));
+    /// assert_eq!(db.ttl("missing"), None);
+    /// # db.close().await })?; Ok::<(), ringcask::Error>(())
+    /// ```
+    pub fn ttl(&self, key: impl AsRef<[u8]>) -> Option<Option<Duration>> {
+        let inner = self.live().ok()?;
+        let e = inner.keydir.get(key.as_ref())?;
+        if e.expiry_ms == 0 {
+            return Some(None);
+        }
+        let now = now_ms();
+        (!e.is_expired(now)).then(|| Some(Duration::from_millis(e.expiry_ms - now)))
+    }
+
+    /// Sets how long `key` lives from now (`None`: forever); whether it had a live value. The
+    /// value is written again with the new expiry, atomically with respect to every other
+    /// write (as [`Db::compare_and_swap`]); the change survives a reopen.
+    ///
+    /// # Errors
+    /// As [`Db::get`] and [`Db::put`].
+    pub async fn expire(&self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool> {
+        let key = key.as_ref();
+        loop {
+            let (value, seq) = self.get_with_seq(key).await?;
+            let (Some(value), Some(seq)) = (value, seq) else {
+                return Ok(false);
+            };
+            let op = Op::Put {
+                key,
+                value: &value,
+                expiry_ms: ttl.map_or(0, expiry_after),
+            };
+            if ttl.is_some() {
+                self.live()?.shared.has_ttl.store(true, Ordering::Relaxed);
+            }
+            if self.submit_if(op, Cond::SeqIs(seq)).await? {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The values of `keys`, in order (`None` for an absent key). The reads run concurrently:
+    /// cache misses reach the io threads together.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// # let tmp = tempfile::tempdir()?;
+    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
+    /// db.put("a", "1").await?;
+    /// db.put("c", "3").await?;
+    /// let vs = db.get_many(["a", "b", "c"]).await?;
+    /// assert_eq!(vs[0].as_deref(), Some(&b"1"[..]));
+    /// assert!(vs[1].is_none());
+    /// # db.close().await })?; Ok::<(), ringcask::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first error of any read, as [`Db::get`].
+    pub async fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<Bytes>>> {
+        futures::future::try_join_all(keys.into_iter().map(|k| self.get(k))).await
     }
 }

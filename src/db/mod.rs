@@ -380,6 +380,7 @@ impl Db {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        tracing::info!(dir = %self.inner.dir.display(), "closing the store");
         // Stop merging first: the merge thread holds the directory lock too.
         self.inner.shared.stopping.store(true, Ordering::SeqCst);
         let (reply, rx) = oneshot::channel();
@@ -402,7 +403,9 @@ impl Db {
         {
             return Ok(());
         }
-        rx.await.unwrap_or(Ok(()))
+        let res = rx.await.unwrap_or(Ok(()));
+        tracing::info!(dir = %self.inner.dir.display(), ok = res.is_ok(), "store closed");
+        res
     }
 }
 

@@ -128,6 +128,18 @@ impl Merger {
         if inputs.is_empty() {
             return Ok(report);
         }
+        let (input_bytes, dead_bytes) = self.shared.with_usage(|u| {
+            inputs
+                .iter()
+                .filter_map(|id| u.get(id))
+                .fold((0, 0), |(t, d), f| (t + f.total_bytes, d + f.dead_bytes))
+        });
+        tracing::info!(
+            inputs = ?inputs,
+            input_bytes,
+            dead_bytes,
+            "merge started"
+        );
         // Tombstones below every seq held outside the inputs cannot hide anything any more.
         let floor = self.shared.with_usage(|u| {
             u.values()

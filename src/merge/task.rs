@@ -57,6 +57,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
                 None => return None,
                 Some(MergeMsg::Stop { reply }) => return Some(reply),
                 Some(MergeMsg::Run { reply }) => {
+                    tracing::debug!("merge of every sealed file asked for");
                     let inputs = m.sealed_files().iter().map(|f| f.file_id).collect();
                     let r = m.merge(inputs).await;
                     let _ = reply.send(r);
@@ -68,6 +69,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
                     continue;
                 }
                 if let Some(inputs) = m.auto_inputs() {
+                    tracing::debug!("automatic merge: fragmentation passed its trigger");
                     if let Err(e) = m.merge(inputs).await {
                         if !m.stopping() {
                             tracing::warn!("automatic merge failed: {e}");
