@@ -69,6 +69,10 @@ pub mod fuzzing;
 pub mod loom_api;
 #[cfg(test)]
 mod test_rng;
+/// The README's code blocks compile (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use db::Db;
 pub use error::{Error, Result};

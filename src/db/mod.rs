@@ -409,6 +409,18 @@ impl Db {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "store dropped without close: syncing and sealing on the dropping thread, and no \
+                 keydir snapshot is saved (call Db::close)"
+            );
+        }
+    }
+}
+
 impl Inner {
     /// Drops an expired entry from the keydir and counts its record as dead.
     fn reclaim_expired(&self, key: &[u8], e: Entry) {
