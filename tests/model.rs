@@ -22,14 +22,23 @@ enum Op {
     PutLongTtl(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
     Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    PutIfAbsent(Vec<u8>, Vec<u8>),
+    /// compare_and_swap(key, expected, new).
+    Cas(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
+    /// expire(key, 1 hour): the value stays.
+    Expire(Vec<u8>),
 }
 
 impl Op {
     fn keys(&self) -> Vec<Vec<u8>> {
         match self {
-            Op::Put(k, _) | Op::PutExpired(k, _) | Op::PutLongTtl(k, _) | Op::Delete(k) => {
-                vec![k.clone()]
-            }
+            Op::Put(k, _)
+            | Op::PutExpired(k, _)
+            | Op::PutLongTtl(k, _)
+            | Op::Delete(k)
+            | Op::PutIfAbsent(k, _)
+            | Op::Cas(k, _, _)
+            | Op::Expire(k) => vec![k.clone()],
             Op::Batch(ops) => ops.iter().map(|(k, _)| k.clone()).collect(),
         }
     }
@@ -50,10 +59,44 @@ impl Op {
                     };
                 }
             }
+            Op::PutIfAbsent(k, v) => {
+                m.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            Op::Cas(k, expected, new) => {
+                if m.get(k) == expected.as_ref() {
+                    match new {
+                        Some(v) => m.insert(k.clone(), v.clone()),
+                        None => m.remove(k),
+                    };
+                }
+            }
+            Op::Expire(_) => {}
         }
     }
 
-    async fn run(&self, db: &Db) -> ringcask::Result<()> {
+    /// What a conditional op must answer on `m`: whether it applied (`Expire`: whether the key
+    /// was there).
+    fn expected(&self, m: &Model) -> Option<bool> {
+        match self {
+            Op::PutIfAbsent(k, _) => Some(!m.contains_key(k)),
+            Op::Cas(k, expected, _) => Some(m.get(k) == expected.as_ref()),
+            Op::Expire(k) => Some(m.contains_key(k)),
+            _ => None,
+        }
+    }
+
+    async fn run(&self, db: &Db) -> ringcask::Result<Option<bool>> {
+        match self.clone() {
+            Op::PutIfAbsent(k, v) => return db.put_if_absent(k, v).await.map(Some),
+            Op::Cas(k, e, n) => return db.compare_and_swap(k, e, n).await.map(|r| Some(r.is_ok())),
+            Op::Expire(k) => {
+                return db
+                    .expire(k, Some(Duration::from_secs(3600)))
+                    .await
+                    .map(Some)
+            }
+            _ => {}
+        }
         match self.clone() {
             Op::Put(k, v) => db.put(k, v).await,
             Op::PutExpired(k, v) => db.put_with_ttl(k, v, Duration::ZERO).await,
@@ -69,7 +112,9 @@ impl Op {
                 }
                 db.write(b).await
             }
+            _ => unreachable!("conditional ops are run above"),
         }
+        .map(|()| None)
     }
 }
 
@@ -82,9 +127,21 @@ fn random_value(rng: &mut Rng) -> Vec<u8> {
     rng.bytes(n)
 }
 
-fn random_op(rng: &mut Rng) -> Op {
+fn random_op(rng: &mut Rng, model: &Model) -> Op {
     let k = random_key(rng);
-    match rng.below(20) {
+    match rng.below(26) {
+        20 | 21 => Op::PutIfAbsent(k, random_value(rng)),
+        22 | 23 => {
+            // Mostly the current value (it applies), sometimes a stale guess (it does not).
+            let expected = if rng.below(4) == 0 {
+                Some(random_value(rng))
+            } else {
+                model.get(&k).cloned()
+            };
+            let new = (rng.below(4) != 0).then(|| random_value(rng));
+            Op::Cas(k, expected, new)
+        }
+        24 | 25 => Op::Expire(k),
         0..=8 => Op::Put(k, random_value(rng)),
         9 => Op::PutExpired(k, random_value(rng)),
         10 => Op::PutLongTtl(k, random_value(rng)),
@@ -195,10 +252,10 @@ fn run_seed(seed: u64, steps: usize) {
                             }
                             continue;
                         }
-                        let op = random_op(&mut rng);
+                        let op = random_op(&mut rng, &model);
                         let before = model.clone();
                         match op.run(&db).await {
-                            Ok(()) => {
+                            Ok(_) => {
                                 op.apply(&mut model);
                                 if always {
                                     since_durable = vec![model.clone()];
@@ -287,8 +344,9 @@ fn run_seed(seed: u64, steps: usize) {
                     assert_eq!(db.contains_key(&k), model.contains_key(&k));
                 }
                 _ => {
-                    let op = random_op(&mut rng);
-                    op.run(&db).await.expect("write");
+                    let op = random_op(&mut rng, &model);
+                    let got = op.run(&db).await.expect("write");
+                    assert_eq!(got, op.expected(&model), "seed {seed} step {step}: {op:?}");
                     op.apply(&mut model);
                     if always {
                         since_durable = vec![model.clone()];
