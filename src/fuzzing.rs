@@ -100,7 +100,13 @@ pub fn record_input(data: &[u8]) -> bool {
 
 /// The `hint_record` target: a flag byte (bit 0: fix the CRC), then a hint record.
 pub fn hint_record_input(data: &[u8]) -> bool {
-    with_flag(data, |b| format::fix_hint_crc(b), hint_record)
+    with_flag(
+        data,
+        |b| {
+            format::fix_hint_crc(b);
+        },
+        hint_record,
+    )
 }
 
 /// The `file_header` target: a flag byte (bit 0: fix the CRC), then a file header.
@@ -156,21 +162,24 @@ pub fn record_spans(file: &[u8]) -> Vec<(usize, usize)> {
     out
 }
 
-/// The `hint_file` fuzz target's input: a flag byte (bit 0: put a valid hint header first), the
-/// datafile length (u32 LE), then the hint bytes; see [`hint_file`].
+/// The `hint_file` fuzz target's input: a flag byte (bit 0: put a valid hint header first;
+/// bit 1: recompute every CRC — header, records, footer — so that inputs reach the checks
+/// behind them), the datafile length (u32 LE), then the hint bytes; see [`hint_file`].
 pub fn hint_file_input(data: &[u8]) {
     if data.len() < 5 {
         return;
     }
     let data_len = u64::from(u32::from_le_bytes([data[1], data[2], data[3], data[4]]));
-    let rest = &data[5..];
-    if data[0] & 1 == 1 {
-        let mut with_header = hint_header(1);
-        with_header.extend_from_slice(rest);
-        hint_file(&with_header, data_len);
+    let mut bytes = if data[0] & 1 == 1 {
+        hint_header(1)
     } else {
-        hint_file(rest, data_len);
+        Vec::new()
+    };
+    bytes.extend_from_slice(&data[5..]);
+    if data[0] & 2 == 2 {
+        format::fix_hint_file_crcs(&mut bytes);
     }
+    hint_file(&bytes, data_len);
 }
 
 /// Loads `data` as the hint file of datafile 1 of `data_len` bytes: every record it applies

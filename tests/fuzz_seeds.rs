@@ -158,6 +158,15 @@ fn write_seed_corpora_from_a_real_store() {
         hf.extend_from_slice(&(data_len as u32).to_le_bytes());
         hf.extend_from_slice(&bytes);
         seed("hint_file", &format!("h{hi}"), &hf);
+        // The same with its header, first record and footer CRCs zeroed, and the flag that
+        // recomputes them.
+        hf[0] = 2;
+        let n = hf.len();
+        for r in [5 + 16..5 + 20, 5 + 20..5 + 24, n - 4..n] {
+            hf[r].fill(0);
+        }
+        fuzzing::hint_file_input(&hf);
+        seed("hint_file", &format!("h{hi}-fix"), &hf);
     }
     for (i, (inputs, outputs)) in [
         (vec![1, 2], vec![7]),

@@ -4,8 +4,9 @@
 use std::mem::size_of;
 
 use super::{
-    crc, seal_crc, u32_at, HINT_KEY_LEN_OFFSET, HINT_RECORD_HEADER_LEN, HINT_SEQ_OFFSET,
-    RECORD_HEADER_LEN, REC_KEY_LEN_OFFSET, REC_SEQ_OFFSET, REC_VALUE_LEN_OFFSET,
+    crc, seal_crc, u32_at, FILE_HEADER_LEN, HINT_FOOTER_LEN, HINT_KEY_LEN_OFFSET,
+    HINT_RECORD_HEADER_LEN, HINT_SEQ_OFFSET, RECORD_HEADER_LEN, REC_KEY_LEN_OFFSET, REC_SEQ_OFFSET,
+    REC_VALUE_LEN_OFFSET,
 };
 
 /// The length of the record (`header`-byte header, length fields at `key_at` and, for data
@@ -43,11 +44,25 @@ pub(crate) fn fix_record_crcs(buf: &mut [u8]) {
 }
 
 /// Recomputes the CRC of the hint record at the start of `buf`.
-pub(crate) fn fix_hint_crc(buf: &mut [u8]) {
-    if let Some(len) = fixable_len(buf, HINT_RECORD_HEADER_LEN, HINT_KEY_LEN_OFFSET, None) {
-        if let Some(rec) = buf.get_mut(..len) {
-            seal_crc(rec, 0, HINT_SEQ_OFFSET);
-        }
+pub(crate) fn fix_hint_crc(buf: &mut [u8]) -> Option<usize> {
+    let len = fixable_len(buf, HINT_RECORD_HEADER_LEN, HINT_KEY_LEN_OFFSET, None)?;
+    seal_crc(buf.get_mut(..len)?, 0, HINT_SEQ_OFFSET);
+    Some(len)
+}
+
+/// Recomputes every CRC of a hint file: its header, its records (as far as they fit before
+/// the footer) and its footer.
+pub(crate) fn fix_hint_file_crcs(buf: &mut [u8]) {
+    fix_trailing_crc(buf, FILE_HEADER_LEN);
+    let Some(body_end) = buf.len().checked_sub(HINT_FOOTER_LEN) else {
+        return;
+    };
+    let mut at = FILE_HEADER_LEN;
+    while let Some(len) = buf.get_mut(at..body_end).and_then(fix_hint_crc) {
+        at += len.max(1);
+    }
+    if let Some(footer) = buf.get_mut(body_end..) {
+        fix_trailing_crc(footer, HINT_FOOTER_LEN);
     }
 }
 

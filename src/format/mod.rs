@@ -578,7 +578,9 @@ pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
 #[cfg(feature = "fuzzing")]
 mod fix;
 #[cfg(feature = "fuzzing")]
-pub(crate) use fix::{fix_hint_crc, fix_record_crc, fix_record_crcs, fix_trailing_crc};
+pub(crate) use fix::{
+    fix_hint_crc, fix_hint_file_crcs, fix_record_crc, fix_record_crcs, fix_trailing_crc,
+};
 
 #[cfg(test)]
 mod tests;
