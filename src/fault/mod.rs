@@ -42,15 +42,19 @@ pub struct FaultInjector {
 impl FaultInjector {
     /// A new injector that lets every operation through.
     pub fn new() -> Arc<Self> {
-        Arc::new(FaultInjector {
+        Arc::new(FaultInjector::with_power(None))
+    }
+
+    fn with_power(power: Option<Mutex<PowerModel>>) -> FaultInjector {
+        FaultInjector {
             ops: AtomicU64::new(0),
             limit: AtomicU64::new(u64::MAX),
             tear: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             reads_before_failing: AtomicU64::new(0),
             failing_reads: AtomicU64::new(0),
-            power: None,
-        })
+            power,
+        }
     }
 
     /// An injector in power-loss mode for the store directory `dir` (created if missing),
@@ -60,15 +64,8 @@ impl FaultInjector {
     /// # Errors
     /// Reading the directory failed.
     pub fn power_loss(dir: impl AsRef<Path>, seed: u64) -> io::Result<Arc<Self>> {
-        Ok(Arc::new(FaultInjector {
-            ops: AtomicU64::new(0),
-            limit: AtomicU64::new(u64::MAX),
-            tear: AtomicBool::new(false),
-            crashed: AtomicBool::new(false),
-            reads_before_failing: AtomicU64::new(0),
-            failing_reads: AtomicU64::new(0),
-            power: Some(Mutex::new(PowerModel::new(dir.as_ref(), seed)?)),
-        }))
+        let model = PowerModel::new(dir.as_ref(), seed)?;
+        Ok(Arc::new(FaultInjector::with_power(Some(Mutex::new(model)))))
     }
 
     /// Cuts the power: from now on every operation fails (the machine is off), and the
