@@ -2,7 +2,8 @@
 //!
 //! A store directory holds `LOCK`, datafiles `NNNNNNNNNN.data`, their hint files
 //! `NNNNNNNNNN.hint`, at most one merge manifest `MERGE`, at most one keydir snapshot `KEYDIR`,
-//! and, after a crash, files under a temporary name (`*.tmp`) that open removes.
+//! markers `NNNNNNNNNN.retired` of merged-away datafiles a snapshot still reads, and, after a
+//! crash, files under a temporary name (`*.tmp`) that open removes.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,12 @@ pub(crate) fn hint_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:010}.hint"))
 }
 
+/// Path of the marker saying that datafile `id` is merged away but still read by a snapshot:
+/// open deletes the datafile (and the marker) whatever else it finds.
+pub(crate) fn retired_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.retired"))
+}
+
 /// Suffix of every file written under a temporary name.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
@@ -38,6 +45,7 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 pub(crate) enum DirEntry {
     Data(u32),
     Hint(u32),
+    Retired(u32),
     Temp,
 }
 
@@ -54,6 +62,7 @@ pub(crate) fn parse_name(name: &str) -> Option<DirEntry> {
     match ext {
         "data" => Some(DirEntry::Data(id)),
         "hint" => Some(DirEntry::Hint(id)),
+        "retired" => Some(DirEntry::Retired(id)),
         _ => None,
     }
 }
@@ -69,6 +78,8 @@ mod tests {
         assert_eq!(parse_name("0000000007.data"), Some(DirEntry::Data(7)));
         assert_eq!(parse_name("0000000007.hint"), Some(DirEntry::Hint(7)));
         assert_eq!(parse_name("0000000007.hint.tmp"), Some(DirEntry::Temp));
+        assert_eq!(parse_name("0000000007.retired"), Some(DirEntry::Retired(7)));
+        assert_eq!(retired_path(d, 7), Path::new("/x/0000000007.retired"));
         assert_eq!(parse_name("7.data"), None);
         assert_eq!(parse_name("LOCK"), None);
         assert_eq!(parse_name("00000000x7.data"), None);

@@ -62,6 +62,82 @@ pub(crate) struct Shared {
     pub stopping: std::sync::atomic::AtomicBool,
     pub usage: Mutex<BTreeMap<u32, FileStats>>,
     pub recovery: Mutex<RecoveryReport>,
+    /// Snapshots' pins on datafiles, and merge inputs waiting for them to drop.
+    pub pins: Mutex<Pins>,
+}
+
+/// Which merged-away datafiles snapshots still need.
+///
+/// Every snapshot pins the generation current when it was taken. A merge that retires its
+/// inputs starts a new generation; inputs retired in generation `r` may still be read by
+/// snapshots of earlier generations, so they are deleted only once no such snapshot lives.
+/// (A snapshot records its generation before freezing the keydir, and a merge retires after
+/// repointing every key, so a snapshot of generation `r` or later never points at them.)
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    generation: u64,
+    /// Live snapshots per generation.
+    live: BTreeMap<u64, usize>,
+    /// (generation retired in, datafile ids) still needed by an older snapshot.
+    waiting: Vec<(u64, Vec<u32>)>,
+    /// Datafile ids no snapshot needs any more, for the merge thread to delete.
+    ready: Vec<u32>,
+}
+
+impl Pins {
+    /// Pins the current generation for a new snapshot; returns it.
+    pub(crate) fn pin(&mut self) -> u64 {
+        *self.live.entry(self.generation).or_default() += 1;
+        self.generation
+    }
+
+    /// Drops a snapshot's pin on `generation`; returns whether files became ready to delete.
+    pub(crate) fn unpin(&mut self, generation: u64) -> bool {
+        if let Some(n) = self.live.get_mut(&generation) {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(&generation);
+            }
+        }
+        let oldest = self.live.keys().next().copied().unwrap_or(u64::MAX);
+        let before = self.ready.len();
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].0 <= oldest {
+                let (_, ids) = self.waiting.swap_remove(i);
+                self.ready.extend(ids);
+            } else {
+                i += 1;
+            }
+        }
+        self.ready.len() > before
+    }
+
+    /// Retires merge inputs `ids`: `true` if they may be deleted now, `false` if a snapshot
+    /// still needs them (they are then handed out by [`Pins::take_ready`] later).
+    pub(crate) fn retire(&mut self, ids: &[u32]) -> bool {
+        self.generation += 1;
+        if self.live.is_empty() {
+            return true;
+        }
+        self.waiting.push((self.generation, ids.to_vec()));
+        false
+    }
+
+    /// Retired datafiles no snapshot needs any more.
+    pub(crate) fn take_ready(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Live snapshots.
+    pub(crate) fn snapshots(&self) -> usize {
+        self.live.values().sum()
+    }
+
+    /// Retired datafiles not deleted yet.
+    pub(crate) fn retired(&self) -> usize {
+        self.waiting.iter().map(|(_, ids)| ids.len()).sum::<usize>() + self.ready.len()
+    }
 }
 
 impl Shared {
@@ -83,6 +159,13 @@ impl Shared {
         }
     }
 
+    /// Runs `f` on the snapshot pins (a poisoned lock is recovered: the table holds plain
+    /// numbers).
+    pub(crate) fn with_pins<R>(&self, f: impl FnOnce(&mut Pins) -> R) -> R {
+        let mut g = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
     /// Allocates a new datafile id.
     pub(crate) fn allocate_file_id(&self) -> std::io::Result<u32> {
         let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
@@ -90,5 +173,38 @@ impl Shared {
             return Err(std::io::Error::other("datafile ids are exhausted"));
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pins;
+
+    #[test]
+    fn retired_files_wait_for_older_snapshots_only() {
+        let mut p = Pins::default();
+        assert!(p.retire(&[1]), "no snapshot: delete at once");
+        let old = p.pin();
+        assert!(!p.retire(&[2, 3]), "a live snapshot needs them");
+        let newer = p.pin();
+        assert!(!p.retire(&[4]));
+        assert!(
+            !p.unpin(newer),
+            "the oldest snapshot still needs every file"
+        );
+        assert!(p.take_ready().is_empty());
+        let newest = p.pin();
+        assert!(
+            p.unpin(old),
+            "2, 3 and 4 were retired before `newest` was taken"
+        );
+        let mut ready = p.take_ready();
+        ready.sort_unstable();
+        assert_eq!(ready, vec![2, 3, 4]);
+        assert!(!p.retire(&[5]), "`newest` lives");
+        assert_eq!(p.snapshots(), 1);
+        assert!(p.unpin(newest));
+        assert_eq!(p.take_ready(), vec![5]);
+        assert_eq!(p.snapshots(), 0);
     }
 }

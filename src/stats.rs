@@ -127,6 +127,10 @@ pub struct Stats {
     pub merges: u64,
     /// Bytes of datafiles removed by merges since open, minus the bytes they wrote.
     pub merge_reclaimed_bytes: u64,
+    /// Live [`crate::Snapshot`]s (iterators included).
+    pub snapshots: usize,
+    /// Merged-away datafiles kept on disk because a snapshot may still read them.
+    pub retired_files: usize,
     /// What the last open recovered.
     pub recovery: RecoveryReport,
 }

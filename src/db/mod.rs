@@ -26,6 +26,9 @@ use crate::{Error, Options, Result};
 
 mod conditional;
 mod open;
+mod snapshot;
+
+pub use snapshot::{Iter, Snapshot};
 
 use open::{start_writer, Ready, Threads};
 
@@ -224,6 +227,68 @@ impl Db {
         out
     }
 
+    /// A point-in-time view of the store: see [`Snapshot`]. Taking one costs a pause of the
+    /// appends for 64 reference-count increments; it never fails (on a closed store its reads
+    /// return [`Error::Closed`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::take(self)
+    }
+
+    /// A stream of every live `(key, value)`, as of now: the iterator of a fresh
+    /// [`Db::snapshot`] (see [`Snapshot::iter`]).
+    pub fn iter(&self) -> Iter {
+        self.snapshot().iter()
+    }
+
+    /// As [`Db::iter`], over the keys that start with `prefix` only.
+    pub fn iter_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        self.snapshot().iter_prefix(prefix)
+    }
+
+    /// One page of a stateless cursor scan over the keys, with Redis `SCAN`'s promises: start
+    /// with cursor 0 and pass each returned cursor back in; the scan is done when the
+    /// returned cursor is 0. Every key present (and unexpired) for the whole scan is returned
+    /// exactly once, even while the store grows, shrinks or merges; keys written or deleted
+    /// during the scan may or may not be. `count` is a hint of the keys per page (a page may
+    /// hold fewer, or a few more). Holds no state between calls and no lock across pages.
+    /// Cursors are opaque: one not returned by this store's current run ends the scan (0).
+    /// A closed store returns `(0, [])`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), ringcask::Error> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # futures::executor::block_on(async {
+    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
+    /// for i in 0..100 {
+    ///     db.put(format!("k{i}"), "v").await?;
+    /// }
+    /// let (mut cursor, mut seen) = (0, 0);
+    /// loop {
+    ///     let (next, keys) = db.scan(cursor, 10);
+    ///     seen += keys.len();
+    ///     if next == 0 {
+    ///         break;
+    ///     }
+    ///     cursor = next;
+    /// }
+    /// assert_eq!(seen, 100);
+    /// # db.close().await })
+    /// # }
+    /// ```
+    pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+        let mut keys = Vec::new();
+        let Ok(inner) = self.live() else {
+            return (0, keys);
+        };
+        let now = now_ms();
+        let next = inner.keydir.scan(cursor, count, |k, e| {
+            if !e.is_expired(now) {
+                keys.push(Bytes::copy_from_slice(k));
+            }
+        });
+        (next, keys)
+    }
+
     /// Stores `value` under `key`. Both are only read (`&[u8]`, `Vec<u8>`, `String`, `Bytes`,
     /// ...): the bytes are encoded straight into the datafile append, and copied only when the
     /// write has to be queued for the writer thread.
@@ -361,6 +426,8 @@ impl Db {
             bytes_written: load(&s.bytes_written),
             merges: load(&s.merges),
             merge_reclaimed_bytes: load(&s.merge_reclaimed_bytes),
+            snapshots: s.with_pins(|p| p.snapshots()),
+            retired_files: s.with_pins(|p| p.retired()),
             recovery: s.recovery.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::fault::FaultInjector;
 use crate::format::{self, Manifest};
 use crate::io::fs::{self, remove_if_exists};
-use crate::layout::{data_path, hint_path, temp_path, MANIFEST_NAME};
+use crate::layout::{self, data_path, hint_path, retired_path, temp_path, DirEntry, MANIFEST_NAME};
 use crate::{Error, Result};
 
 /// Path of the manifest in `dir`.
@@ -54,4 +54,59 @@ pub(crate) fn finish_committed(
     fs::remove_file(fault, &path)?;
     fs::sync_dir(fault, dir)?;
     Ok(Some(m))
+}
+
+/// Marks merged-away datafiles `ids` as retired (their hint files are deleted now, the
+/// datafiles once no snapshot reads them): after a crash, open deletes them.
+pub(crate) fn mark_retired(
+    dir: &Path,
+    ids: &[u32],
+    fault: Option<&FaultInjector>,
+) -> std::io::Result<()> {
+    for &id in ids {
+        remove_if_exists(fault, &hint_path(dir, id))?;
+        fs::create_file(fault, &retired_path(dir, id))?;
+    }
+    fs::sync_dir(fault, dir)
+}
+
+/// Deletes retired datafiles `ids` (see [`mark_retired`]), then their markers.
+pub(crate) fn delete_retired(
+    dir: &Path,
+    ids: &[u32],
+    fault: Option<&FaultInjector>,
+) -> std::io::Result<()> {
+    for &id in ids {
+        remove_if_exists(fault, &data_path(dir, id))?;
+        remove_if_exists(fault, &hint_path(dir, id))?;
+    }
+    fs::sync_dir(fault, dir)?;
+    for &id in ids {
+        remove_if_exists(fault, &retired_path(dir, id))?;
+    }
+    fs::sync_dir(fault, dir)
+}
+
+/// Open-time step: deletes every retired datafile a previous run left (it closed or crashed
+/// while a snapshot still read them). Returns their ids.
+pub(crate) fn remove_retired(dir: &Path, fault: Option<&FaultInjector>) -> Result<Vec<u32>> {
+    let ids = retired_ids(dir)?;
+    if !ids.is_empty() {
+        tracing::info!(files = ?ids, "deleting merged-away datafiles left for a snapshot");
+        delete_retired(dir, &ids, fault)?;
+    }
+    Ok(ids)
+}
+
+/// Ids of the datafiles marked retired in `dir`.
+pub(crate) fn retired_ids(dir: &Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(DirEntry::Retired(id)) = name.to_str().and_then(layout::parse_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }

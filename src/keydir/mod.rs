@@ -8,13 +8,16 @@
 #[cfg(ringcask_loom)]
 use loom::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 #[cfg(not(ringcask_loom))]
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 mod cas;
+mod frozen;
 mod table;
 
 pub(crate) use cas::{Entry, Installed};
+pub(crate) use frozen::{FrozenKeyDir, Position};
 use table::Table;
 
 /// Seeded per store: a random seed when the keydir is built from the files, the stored seed
@@ -28,8 +31,12 @@ pub(crate) const SHARDS: usize = 64;
 const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 
 /// One shard, on its own cache lines so that locking one does not slow its neighbours.
+///
+/// The table is shared copy-on-write with the frozen views of [`KeyDir::freeze`]: a writer
+/// copies a shard's table on its first change after a view was taken (`Arc::make_mut`), so a
+/// view costs one `Arc` clone per shard and at most one copy of each shard it outlives.
 #[repr(align(128))]
-struct Shard(RwLock<Table>);
+struct Shard(RwLock<Arc<Table>>);
 
 /// The concurrent key directory.
 pub(crate) struct KeyDir {
@@ -96,7 +103,7 @@ impl KeyDir {
         };
         KeyDir {
             shards: (0..SHARDS)
-                .map(|_| Shard(RwLock::new(Table::with_capacity(per_shard))))
+                .map(|_| Shard(RwLock::new(Arc::new(Table::with_capacity(per_shard)))))
                 .collect(),
             hasher: Hasher::with_seed(seed),
             seed,
@@ -139,7 +146,7 @@ impl KeyDir {
         Some(KeyDir {
             shards: tables
                 .into_iter()
-                .map(|t| Shard(RwLock::new(t.0)))
+                .map(|t| Shard(RwLock::new(Arc::new(t.0))))
                 .collect(),
             hasher: Hasher::with_seed(seed),
             seed,
@@ -150,18 +157,45 @@ impl KeyDir {
         self.hasher.hash_one(key)
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Table> {
+    fn shard(&self, hash: u64) -> &RwLock<Arc<Table>> {
         &self.shards[(hash >> SHARD_SHIFT) as usize].0
     }
 
     // A panic while a shard was locked (a bug) must not make the keydir unusable: the table
     // is consistent between statements that could panic, so the poison is ignored.
-    fn read(lock: &RwLock<Table>) -> RwLockReadGuard<'_, Table> {
+    fn read(lock: &RwLock<Arc<Table>>) -> RwLockReadGuard<'_, Arc<Table>> {
         lock.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(lock: &RwLock<Table>) -> RwLockWriteGuard<'_, Table> {
-        lock.write().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the table of `lock` under its write lock, copying it first if a frozen view
+    /// still shares it.
+    fn write<R>(lock: &RwLock<Arc<Table>>, f: impl FnOnce(&mut Table) -> R) -> R {
+        let mut g: RwLockWriteGuard<'_, Arc<Table>> =
+            lock.write().unwrap_or_else(|p| p.into_inner());
+        f(Arc::make_mut(&mut g))
+    }
+
+    /// A point-in-time view of every shard. Taken while no write is being applied (the caller
+    /// holds the append lock), it holds either all or none of each write's keys.
+    pub(crate) fn freeze(&self) -> FrozenKeyDir {
+        let tables = self
+            .shards
+            .iter()
+            .map(|s| Self::read(&s.0).clone())
+            .collect();
+        FrozenKeyDir::new(tables, self.hasher.clone())
+    }
+
+    /// One page of a stateless scan: see [`FrozenKeyDir::scan`]; each shard is read under its
+    /// lock at one instant.
+    pub(crate) fn scan(&self, cursor: u64, count: usize, f: impl FnMut(&[u8], &Entry)) -> u64 {
+        frozen::scan_shards(
+            cursor,
+            count,
+            &self.hasher,
+            |i, g| g(&Self::read(&self.shards[i].0)),
+            f,
+        )
     }
 
     /// A copy of the entry for `key`, if any.
@@ -174,8 +208,7 @@ impl KeyDir {
     /// Installs `entry` for `key` unless the map holds an entry with an equal or larger seq.
     pub(crate) fn install(&self, key: &[u8], entry: Entry) -> Installed {
         let h = self.hash(key);
-        let mut t = Self::write(self.shard(h));
-        self.install_locked(&mut t, key, h, entry)
+        Self::write(self.shard(h), |t| self.install_locked(t, key, h, entry))
     }
 
     /// [`KeyDir::install`] into the locked shard `t` of `key` (hash `h`).
@@ -229,31 +262,33 @@ impl KeyDir {
             if group.is_empty() {
                 continue;
             }
-            let mut t = Self::write(&self.shards[s].0);
-            for &i in group {
-                let i = i as usize;
-                let (h, key, entry, tombstone) = writes[i];
-                let outcome = if tombstone {
-                    match t.find(key, h) {
-                        Some(at) if cas::delete_removes(&t.entry(at), entry.seq) => {
-                            Installed::Replaced(t.remove_at(at))
+            Self::write(&self.shards[s].0, |t| {
+                for &i in group {
+                    let i = i as usize;
+                    let (h, key, entry, tombstone) = writes[i];
+                    let outcome = if tombstone {
+                        match t.find(key, h) {
+                            Some(at) if cas::delete_removes(&t.entry(at), entry.seq) => {
+                                Installed::Replaced(t.remove_at(at))
+                            }
+                            _ => Installed::Stale,
                         }
-                        _ => Installed::Stale,
-                    }
-                } else {
-                    self.install_locked(&mut t, key, h, entry)
-                };
-                done(i, outcome);
-            }
+                    } else {
+                        self.install_locked(t, key, h, entry)
+                    };
+                    done(i, outcome);
+                }
+            });
         }
     }
 
     /// Removes `key` if `remove(entry)` says so; returns the removed entry.
     fn remove_when(&self, key: &[u8], remove: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
         let h = self.hash(key);
-        let mut t = Self::write(self.shard(h));
-        let i = t.find(key, h)?;
-        remove(&t.entry(i)).then(|| t.remove_at(i))
+        Self::write(self.shard(h), |t| {
+            let i = t.find(key, h)?;
+            remove(&t.entry(i)).then(|| t.remove_at(i))
+        })
     }
 
     /// Removes `key` if its entry is older than `seq` (a delete with that seq); returns it.
@@ -266,14 +301,13 @@ impl KeyDir {
     pub(crate) fn repoint(&self, key: &[u8], seq: u64, from_file: u32, to: Entry) -> bool {
         debug_assert_eq!(to.seq, seq);
         let h = self.hash(key);
-        let mut t = Self::write(self.shard(h));
-        match t.find(key, h) {
+        Self::write(self.shard(h), |t| match t.find(key, h) {
             Some(i) if cas::repoint_allowed(&t.entry(i), seq, from_file) => {
                 t.set_entry(i, &to);
                 true
             }
             _ => false,
-        }
+        })
     }
 
     /// Removes `key` if its entry has exactly `seq` (an expired record a merge turned into a
@@ -286,12 +320,14 @@ impl KeyDir {
     pub(crate) fn take_expired(&self, now_ms: u64) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
-            Self::write(&s.0).retain(|_, e| {
-                let expired = e.is_expired(now_ms);
-                if expired {
-                    out.push((e.file_id, e.len));
-                }
-                !expired
+            Self::write(&s.0, |t| {
+                t.retain(|_, e| {
+                    let expired = e.is_expired(now_ms);
+                    if expired {
+                        out.push((e.file_id, e.len));
+                    }
+                    !expired
+                })
             });
         }
         out
@@ -313,10 +349,12 @@ impl KeyDir {
     pub(crate) fn sweep(&self, now_ms: u64) -> usize {
         let mut dropped = 0;
         for s in self.shards.iter() {
-            Self::write(&s.0).retain(|_, e| {
-                let drop = e.is_marker() || e.is_expired(now_ms);
-                dropped += usize::from(drop);
-                !drop
+            Self::write(&s.0, |t| {
+                t.retain(|_, e| {
+                    let drop = e.is_marker() || e.is_expired(now_ms);
+                    dropped += usize::from(drop);
+                    !drop
+                })
             });
         }
         dropped

@@ -56,7 +56,7 @@ const REBUILD_LOAD_PCT: usize = 60;
 const MIN_CAP: usize = 16;
 
 /// One shard's table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Table {
     ctrl: Vec<u8>,
     slots: Vec<u8>,
@@ -263,6 +263,61 @@ impl Table {
                 f(self.key_at(i), &self.entry(i));
             }
         }
+    }
+
+    /// Calls `f` for every key and entry in slots `start..`, in slot order, until `f` returns
+    /// `false`; returns the slot after the last one visited (the capacity once all are).
+    pub(crate) fn visit_from(
+        &self,
+        start: usize,
+        mut f: impl FnMut(&[u8], &Entry) -> bool,
+    ) -> usize {
+        for i in start..self.ctrl.len() {
+            if self.ctrl[i] >= 0x80 && !f(self.key_at(i), &self.entry(i)) {
+                return i + 1;
+            }
+        }
+        self.ctrl.len()
+    }
+
+    /// Calls `f` for every key whose hash has its low 32 bits in `lo..hi` (`hi` ≤ 2³²);
+    /// returns how many. Such a key's probe starts in `home(lo)..=home(hi - 1)` and it sits
+    /// before the first empty slot at or after its start, so only that stretch is read.
+    pub(crate) fn scan_range(
+        &self,
+        lo: u64,
+        hi: u64,
+        rehash: &impl Fn(&[u8]) -> u64,
+        mut f: impl FnMut(&[u8], &Entry),
+    ) -> usize {
+        let cap = self.ctrl.len();
+        if cap == 0 || lo >= hi || self.live == 0 {
+            return 0;
+        }
+        let (first, last) = (home(lo, cap), home(hi - 1, cap));
+        let mut found = 0;
+        for v in first..first + cap {
+            let i = v % cap;
+            let c = self.ctrl[i];
+            if c == EMPTY && v > last {
+                break;
+            }
+            if c < 0x80 {
+                continue;
+            }
+            let key = self.key_at(i);
+            let low = rehash(key) & 0xFFFF_FFFF;
+            if (lo..hi).contains(&low) {
+                f(key, &self.entry(i));
+                found += 1;
+            }
+        }
+        found
+    }
+
+    /// Slots (full, deleted or empty).
+    pub(crate) fn capacity(&self) -> usize {
+        self.ctrl.len()
     }
 
     /// Keeps only the entries for which `keep` is true.

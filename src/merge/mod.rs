@@ -31,9 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::now_ms;
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
-use crate::files::manifest::manifest_path;
+use crate::files::manifest::{self, manifest_path};
 use crate::format::{self, FileKind, Manifest, FILE_HEADER_LEN};
-use crate::io::fs::{self, remove_if_exists};
+use crate::io::fs;
 use crate::io::IoFile;
 use crate::keydir::KeyDir;
 use crate::layout::{data_path, hint_path, temp_path};
@@ -341,12 +341,30 @@ impl Merger {
                 u.remove(id);
             }
         });
-        self.files.retire(&m.inputs);
+        // Step 6: delete the inputs (or, while a snapshot may still read them, mark them
+        // retired so that open deletes them), then the manifest.
+        if self.shared.with_pins(|p| p.retire(&m.inputs)) {
+            self.delete_inputs(&m.inputs).await?;
+        } else {
+            tracing::info!(
+                inputs = ?m.inputs,
+                "merge inputs kept until the snapshots reading them drop"
+            );
+            manifest::mark_retired(&self.dir, &m.inputs, self.fault())?;
+        }
+        fs::remove_file(self.fault(), &manifest_path(&self.dir))?;
+        fs::sync_dir(self.fault(), &self.dir)
+    }
+
+    /// Deletes datafiles `ids` (merged away, and read by no snapshot) and their hint files,
+    /// after every read thread has dropped its handles on them.
+    pub(crate) async fn delete_inputs(&self, ids: &[u32]) -> std::io::Result<()> {
+        self.files.retire(ids);
         let mut acks = Vec::new();
         for r in &self.readers {
             let (ack, rx) = oneshot::channel();
             let msg = ReaderMsg::Retire {
-                file_ids: m.inputs.clone(),
+                file_ids: ids.to_vec(),
                 ack,
             };
             if r.send(msg).await.is_ok() {
@@ -356,15 +374,22 @@ impl Merger {
         for a in acks {
             let _ = a.await;
         }
+        manifest::delete_retired(&self.dir, ids, self.fault())
+    }
 
-        // Step 6: delete the inputs, then the manifest.
-        for &id in &m.inputs {
-            remove_if_exists(self.fault(), &data_path(&self.dir, id))?;
-            remove_if_exists(self.fault(), &hint_path(&self.dir, id))?;
+    /// Deletes the merged-away datafiles that the last snapshot reading them has released.
+    pub(crate) async fn delete_released(&self) {
+        let ids = self.shared.with_pins(|p| p.take_ready());
+        if ids.is_empty() {
+            return;
         }
-        fs::sync_dir(self.fault(), &self.dir)?;
-        fs::remove_file(self.fault(), &manifest_path(&self.dir))?;
-        fs::sync_dir(self.fault(), &self.dir)
+        match self.delete_inputs(&ids).await {
+            Ok(()) => {
+                tracing::debug!(files = ?ids, "deleted merged-away datafiles no snapshot reads")
+            }
+            // Their markers stay: the next open deletes them.
+            Err(e) => tracing::warn!(files = ?ids, "cannot delete merged-away datafiles: {e}"),
+        }
     }
 
     /// Drops expired entries from the keydir and counts their records as dead, so that the

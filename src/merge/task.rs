@@ -17,6 +17,8 @@ pub(crate) enum MergeMsg {
     Run {
         reply: oneshot::Sender<Result<MergeReport>>,
     },
+    /// A snapshot dropped: delete the merged-away files no snapshot reads any more.
+    Unpinned,
     /// Stop (after the merge in progress, which stops at its next step) and release the lock.
     Stop { reply: oneshot::Sender<()> },
 }
@@ -56,6 +58,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
             msg = rx.recv() => match msg {
                 None => return None,
                 Some(MergeMsg::Stop { reply }) => return Some(reply),
+                Some(MergeMsg::Unpinned) => m.delete_released().await,
                 Some(MergeMsg::Run { reply }) => {
                     tracing::debug!("merge of every sealed file asked for");
                     let inputs = m.sealed_files().iter().map(|f| f.file_id).collect();
@@ -65,6 +68,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
             },
             _ = tick.tick() => {
                 m.sweep_expired();
+                m.delete_released().await;
                 if !auto || m.broken.is_some() {
                     continue;
                 }

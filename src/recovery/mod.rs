@@ -345,6 +345,7 @@ pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
 /// Recovers the store in `dir` (whose lock the caller holds): from its keydir snapshot when
 /// there is a usable one, else from hint files and datafile scans.
 pub(crate) fn open(dir: &Path, opts: &Options) -> Result<(KeyDir, Recovered)> {
+    manifest::remove_retired(dir, opts.fault_injector.as_deref())?;
     if let Some((keydir, restored)) = snapshot::take(dir, opts)? {
         return Ok((keydir, Recovered::from(restored)));
     }
@@ -408,6 +409,7 @@ struct Listing {
 fn list(dir: &Path, fault: Option<&FaultInjector>, report: &mut RecoveryReport) -> Result<Listing> {
     let mut data_ids = BTreeSet::new();
     let mut hint_ids = BTreeSet::new();
+    let mut retired = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -419,6 +421,9 @@ fn list(dir: &Path, fault: Option<&FaultInjector>, report: &mut RecoveryReport) 
             Some(DirEntry::Hint(id)) => {
                 hint_ids.insert(id);
             }
+            Some(DirEntry::Retired(id)) => {
+                retired.insert(id);
+            }
             Some(DirEntry::Temp) => {
                 tracing::info!(file = name, "removing a leftover temporary file");
                 fs::remove_file(fault, &entry.path())?;
@@ -427,6 +432,8 @@ fn list(dir: &Path, fault: Option<&FaultInjector>, report: &mut RecoveryReport) 
             None => {}
         }
     }
+    // A retired datafile is merged away: its records are in the merge's outputs.
+    data_ids.retain(|id| !retired.contains(id));
     for &id in hint_ids.difference(&data_ids) {
         tracing::info!(id, "removing a hint file without its datafile");
         fs::remove_file(fault, &hint_path(dir, id))?;

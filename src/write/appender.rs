@@ -123,6 +123,13 @@ impl Appender {
             && self.writeback_due.swap(false, Ordering::Relaxed)
     }
 
+    /// Runs `f` while no write can be appended or applied to the keydir: what `f` sees of the
+    /// keydir holds each write whole or not at all.
+    pub(crate) fn quiesced<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.lock();
+        f()
+    }
+
     /// Whether every record up to `seq` is on stable storage.
     pub(crate) fn is_synced(&self, seq: u64) -> bool {
         self.synced_seq.load(Ordering::Acquire) >= seq
