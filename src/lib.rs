@@ -74,7 +74,7 @@ mod test_rng;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use db::{Db, Iter, Snapshot};
+pub use db::{CheckpointReport, Db, Iter, Snapshot};
 pub use error::{Error, Result};
 pub use fault::FaultInjector;
 pub use format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};

@@ -24,10 +24,12 @@ use crate::write::WriteBatch;
 use crate::write::{self, Appended, Appender, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
 use crate::{Error, Options, Result};
 
+mod checkpoint;
 mod conditional;
 mod open;
 mod snapshot;
 
+pub use checkpoint::CheckpointReport;
 pub use snapshot::{Iter, Snapshot};
 
 use open::{start_writer, Ready, Threads};

@@ -80,11 +80,22 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// A snapshot's pin on the datafiles its view points into (see [`crate::state::Pins`]).
-struct FilePin {
+/// A pin on the datafiles of the store as they are now (see [`crate::state::Pins`]): taken
+/// by a snapshot before it freezes the keydir, and by a checkpoint before it lists the files.
+pub(super) struct FilePin {
     shared: Arc<Shared>,
     generation: u64,
     merge: mpsc::Sender<MergeMsg>,
+}
+
+impl FilePin {
+    pub(super) fn new(inner: &Inner) -> FilePin {
+        FilePin {
+            shared: inner.shared.clone(),
+            generation: inner.shared.with_pins(|p| p.pin()),
+            merge: inner.merge_tx.clone(),
+        }
+    }
 }
 
 impl Drop for FilePin {
@@ -100,12 +111,7 @@ impl Snapshot {
     pub(super) fn take(db: &Db) -> Snapshot {
         let inner = &db.inner;
         // Pin before freezing: the pin's generation is then never newer than the view.
-        let generation = inner.shared.with_pins(|p| p.pin());
-        let pin = FilePin {
-            shared: inner.shared.clone(),
-            generation,
-            merge: inner.merge_tx.clone(),
-        };
+        let pin = FilePin::new(inner);
         let view = inner.appender.quiesced(|| inner.keydir.freeze());
         Snapshot {
             inner: Arc::new(SnapshotInner {
