@@ -78,6 +78,11 @@ pub enum Error {
     #[error("the store is closed")]
     Closed,
 
+    /// A write, merge or other change was asked of a store opened with
+    /// [`crate::Db::open_read_only`].
+    #[error("the store is open read-only (Db::open_read_only); open it with Db::open to write")]
+    ReadOnly,
+
     /// An earlier write or sync failed, so the writer can no longer promise what is on disk.
     /// Reads still work; reopen the store to write again.
     #[error(

@@ -110,6 +110,22 @@ fn crash_at_every_io(power: bool) {
         if power {
             fault.cut_power().expect("cut");
         }
+        // Read-only first: the same contents, finished in memory, and no byte changed.
+        let on_disk = common::dir_state(tmp.path());
+        run(async {
+            let db = Db::open_read_only(tmp.path(), opts())
+                .await
+                .expect("read-only open after the crash");
+            assert!(
+                contents(&db).await == want,
+                "read-only: crash after {n} IO operations of a merge"
+            );
+            db.close().await.expect("close");
+        });
+        assert!(
+            common::dir_state(tmp.path()) == on_disk,
+            "a read-only open after crash {n} changed the directory"
+        );
         run(async {
             let db = Db::open(tmp.path(), opts())
                 .await

@@ -14,7 +14,7 @@ use crate::Result;
 impl Db {
     /// Applies `op` if its key's current entry meets `cond`; whether it did.
     pub(super) async fn submit_if(&self, op: Op<&[u8]>, cond: Cond) -> Result<bool> {
-        let inner = self.live()?;
+        let inner = self.writable()?;
         batch::validate(&op, &inner.opts)?;
         inner
             .submit(ReqRef::If(op, cond), || Request::If(op.to_owned_op(), cond))
@@ -77,6 +77,7 @@ impl Db {
         expected: Option<impl AsRef<[u8]>>,
         new: Option<impl AsRef<[u8]>>,
     ) -> Result<std::result::Result<(), Option<Bytes>>> {
+        self.writable()?;
         let key = key.as_ref();
         let expected = expected.as_ref().map(AsRef::as_ref);
         loop {
@@ -157,6 +158,7 @@ impl Db {
     /// # Errors
     /// As [`Db::get`] and [`Db::put`].
     pub async fn expire(&self, key: impl AsRef<[u8]>, ttl: Option<Duration>) -> Result<bool> {
+        self.writable()?;
         let key = key.as_ref();
         loop {
             let (value, seq) = self.get_with_seq(key).await?;

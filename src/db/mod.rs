@@ -9,14 +9,12 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{expiry_after, now_ms};
-use crate::format;
 use crate::keydir::{Entry, KeyDir};
-use crate::layout;
 use crate::merge::{self, MergeMsg, MergeReport, Merger};
 use crate::options::IoBackendKind;
 use crate::read::cache::ValueCache;
 use crate::read::filetable::FileTable;
-use crate::read::reader::{ReadReq, ReaderMsg};
+use crate::read::reader::ReaderMsg;
 use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
@@ -27,6 +25,7 @@ use crate::{Error, Options, Result};
 mod checkpoint;
 mod conditional;
 mod open;
+mod read;
 mod snapshot;
 
 pub use checkpoint::CheckpointReport;
@@ -68,6 +67,11 @@ struct Inner {
     readers: Vec<mpsc::Sender<ReaderMsg>>,
     next_reader: AtomicUsize,
     closed: AtomicBool,
+    /// Opened with [`Db::open_read_only`]: writes return [`Error::ReadOnly`].
+    read_only: bool,
+    /// A read-only handle's shared directory lock (a read-write store's lock is held by its
+    /// writer and merge threads), released by `close`.
+    ro_lock: std::sync::Mutex<Option<crate::io::lock::DirLock>>,
     /// Joined on drop, after the channels above have closed.
     _threads: Threads,
 }
@@ -130,6 +134,8 @@ impl Db {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
+                read_only: false,
+                ro_lock: std::sync::Mutex::new(None),
                 _threads: threads,
             }),
         })
@@ -140,6 +146,20 @@ impl Db {
             return Err(Error::Closed);
         }
         Ok(&self.inner)
+    }
+
+    /// As [`Db::live`], for a call that changes the store.
+    fn writable(&self) -> Result<&Inner> {
+        let inner = self.live()?;
+        if inner.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(inner)
+    }
+
+    /// Whether this handle was opened with [`Db::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// The value of `key`, or `None` if it is absent, deleted or expired.
@@ -317,6 +337,7 @@ impl Db {
         value: impl AsRef<[u8]>,
         ttl: Duration,
     ) -> Result<()> {
+        self.writable()?;
         self.inner.shared.has_ttl.store(true, Ordering::Relaxed);
         self.submit_one(Op::Put {
             key: key.as_ref(),
@@ -340,7 +361,7 @@ impl Db {
     /// As [`Db::put`] for any operation (then nothing is applied), and
     /// [`Error::BatchTooLarge`] if the batch does not fit in one datafile.
     pub async fn write(&self, batch: WriteBatch) -> Result<()> {
-        let inner = self.live()?;
+        let inner = self.writable()?;
         for op in &batch.ops {
             batch::validate(op, &inner.opts)?;
             if let Op::Put { expiry_ms, .. } = op {
@@ -360,7 +381,7 @@ impl Db {
     }
 
     async fn submit_one(&self, op: Op<&[u8]>) -> Result<()> {
-        let inner = self.live()?;
+        let inner = self.writable()?;
         batch::validate(&op, &inner.opts)?;
         inner
             .submit(ReqRef::Single(op), || Request::Single(op.to_owned_op()))
@@ -374,6 +395,10 @@ impl Db {
     /// [`Error::Io`] / [`Error::Poisoned`]; [`Error::Closed`].
     pub async fn sync(&self) -> Result<()> {
         let inner = self.live()?;
+        if inner.read_only {
+            // Nothing was written through this handle.
+            return Ok(());
+        }
         write::request_sync(&inner.write_tx, u64::MAX).await
     }
 
@@ -385,7 +410,7 @@ impl Db {
     /// [`Error::Corrupt`] if an input is damaged (nothing is changed then); [`Error::Io`];
     /// [`Error::Closed`] if the store closes meanwhile.
     pub async fn merge(&self) -> Result<MergeReport> {
-        let inner = self.live()?;
+        let inner = self.writable()?;
         let (reply, rx) = oneshot::channel();
         inner
             .merge_tx
@@ -450,6 +475,17 @@ impl Db {
             return Ok(());
         }
         tracing::info!(dir = %self.inner.dir.display(), "closing the store");
+        if self.inner.read_only {
+            drop(
+                self.inner
+                    .ro_lock
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+            tracing::info!(dir = %self.inner.dir.display(), "read-only store closed");
+            return Ok(());
+        }
         // Stop merging first: the merge thread holds the directory lock too.
         self.inner.shared.stopping.store(true, Ordering::SeqCst);
         let (reply, rx) = oneshot::channel();
@@ -480,7 +516,7 @@ impl Db {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !self.closed.load(Ordering::Acquire) {
+        if !self.closed.load(Ordering::Acquire) && !self.read_only {
             tracing::warn!(
                 dir = %self.dir.display(),
                 "store dropped without close: syncing and sealing on the dropping thread, and no \
@@ -542,93 +578,5 @@ impl Inner {
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
-    }
-
-    /// The value of the record `e` points at: from the value cache, or read, verified and
-    /// then cached.
-    async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
-        let Some(cache) = &self.cache else {
-            return self.read_record(key, e).await;
-        };
-        if let Some(v) = cache.get(&e) {
-            self.shared.reads_cached.add(1);
-            return Ok(v);
-        }
-        let v = self.read_record(key, e).await?;
-        cache.insert(&e, &v);
-        Ok(v)
-    }
-
-    /// Reads and verifies the record `e` points at; returns its value.
-    async fn read_record(&self, key: &[u8], e: Entry) -> Result<Bytes> {
-        let offset = u64::from(e.offset);
-        let failed = |err: std::io::Error| {
-            let file = layout::data_path(&self.dir, e.file_id);
-            let what = format!(
-                "reading {} bytes at offset {offset} of {}",
-                e.len,
-                file.display()
-            );
-            Error::Io(crate::io::context(err, what))
-        };
-        if self.opts.inline_reads {
-            let read = self.files.read_nowait(e.file_id, offset, e.len as usize);
-            if let Some(buf) = read.map_err(failed)? {
-                self.shared.reads_inline.add(1);
-                return self.verify(key, e, buf);
-            }
-        }
-        self.shared.reads_io_thread.add(1);
-        let n = self.readers.len();
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
-        let (reply, rx) = oneshot::channel();
-        let req = ReadReq {
-            file_id: e.file_id,
-            offset,
-            len: e.len as usize,
-            reply,
-        };
-        self.readers[i]
-            .send(ReaderMsg::Read(req))
-            .await
-            .map_err(|_| Error::Closed)?;
-        let file = || layout::data_path(&self.dir, e.file_id);
-        let buf = match rx.await.map_err(|_| Error::Closed)? {
-            Ok(b) => b,
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Corrupt {
-                    file: file(),
-                    offset,
-                    reason: "datafile is shorter than the record the keydir points at".into(),
-                })
-            }
-            Err(err) => return Err(failed(err)),
-        };
-        self.verify(key, e, buf)
-    }
-
-    /// Checks the record read for `e` (CRC, key, seq) and returns its value.
-    fn verify(&self, key: &[u8], e: Entry, buf: Vec<u8>) -> Result<Bytes> {
-        let file = || layout::data_path(&self.dir, e.file_id);
-        let corrupt = |reason: String| Error::Corrupt {
-            file: file(),
-            offset: u64::from(e.offset),
-            reason,
-        };
-        let rec = format::decode_record(&buf).map_err(|d| corrupt(d.to_string()))?;
-        if rec.key != key || rec.header.seq != e.seq || rec.header.is_tombstone() {
-            return Err(corrupt("record does not match the keydir entry".into()));
-        }
-        let start = format::RECORD_HEADER_LEN + key.len();
-        let end = start + rec.value.len();
-        let mut b = Bytes::from(buf);
-        if end == b.len() {
-            // The value ends the record: moving the start keeps the buffer's own allocation,
-            // where `slice` would allocate a shared header for it.
-            bytes::Buf::advance(&mut b, start);
-            Ok(b)
-        } else {
-            Ok(b.slice(start..end))
-        }
     }
 }

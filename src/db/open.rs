@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::Db;
 use crate::io::lock::DirLock;
 use crate::io::Runtime;
 use crate::keydir::KeyDir;
@@ -56,7 +57,7 @@ pub(super) fn writer_main(
         }
     };
     let prepared = DirLock::acquire(&dir).and_then(|lock| {
-        let (keydir, rec) = recovery::open(&dir, &opts)?;
+        let (keydir, rec) = recovery::open(&dir, &opts, false)?;
         Ok((Arc::new(lock), rec, Arc::new(keydir)))
     });
     let (lock, rec, keydir) = match prepared {
@@ -129,6 +130,126 @@ pub(super) async fn start_writer(
                 "the writer thread stopped during open",
             )))
         }
+    }
+}
+
+/// What a read-only open prepares on its own thread: the lock, the backend, the keydir.
+struct ReadOnlyReady {
+    lock: DirLock,
+    kind: IoBackendKind,
+    fallback_reason: Option<String>,
+    keydir: Arc<KeyDir>,
+    rec: crate::state::Recovered,
+}
+
+fn prepare_read_only(dir: &Path, opts: &Options) -> Result<ReadOnlyReady> {
+    let lock = DirLock::acquire_shared(dir)?;
+    // Probe the backend as a read-write open does (the runtime is only needed to know).
+    let (rt, kind, fallback_reason) = Runtime::choose(opts.io_backend)?;
+    drop(rt);
+    let (keydir, rec) = recovery::open(dir, opts, true)?;
+    Ok(ReadOnlyReady {
+        lock,
+        kind,
+        fallback_reason,
+        keydir: Arc::new(keydir),
+        rec,
+    })
+}
+
+impl Db {
+    /// Opens the store in `path` for reading only.
+    ///
+    /// Takes a shared lock: any number of read-only handles (in this or other processes) may
+    /// have the store open at once, while [`Db::open`] gets [`Error::Locked`] until they
+    /// close, and a read-only open gets [`Error::Locked`] while a read-write handle is open.
+    /// Modifies no file and creates none (not even `LOCK`): a store left by a crash opens as
+    /// it would read-write — a committed merge is finished in memory, a torn tail is ignored
+    /// in memory, leftovers stay — and the next read-write open repairs it on disk. Runs no
+    /// merge and no expiry sweep. Writes, [`Db::merge`] and the other changes return
+    /// [`Error::ReadOnly`]; [`Db::sync`] does nothing; reads, snapshots, iterators, scans and
+    /// checkpoints work.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), ringcask::Error> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # futures::executor::block_on(async {
+    /// use ringcask::{Db, Error, Options};
+    /// let db = Db::open(tmp.path(), Options::default()).await?;
+    /// db.put("k", "v").await?;
+    /// db.close().await?;
+    /// let a = Db::open_read_only(tmp.path(), Options::default()).await?;
+    /// let b = Db::open_read_only(tmp.path(), Options::default()).await?;
+    /// assert_eq!(b.get("k").await?.as_deref(), Some(&b"v"[..]));
+    /// assert!(matches!(a.put("k", "w").await, Err(Error::ReadOnly)));
+    /// assert!(matches!(Db::open(tmp.path(), Options::default()).await, Err(Error::Locked { .. })));
+    /// # a.close().await?;
+    /// # b.close().await })
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while a read-write handle has the store open; [`Error::Io`] if the
+    /// directory does not exist; otherwise as [`Db::open`].
+    pub async fn open_read_only(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        opts.validate()?;
+        let dir = path.as_ref().to_path_buf();
+        let (tx, rx) = oneshot::channel();
+        {
+            let (dir, opts) = (dir.clone(), opts.clone());
+            std::thread::Builder::new()
+                .name("ringcask-open".into())
+                .spawn(move || {
+                    let _ = tx.send(prepare_read_only(&dir, &opts));
+                })?;
+        }
+        let ready = rx
+            .await
+            .map_err(|_| Error::Io(std::io::Error::other("the open thread stopped")))??;
+        let ReadOnlyReady {
+            lock,
+            kind,
+            fallback_reason,
+            keydir,
+            rec,
+        } = ready;
+        let shared = Arc::new(Shared::default());
+        shared.with_usage(|u| *u = rec.usage);
+        shared.has_ttl.store(rec.has_ttl, Ordering::Relaxed);
+        *shared.recovery.lock().unwrap_or_else(|p| p.into_inner()) = rec.report;
+        let mut threads = Threads(Vec::new(), shared.clone());
+        let readers = threads.spawn_readers(&dir, &opts, kind)?;
+        let files = Arc::new(crate::read::filetable::FileTable::new(
+            dir.clone(),
+            opts.fault_injector.clone(),
+        ));
+        let appender = Arc::new(Appender::read_only(&opts, keydir.clone(), shared.clone()));
+        // Channels nobody serves: nothing is ever sent on them by a read-only handle, and a
+        // snapshot's note to the merge thread finds it closed.
+        let (write_tx, _) = mpsc::channel(1);
+        let (merge_tx, _) = mpsc::channel(1);
+        tracing::info!(dir = %dir.display(), keys = keydir.len(), "opened read-only");
+        Ok(Db {
+            inner: Arc::new(super::Inner {
+                cache: crate::read::cache::ValueCache::new(opts.value_cache_bytes),
+                dir,
+                opts,
+                keydir,
+                shared,
+                files,
+                kind,
+                fallback_reason,
+                appender,
+                write_tx,
+                merge_tx,
+                readers,
+                next_reader: std::sync::atomic::AtomicUsize::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                read_only: true,
+                ro_lock: std::sync::Mutex::new(Some(lock)),
+                _threads: threads,
+            }),
+        })
     }
 }
 

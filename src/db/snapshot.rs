@@ -197,12 +197,15 @@ impl Snapshot {
     }
 }
 
+/// The boxed stream behind an [`Iter`].
+type ItemStream = StdPin<Box<dyn Stream<Item = Result<(Bytes, Bytes)>> + Send>>;
+
 /// A stream of `(key, value)` pairs over a [`Snapshot`] (see [`Snapshot::iter`]).
 ///
 /// `Iter: futures::Stream<Item = ringcask::Result<(Bytes, Bytes)>> + Send + Unpin`; use it with
 /// `futures::StreamExt::next`. It holds its snapshot (and so its pins) until dropped.
 pub struct Iter {
-    stream: StdPin<Box<dyn Stream<Item = Result<(Bytes, Bytes)>> + Send>>,
+    stream: ItemStream,
 }
 
 impl std::fmt::Debug for Iter {

@@ -14,22 +14,45 @@ pub(crate) fn manifest_path(dir: &Path) -> PathBuf {
     dir.join(MANIFEST_NAME)
 }
 
-/// Open-time step: completes a merge whose manifest was committed. Returns its manifest.
-pub(crate) fn finish_committed(
-    dir: &Path,
-    fault: Option<&FaultInjector>,
-) -> Result<Option<Manifest>> {
+/// The committed merge manifest of `dir`, if any, read without changing anything.
+pub(crate) fn pending(dir: &Path) -> Result<Option<Manifest>> {
     let path = manifest_path(dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let m = format::decode_manifest(&bytes).map_err(|e| Error::Corrupt {
-        file: path.clone(),
-        offset: 0,
-        reason: format!("merge manifest: {e}"),
-    })?;
+    format::decode_manifest(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt {
+            file: path,
+            offset: 0,
+            reason: format!("merge manifest: {e}"),
+        })
+}
+
+/// For a read-only open, which finishes nothing on disk: the datafiles to leave out so that
+/// the committed merge `m` reads as finished. When every output has its final name, the
+/// inputs (some may be deleted already: a tombstone the merge dropped may be gone with them).
+/// Otherwise no input was deleted yet (outputs are renamed before inputs go): the outputs are
+/// left out and the store reads as before the merge, which holds the same records.
+pub(crate) fn merged_in_memory(dir: &Path, m: &Manifest) -> std::collections::BTreeSet<u32> {
+    if m.outputs.iter().all(|&id| data_path(dir, id).exists()) {
+        m.inputs.iter().copied().collect()
+    } else {
+        m.outputs.iter().copied().collect()
+    }
+}
+
+/// Open-time step: completes a merge whose manifest was committed. Returns its manifest.
+pub(crate) fn finish_committed(
+    dir: &Path,
+    fault: Option<&FaultInjector>,
+) -> Result<Option<Manifest>> {
+    let path = manifest_path(dir);
+    let Some(m) = pending(dir)? else {
+        return Ok(None);
+    };
     for &id in &m.outputs {
         for final_path in [data_path(dir, id), hint_path(dir, id)] {
             let tmp = temp_path(&final_path);

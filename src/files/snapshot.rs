@@ -457,7 +457,11 @@ fn usage_of(files: &[Listed], live: &[u64]) -> BTreeMap<u32, FileStats> {
 ///
 /// # Errors
 /// Only when the snapshot cannot be unlinked: leaving it would let a later open use it.
-pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Restored)>> {
+pub(crate) fn take(
+    dir: &Path,
+    opts: &Options,
+    read_only: bool,
+) -> Result<Option<(KeyDir, Restored)>> {
     let started = Instant::now();
     let path = dir.join(SNAPSHOT_NAME);
     let file = match File::open(&path) {
@@ -465,11 +469,17 @@ pub(crate) fn take(dir: &Path, opts: &Options) -> Result<Option<(KeyDir, Restore
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             tracing::warn!("cannot open the keydir snapshot ({e}); loading hint files");
-            fs::remove_file(opts.fault_injector.as_deref(), &path)?;
+            if !read_only {
+                fs::remove_file(opts.fault_injector.as_deref(), &path)?;
+            }
             return Ok(None);
         }
     };
-    fs::remove_file(opts.fault_injector.as_deref(), &path)?;
+    // A read-only open leaves it for the next read-write open (which still trusts it only
+    // if the directory is exactly as it describes).
+    if !read_only {
+        fs::remove_file(opts.fault_injector.as_deref(), &path)?;
+    }
     if !opts.keydir_snapshot {
         tracing::info!("keydir snapshots are off: deleted the one found");
         return Ok(None);

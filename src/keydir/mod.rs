@@ -183,7 +183,7 @@ impl KeyDir {
             .iter()
             .map(|s| Self::read(&s.0).clone())
             .collect();
-        FrozenKeyDir::new(tables, self.hasher.clone())
+        FrozenKeyDir::new(tables, self.hasher)
     }
 
     /// One page of a stateless scan: see [`FrozenKeyDir::scan`]; each shard is read under its

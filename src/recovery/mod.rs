@@ -32,14 +32,19 @@ use crate::files::snapshot;
 use crate::format::{DecodeError, FILE_HEADER_LEN, FORMAT_VERSION};
 use crate::io::{self, fs};
 use crate::keydir::KeyDir;
-use crate::layout::{self, data_path, hint_path, DirEntry};
+use crate::layout::{data_path, hint_path};
 use crate::state::Recovered;
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{Error, Options, Result};
 
 mod apply;
+mod list;
 
 use apply::{Applied, Group};
+#[cfg(test)]
+use list::estimate_records;
+pub(crate) use list::sized_keydir;
+use list::{last_log_file, list, Listing};
 
 /// Outcome of loading one datafile.
 #[derive(Debug, Default)]
@@ -71,6 +76,8 @@ struct Ctx<'a> {
     dir: &'a Path,
     opts: &'a Options,
     keydir: &'a KeyDir,
+    /// Change nothing on disk.
+    read_only: bool,
     now: u64,
     /// Threads one hint file's records are applied on.
     hint_parts: usize,
@@ -137,6 +144,13 @@ impl Ctx<'_> {
             Err(ScanError::Io(e)) => return Err(e.into()),
             Err(ScanError::Header { err, torn }) => (err, torn),
         };
+        if is_last && torn && self.read_only {
+            tracing::warn!(
+                file = %path.display(),
+                "ignoring the last datafile: its header is incomplete ({err})"
+            );
+            return Ok(Checked::Removed);
+        }
         if is_last && torn {
             tracing::warn!(
                 file = %path.display(),
@@ -205,16 +219,23 @@ impl Ctx<'_> {
         } else {
             ScanMode::Stop
         };
-        let mut hb = HintBuilder::spilling(
-            self.dir,
-            id,
-            opts.hint_spill_bytes,
-            opts.fault_injector.clone(),
-        );
+        // A read-only open writes no hint: it only counts the records.
+        let mut hb = (!self.read_only).then(|| {
+            HintBuilder::spilling(
+                self.dir,
+                id,
+                opts.hint_spill_bytes,
+                opts.fault_injector.clone(),
+            )
+        });
         let mut group = Group::default();
+        let mut records = 0u64;
         let scanned = datafile::scan(path, id, mode, self.fault(), |h| {
             group.push(keydir, id, h, now);
-            hb.push(h);
+            records += 1;
+            if let Some(hb) = &mut hb {
+                hb.push(h);
+            }
         });
         group.flush(keydir, id);
         out.applied.absorb(group.applied);
@@ -230,7 +251,7 @@ impl Ctx<'_> {
                 ));
             }
         };
-        out.records = hb.count();
+        out.records = records;
         out.skipped_bytes = outcome.skipped_bytes;
         if let ScanEnd::Damaged { offset, reason } = outcome.end {
             if !is_last {
@@ -241,8 +262,15 @@ impl Ctx<'_> {
                 file = %path.display(),
                 offset,
                 cut_bytes = out.truncated_bytes,
-                "torn tail in the last datafile ({reason}); truncating"
+                read_only = self.read_only,
+                "torn tail in the last datafile ({reason}); truncating (in memory only when \
+                 read-only)"
             );
+        }
+        if self.read_only {
+            out.file_len = outcome.valid_end;
+            out.removed = is_last && out.records == 0;
+            return Ok(out);
         }
         if outcome.valid_end < outcome.file_len {
             let f = fs::open_for_write(path)?;
@@ -261,105 +289,47 @@ impl Ctx<'_> {
             out.removed = true;
             return Ok(out);
         }
-        out.hint = Some(hb);
+        out.hint = hb;
         Ok(out)
     }
 }
 
-/// The datafile the writer appended to last: the highest id not written by a merge. Only it may
-/// end in a torn record (merge outputs are complete before they get their final name).
-fn last_log_file(dir: &Path, ids: &[u32]) -> Result<Option<u32>> {
-    use std::os::unix::fs::FileExt;
-    for &id in ids.iter().rev() {
-        let f = std::fs::File::open(data_path(dir, id))?;
-        let mut hdr = [0u8; FILE_HEADER_LEN];
-        let merged = f.read_exact_at(&mut hdr, 0).is_ok()
-            && matches!(
-                crate::format::decode_any_file_header(&hdr),
-                Ok((_, crate::format::FileKind::Merged))
-            );
-        if !merged {
-            return Ok(Some(id));
-        }
-    }
-    Ok(None)
-}
-
-/// Bytes of a datafile without a hint that [`estimate_records`] looks at.
-const ESTIMATE_SAMPLE: u64 = 1 << 20;
-
-/// The records in a datafile of `len` bytes that has no hint, estimated from the record sizes
-/// in its first MiB. A fixed bytes-per-record guess is wrong either way: too high for large
-/// values (the keydir would be sized, and its pages touched, for many times the keys), too low
-/// for tiny ones (many rebuilds while loading).
-fn estimate_records(path: &Path, len: u64) -> u64 {
-    use std::os::unix::fs::FileExt;
-    let body = len.saturating_sub(FILE_HEADER_LEN as u64);
-    let fallback = body / 256;
-    let Ok(f) = std::fs::File::open(path) else {
-        return fallback;
-    };
-    let mut buf = vec![0u8; body.min(ESTIMATE_SAMPLE) as usize];
-    if f.read_exact_at(&mut buf, FILE_HEADER_LEN as u64).is_err() {
-        return fallback;
-    }
-    let (mut off, mut n) = (0u64, 0u64);
-    while let Some(rest) = buf.get(off as usize..) {
-        let Ok(h) = crate::format::decode_record_header(rest) else {
-            break;
-        };
-        if off + h.record_len() > buf.len() as u64 {
-            break;
-        }
-        off += h.record_len();
-        n += 1;
-    }
-    if n == 0 {
-        return fallback;
-    }
-    // body < 4 GiB and n < 1 MiB: no overflow.
-    body / off.max(1) * n + body % off.max(1) * n / off.max(1)
-}
-
-/// A keydir sized for the store in `dir`: the record counts of its hint files, plus an estimate
-/// for datafiles without one. Saves the rehashing of a growing map during recovery.
-pub(crate) fn sized_keydir(dir: &Path) -> KeyDir {
-    let mut n = 0u64;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let name = e.file_name();
-            match name.to_str().and_then(layout::parse_name) {
-                Some(DirEntry::Hint(_)) => n += hint::footer_count(&e.path()).unwrap_or(0),
-                Some(DirEntry::Data(id)) if !hint_path(dir, id).exists() => {
-                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                    n += estimate_records(&e.path(), len);
-                }
-                _ => {}
-            }
-        }
-    }
-    // Hints count records, not keys (overwrites, tombstones): cap the guess.
-    KeyDir::with_capacity(n.min(1 << 28) as usize)
-}
-
 /// Recovers the store in `dir` (whose lock the caller holds): from its keydir snapshot when
 /// there is a usable one, else from hint files and datafile scans.
-pub(crate) fn open(dir: &Path, opts: &Options) -> Result<(KeyDir, Recovered)> {
-    manifest::remove_retired(dir, opts.fault_injector.as_deref())?;
-    if let Some((keydir, restored)) = snapshot::take(dir, opts)? {
+///
+/// `read_only` changes nothing on disk: the keydir snapshot is read and kept, a committed
+/// merge is finished in memory only, leftovers stay, a torn tail is ignored rather than cut,
+/// and no hint file is written.
+pub(crate) fn open(dir: &Path, opts: &Options, read_only: bool) -> Result<(KeyDir, Recovered)> {
+    if !read_only {
+        manifest::remove_retired(dir, opts.fault_injector.as_deref())?;
+    }
+    if let Some((keydir, restored)) = snapshot::take(dir, opts, read_only)? {
         return Ok((keydir, Recovered::from(restored)));
     }
     let keydir = sized_keydir(dir);
-    let rec = recover(dir, opts, &keydir)?;
+    let rec = recover(dir, opts, &keydir, read_only)?;
     Ok((keydir, rec))
 }
 
 /// Rebuilds `keydir` from the store in `dir`: list the files (removing leftovers), load them
 /// all, then account for what they hold.
-pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Recovered> {
+pub(crate) fn recover(
+    dir: &Path,
+    opts: &Options,
+    keydir: &KeyDir,
+    read_only: bool,
+) -> Result<Recovered> {
     let started = Instant::now();
     let mut report = RecoveryReport::default();
-    if let Some(m) = manifest::finish_committed(dir, opts.fault_injector.as_deref())? {
+    let fault = opts.fault_injector.as_deref();
+    let mut skip = BTreeSet::new();
+    if read_only {
+        if let Some(m) = manifest::pending(dir)? {
+            skip = manifest::merged_in_memory(dir, &m);
+            report.merge_finished = m.inputs.iter().all(|id| skip.contains(id));
+        }
+    } else if let Some(m) = manifest::finish_committed(dir, fault)? {
         report.merge_finished = true;
         tracing::info!(
             inputs = ?m.inputs,
@@ -367,13 +337,18 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
             "finished a merge that a crash interrupted after its commit"
         );
     }
-    let files = list(dir, opts.fault_injector.as_deref(), &mut report)?;
+    let mut files = list(dir, (!read_only).then_some(fault), &mut report)?;
+    if !skip.is_empty() {
+        files.data.retain(|id| !skip.contains(id));
+        files.last = last_log_file(dir, &files.data)?;
+    }
     // Files load in parallel; when there are fewer files than threads, hint files are split.
     let parallelism = opts.recovery_workers();
     let cx = Ctx {
         dir,
         opts,
         keydir,
+        read_only,
         now: now_ms(),
         hint_parts: (parallelism / files.data.len().max(1)).max(1),
     };
@@ -392,59 +367,6 @@ pub(crate) fn recover(dir: &Path, opts: &Options, keydir: &KeyDir) -> Result<Rec
         "recovered store"
     );
     Ok(rec)
-}
-
-/// The datafiles and hint files of a store directory.
-struct Listing {
-    /// Datafile ids, ascending.
-    data: Vec<u32>,
-    /// Ids of the hint files that have their datafile.
-    hints: BTreeSet<u32>,
-    /// The datafile the writer appended to last (see [`last_log_file`]).
-    last: Option<u32>,
-}
-
-/// Lists the files of `dir`, removing leftover temporary files and hint files without a
-/// datafile.
-fn list(dir: &Path, fault: Option<&FaultInjector>, report: &mut RecoveryReport) -> Result<Listing> {
-    let mut data_ids = BTreeSet::new();
-    let mut hint_ids = BTreeSet::new();
-    let mut retired = BTreeSet::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        match layout::parse_name(name) {
-            Some(DirEntry::Data(id)) => {
-                data_ids.insert(id);
-            }
-            Some(DirEntry::Hint(id)) => {
-                hint_ids.insert(id);
-            }
-            Some(DirEntry::Retired(id)) => {
-                retired.insert(id);
-            }
-            Some(DirEntry::Temp) => {
-                tracing::info!(file = name, "removing a leftover temporary file");
-                fs::remove_file(fault, &entry.path())?;
-                report.temp_files_removed += 1;
-            }
-            None => {}
-        }
-    }
-    // A retired datafile is merged away: its records are in the merge's outputs.
-    data_ids.retain(|id| !retired.contains(id));
-    for &id in hint_ids.difference(&data_ids) {
-        tracing::info!(id, "removing a hint file without its datafile");
-        fs::remove_file(fault, &hint_path(dir, id))?;
-    }
-    let data: Vec<u32> = data_ids.iter().copied().collect();
-    let last = last_log_file(dir, &data)?;
-    Ok(Listing {
-        data,
-        hints: hint_ids,
-        last,
-    })
 }
 
 /// Loads every datafile on `parallelism` threads; the first failure stops the rest.
@@ -526,7 +448,9 @@ fn account(
         let mut f = FileStats::new(l.id);
         f.total_bytes = l.file_len;
         f.min_seq = l.applied.min_seq;
-        f.sealed = true;
+        // Read-only: the last file may end in a torn tail kept on disk, so a checkpoint
+        // copies its valid part rather than linking it.
+        f.sealed = !(cx.read_only && Some(l.id) == files.last);
         usage.insert(l.id, f);
     }
     for (id, u) in usage.iter_mut() {

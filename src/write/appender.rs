@@ -110,6 +110,14 @@ impl Appender {
         }
     }
 
+    /// The append side of a read-only store: closed, so every append is refused (the handle
+    /// refuses writes before they get here).
+    pub(crate) fn read_only(opts: &Options, keydir: Arc<KeyDir>, shared: Arc<Shared>) -> Self {
+        let a = Self::new(opts, keydir, shared, 1);
+        a.lock().closed = true;
+        a
+    }
+
     /// The state; a lock poisoned by a panic is recovered (its fields stay consistent: every
     /// change is made after the system call it depends on returned).
     pub(super) fn lock(&self) -> MutexGuard<'_, AppendState> {

@@ -182,3 +182,21 @@ pub fn poll_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Every file of `dir` (name → length and a hash of its bytes), to show that nothing changed.
+pub fn dir_state(dir: &Path) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let e = e.expect("entry");
+        let bytes = std::fs::read(e.path()).expect("read");
+        // FNV-1a: enough to tell changed bytes apart.
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (bytes.len() as u64, hash),
+        );
+    }
+    out
+}
