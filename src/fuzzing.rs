@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::files::datafile::{self, ScanMode};
 use crate::format::{self, FileKind, HintRecord};
 use crate::layout;
-use crate::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+use crate::testing::FaultInjector;
+use crate::{Db, Options, SyncPolicy, WriteBatch};
 
 /// Decodes a data record; a decoded record must re-encode to exactly the same bytes.
 /// Returns whether it decoded.

@@ -69,6 +69,7 @@ pub mod fuzzing;
 pub mod loom_api;
 #[cfg(test)]
 mod test_rng;
+pub mod testing;
 /// The README's code blocks compile (`cargo test --doc`).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -76,7 +77,6 @@ struct ReadmeDoctests;
 
 pub use db::{CheckpointReport, Db, Iter, Snapshot};
 pub use error::{Error, Result};
-pub use fault::FaultInjector;
 pub use format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
 pub use merge::MergeReport;
 pub use options::{

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use common::crash::{self, Reporter};
 use common::{contents, contents_under, copy_dir, run, Rng};
-use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+use ringcask::testing::FaultInjector;
+use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 fn opts() -> Options {
     Options::default()

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{run, Rng};
-use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+use ringcask::testing::FaultInjector;
+use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 

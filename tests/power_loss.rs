@@ -22,7 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{contents, env_or, run, Rng};
-use ringcask::{Db, FaultInjector, Options, SyncPolicy, WriteBatch};
+use ringcask::testing::FaultInjector;
+use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 

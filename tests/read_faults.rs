@@ -6,7 +6,8 @@
 mod common;
 
 use common::{backends, contents, run, small_opts};
-use ringcask::{Db, Error, FaultInjector};
+use ringcask::testing::FaultInjector;
+use ringcask::{Db, Error};
 
 fn is_eio(e: &Error) -> bool {
     matches!(e, Error::Io(io) if io.raw_os_error() == Some(5) || io.to_string().contains("os error 5"))

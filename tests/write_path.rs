@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{contents, data_files, env_or, run, small_opts, wait_for_syncs, Rng};
-use ringcask::{Db, Error, FaultInjector, SyncPolicy, WriteBatch};
+use ringcask::testing::FaultInjector;
+use ringcask::{Db, Error, SyncPolicy, WriteBatch};
 
 /// Under `SyncPolicy::Always` a put is acknowledged only after an `fdatasync` covering it: if
 /// that sync fails, the put fails (and the store refuses later writes).

@@ -23,6 +23,7 @@ use crate::write::{self, Appended, Appender, Op, ReqRef, Request, WriteMsg, INLI
 use crate::{Error, Options, Result};
 
 mod checkpoint;
+mod close;
 mod conditional;
 mod open;
 mod read;
@@ -91,6 +92,7 @@ impl Db {
         std::fs::create_dir_all(&dir).map_err(|e| {
             crate::io::context(e, format!("creating the store directory {}", dir.display()))
         })?;
+        open::wait_for_background_close(&dir).await;
         let shared = Arc::new(Shared::default());
         let (write_tx, write_rx) = mpsc::channel(opts.write_queue_depth);
         let (writer, ready) = start_writer(&dir, &opts, &shared, write_rx).await?;
@@ -486,43 +488,10 @@ impl Db {
             tracing::info!(dir = %self.inner.dir.display(), "read-only store closed");
             return Ok(());
         }
-        // Stop merging first: the merge thread holds the directory lock too.
-        self.inner.shared.stopping.store(true, Ordering::SeqCst);
-        let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .merge_tx
-            .send(MergeMsg::Stop { reply })
-            .await
-            .is_ok()
-        {
-            let _ = rx.await;
-        }
-        let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .write_tx
-            .send(WriteMsg::Close { reply })
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
-        let res = rx.await.unwrap_or(Ok(()));
+        let inner = &self.inner;
+        let res = close::close_engine(&inner.shared, &inner.write_tx, &inner.merge_tx).await;
         tracing::info!(dir = %self.inner.dir.display(), ok = res.is_ok(), "store closed");
         res
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if !self.closed.load(Ordering::Acquire) && !self.read_only {
-            tracing::warn!(
-                dir = %self.dir.display(),
-                "store dropped without close: syncing and sealing on the dropping thread, and no \
-                 keydir snapshot is saved (call Db::close)"
-            );
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The io threads a store runs on, and the writer thread's start: lock, recover, serve.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,16 +21,71 @@ use crate::{Error, Options, Result};
 
 pub(super) struct Threads(pub(super) Vec<JoinHandle<()>>, pub(super) Arc<Shared>);
 
-impl Drop for Threads {
-    fn drop(&mut self) {
-        // A merge in progress stops at its next step.
-        self.1.stopping.store(true, Ordering::SeqCst);
+impl Threads {
+    /// Waits for every thread to end.
+    pub(super) fn join(&mut self) {
         for t in self.0.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a ringcask io thread panicked");
             }
         }
     }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        // A merge in progress stops at its next step.
+        self.1.stopping.store(true, Ordering::SeqCst);
+        self.join();
+    }
+}
+
+/// Directories whose store is being closed in the background (its last handle was dropped
+/// without `close`), with the opens waiting for that close to release the lock.
+static CLOSING: std::sync::Mutex<BTreeMap<PathBuf, Vec<oneshot::Sender<()>>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn closing() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Vec<oneshot::Sender<()>>>> {
+    CLOSING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The key of `dir` in [`CLOSING`].
+fn closing_key(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Notes that the store in `dir` is being closed in the background.
+pub(super) fn begin_background_close(dir: &Path) {
+    closing().entry(closing_key(dir)).or_default();
+}
+
+/// The background close of `dir` is over (its lock is released): wakes the waiting opens.
+pub(super) fn end_background_close(dir: &Path) {
+    if let Some(waiters) = closing().remove(&closing_key(dir)) {
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// Waits (without blocking the thread) until a background close of the store in `dir`, if one
+/// is running in this process, has released its lock: an open right after the last handle was
+/// dropped gets the store, not [`Error::Locked`]. The wait lasts as long as that close (a
+/// final sync and seal).
+pub(super) async fn wait_for_background_close(dir: &Path) {
+    let rx = {
+        let mut map = closing();
+        match map.get_mut(&closing_key(dir)) {
+            Some(waiters) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                rx
+            }
+            None => return,
+        }
+    };
+    tracing::debug!(dir = %dir.display(), "waiting for the dropped handle's close");
+    let _ = rx.await;
 }
 
 /// What the writer thread reports once the store is open.
@@ -194,6 +250,7 @@ impl Db {
     pub async fn open_read_only(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let dir = path.as_ref().to_path_buf();
+        wait_for_background_close(&dir).await;
         let (tx, rx) = oneshot::channel();
         {
             let (dir, opts) = (dir.clone(), opts.clone());

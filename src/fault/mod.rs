@@ -37,6 +37,9 @@ pub struct FaultInjector {
     /// Reads still to fail with `EIO` after those.
     failing_reads: AtomicU64,
     power: Option<Mutex<PowerModel>>,
+    /// While set, every state-changing operation waits (a disk that stalls).
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
 }
 
 impl FaultInjector {
@@ -54,6 +57,8 @@ impl FaultInjector {
             reads_before_failing: AtomicU64::new(0),
             failing_reads: AtomicU64::new(0),
             power,
+            held: Mutex::new(false),
+            released: std::sync::Condvar::new(),
         }
     }
 
@@ -166,6 +171,19 @@ impl FaultInjector {
         self.tear.store(tear, Ordering::SeqCst);
     }
 
+    /// Makes every state-changing operation wait (on the thread that makes it) until
+    /// [`FaultInjector::release`]: a disk that stalls, to show what waits for the disk and what
+    /// does not.
+    pub fn hold(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Lets the operations held by [`FaultInjector::hold`] go on.
+    pub fn release(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.released.notify_all();
+    }
+
     /// Number of state-changing operations seen so far.
     pub fn ops(&self) -> u64 {
         self.ops.load(Ordering::SeqCst)
@@ -179,6 +197,11 @@ impl FaultInjector {
     /// Counts one operation; `Err` when it must fail. `Ok(true)` means "tear this write" (only
     /// ever for a write: any other operation at the crash point fails).
     pub(crate) fn check(&self, is_write: bool) -> io::Result<bool> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(held);
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         if n < self.limit.load(Ordering::SeqCst) {
             return Ok(false);
