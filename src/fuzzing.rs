@@ -527,7 +527,11 @@ impl ModelRun<'_> {
     /// The process dies after `at % 8` more IO operations, then the power is cut.
     async fn cut(&mut self, at: u64) {
         self.fault.crash_after(at % 8);
-        drop(self.db.take());
+        // Wait for the engine to stop (a dropped handle closes in the background, and nothing
+        // may reach the disk after the cut).
+        if let Some(db) = self.db.take() {
+            let _ = db.close().await;
+        }
         self.fault.cut_power().expect("cut");
         self.fault.restart();
         let opts = model_opts(self.policy, &self.fault);

@@ -138,7 +138,7 @@ fn writes_past_a_full_disk_fail_and_lose_nothing_acknowledged() {
         );
         // Every acknowledged value still reads.
         assert_eq!(contents(&db).await, acked);
-        drop(db);
+        common::shut(db).await;
         acked
     });
     // Space freed: a reopen serves every acknowledged write, and writes work again.
@@ -160,7 +160,7 @@ fn a_merge_without_room_keeps_its_inputs_and_works_once_there_is_room() {
         let db = Db::open(&dir, opts()).await.expect("open");
         let (acked, err) = fill(&db, "k", 300).await;
         assert!(is_full(&err), "{err:?}");
-        drop(db);
+        common::shut(db).await;
         acked
     });
     // Reopen with a little room (the recovery and the new active file need some); a merge of
@@ -171,7 +171,7 @@ fn a_merge_without_room_keeps_its_inputs_and_works_once_there_is_room() {
         let err = db.merge().await.expect_err("a merge without room");
         assert!(is_full(&err), "{err:?}");
         assert_eq!(contents(&db).await, acked, "reads after the failed merge");
-        drop(db);
+        common::shut(db).await;
     });
     let leftovers: Vec<String> = std::fs::read_dir(&dir)
         .expect("dir")

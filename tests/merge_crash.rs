@@ -105,7 +105,7 @@ fn crash_at_every_io(power: bool) {
                 let r = res.expect("a merge without a fault succeeds");
                 assert!(!r.inputs.is_empty());
             }
-            drop(db);
+            common::shut(db).await;
             crashed
         });
         if power {

@@ -276,7 +276,7 @@ fn run_seed(seed: u64, steps: usize) {
                             break;
                         }
                     }
-                    drop(db);
+                    common::shut(db).await;
                     if power {
                         cuts += 1;
                         fault.cut_power().expect("cut");

@@ -272,7 +272,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         // The crash lands somewhere in the next few hundred IOs (or not at all this round).
         fault.crash_after(rng.below(400));
         let r = run(round(&db, &mut rng, &model, policy == SyncPolicy::Always));
-        drop(db);
+        run(common::shut(db));
         let report = fault.cut_power().expect("cut");
         fig.cuts += 1;
         fig.torn_writes += u64::from(report.torn_write);
@@ -339,7 +339,7 @@ fn a_clean_close_after_a_crash_makes_the_crashed_writers_records_durable() {
         }
         // The process dies: nothing more reaches the disk, nothing was synced.
         fault.crash_after(0);
-        drop(db);
+        common::shut(db).await;
         fault.restart();
         let db = Db::open(dir, opts(&fault))
             .await

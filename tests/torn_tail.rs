@@ -75,7 +75,7 @@ fn cutting_the_last_file_anywhere_keeps_exactly_a_prefix() {
             }
         }
         // Each copy below removes the last file's hint, as after a crash.
-        drop(db);
+        common::shut(db).await;
     });
     let last = data_files(pristine.path()).pop().expect("a datafile");
     let last_name = last.file_name().expect("name").to_owned();

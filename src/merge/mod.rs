@@ -115,8 +115,12 @@ impl Merger {
             .with_usage(|u| u.values().filter(|f| f.sealed).copied().collect())
     }
 
-    /// Merges the given sealed files.
-    pub(crate) async fn merge(&mut self, inputs: Vec<u32>) -> Result<MergeReport> {
+    /// Merges the given sealed files; `trigger` says why (for the log).
+    pub(crate) async fn merge(
+        &mut self,
+        inputs: Vec<u32>,
+        trigger: &'static str,
+    ) -> Result<MergeReport> {
         if let Some(why) = &self.broken {
             return Err(Error::Poisoned(why.clone()));
         }
@@ -135,6 +139,7 @@ impl Merger {
                 .fold((0, 0), |(t, d), f| (t + f.total_bytes, d + f.dead_bytes))
         });
         tracing::info!(
+            trigger,
             inputs = ?inputs,
             input_bytes,
             dead_bytes,

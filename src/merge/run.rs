@@ -44,6 +44,9 @@ pub(super) struct MergeRun {
     throttle: Throttle,
 }
 
+/// How often a long merge logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl MergeRun {
     pub(super) fn new(floor: u64, bytes_per_sec: u64, report: MergeReport) -> MergeRun {
         MergeRun {
@@ -97,10 +100,24 @@ struct Input {
 impl Merger {
     /// Steps 1 and 2: read the inputs, write and sync the outputs under temporary names.
     pub(super) async fn write_outputs(&self, inputs: &[u32], run: &mut MergeRun) -> Result<()> {
-        for &input in inputs {
+        let started = std::time::Instant::now();
+        let mut last_log = started;
+        for (done, &input) in inputs.iter().enumerate() {
             self.copy_input(input, run).await?;
             if self.kind == IoBackendKind::Pread {
                 tokio::task::yield_now().await;
+            }
+            // A long merge says how far it is, every few seconds.
+            if last_log.elapsed() >= PROGRESS_EVERY && done + 1 < inputs.len() {
+                last_log = std::time::Instant::now();
+                tracing::info!(
+                    inputs_done = done + 1,
+                    inputs = inputs.len(),
+                    bytes_read = run.report.input_bytes,
+                    live_bytes_copied = run.report.live_bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "merge in progress"
+                );
             }
         }
         for out in run.outputs.iter_mut() {

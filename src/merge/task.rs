@@ -62,7 +62,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
                 Some(MergeMsg::Run { reply }) => {
                     tracing::debug!("merge of every sealed file asked for");
                     let inputs = m.sealed_files().iter().map(|f| f.file_id).collect();
-                    let r = m.merge(inputs).await;
+                    let r = m.merge(inputs, "Db::merge").await;
                     let _ = reply.send(r);
                 }
             },
@@ -74,7 +74,8 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
                 }
                 if let Some(inputs) = m.auto_inputs() {
                     tracing::debug!("automatic merge: fragmentation passed its trigger");
-                    if let Err(e) = m.merge(inputs).await {
+                    let trigger = "automatic: fragmentation passed merge_trigger_ratio or merge_trigger_bytes";
+                    if let Err(e) = m.merge(inputs, trigger).await {
                         if !m.stopping() {
                             tracing::warn!("automatic merge failed: {e}");
                         }
