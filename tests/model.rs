@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{run, Rng};
+use futures::StreamExt;
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, Options, SyncPolicy, WriteBatch};
+use ringcask::{Db, Options, Snapshot, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -197,6 +198,46 @@ async fn check_all(db: &Db, model: &Model, ctx: &str) {
     }
 }
 
+/// A snapshot still holds the model it was taken at: by iteration, len and point reads.
+async fn check_snapshot(snap: &Snapshot, want: &Model, ctx: &str) {
+    let mut got = Model::new();
+    let mut it = snap.iter();
+    while let Some(item) = it.next().await {
+        let (k, v) = item.expect("iter");
+        assert!(
+            got.insert(k.to_vec(), v.to_vec()).is_none(),
+            "{ctx}: key twice"
+        );
+    }
+    assert!(
+        &got == want,
+        "{ctx}: a snapshot's iteration differs from its model"
+    );
+    assert_eq!(snap.len(), want.len(), "{ctx}: snapshot len");
+    for k in want.keys().take(20) {
+        let v = snap.get(k).await.expect("snapshot get");
+        assert_eq!(
+            v.as_deref(),
+            want.get(k).map(Vec::as_slice),
+            "{ctx}: snapshot get"
+        );
+    }
+}
+
+/// Every key, by a cursor scan in pages of `count`.
+fn scan_all(db: &Db, count: usize) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (next, page) = db.scan(cursor, count);
+        keys.extend(page.into_iter().map(|k| k.to_vec()));
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
 fn run_seed(seed: u64, steps: usize) {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
@@ -206,6 +247,8 @@ fn run_seed(seed: u64, steps: usize) {
     let always = seed.is_multiple_of(3); // opts(): SyncPolicy::Always
                                          // Model states since the last durable point: a power cut may go back to any of them.
     let mut since_durable = vec![model.clone()];
+    // Live snapshots with the model each was taken at.
+    let mut snaps: Vec<(Snapshot, Model)> = Vec::new();
     run(async {
         let fault = FaultInjector::power_loss(dir, seed + 1).expect("injector");
         let mut db = Db::open(dir, opts(seed, Some(fault.clone())))
@@ -214,7 +257,14 @@ fn run_seed(seed: u64, steps: usize) {
         let mut step = 0;
         while step < steps {
             step += 1;
-            match rng.below(100) {
+            let roll = rng.below(100);
+            if roll <= 3 {
+                // Before a reopen or crash: the snapshots still hold their instants, then go.
+                for (snap, want) in snaps.drain(..) {
+                    check_snapshot(&snap, &want, &format!("seed {seed} step {step}")).await;
+                }
+            }
+            match roll {
                 0..=1 => {
                     reopens += 1;
                     if rng.below(2) == 0 {
@@ -338,7 +388,27 @@ fn run_seed(seed: u64, steps: usize) {
                     }
                     check_all(&db, &model, &format!("seed {seed} step {step} after merge")).await;
                 }
-                6..=30 => {
+                6 => {
+                    if snaps.len() < 3 {
+                        snaps.push((db.snapshot(), model.clone()));
+                    }
+                }
+                7 => {
+                    if !snaps.is_empty() {
+                        let (snap, want) = snaps.remove(0);
+                        check_snapshot(&snap, &want, &format!("seed {seed} step {step}")).await;
+                    }
+                }
+                8 => {
+                    let mut keys = scan_all(&db, 1 + rng.below(40) as usize);
+                    keys.sort();
+                    assert_eq!(
+                        keys,
+                        model.keys().cloned().collect::<Vec<_>>(),
+                        "seed {seed} step {step}: scan"
+                    );
+                }
+                9..=30 => {
                     let k = random_key(&mut rng);
                     let got = db.get(&k).await.expect("get").map(|b| b.to_vec());
                     assert_eq!(got.as_ref(), model.get(&k), "seed {seed} step {step}: get");

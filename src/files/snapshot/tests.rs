@@ -364,9 +364,10 @@ fn forged_entries_are_refused_with_their_reason() {
     let n = u64::from_le_bytes(short_count[i..i + 8].try_into().expect("8"));
     short_count[i..i + 8].copy_from_slice(&(n + 1).to_le_bytes());
     fix_checksums(&mut short_count);
+    // (When shard 0's body is short, the count is caught as more than the body can hold.)
+    let why = refusal(&short_count);
     assert!(
-        refusal(&short_count).contains("entry count"),
-        "{}",
-        refusal(&short_count)
+        why.contains("entry count") || why.contains("more entries than a shard body can hold"),
+        "{why}"
     );
 }
