@@ -37,8 +37,11 @@ use open::{start_writer, Ready, Threads};
 /// An open store: a small, cloneable handle (`Clone + Send + Sync + 'static`).
 ///
 /// Every clone refers to the same store. The store closes when [`Db::close`] is called on any
-/// clone, or when the last clone is dropped (which syncs, writes the active file's hint and
-/// releases the directory lock before `drop` returns).
+/// clone (which returns once the store is closed and its lock released), or when the last clone
+/// (and the last [`Snapshot`] or [`Iter`]) is dropped: the drop returns at once and the close
+/// (final sync, seal, keydir snapshot) runs on an engine thread. An open of the same directory
+/// in this process waits for that close; another process gets [`Error::Locked`] until it is
+/// done, so call `close` before handing the store to another process.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
