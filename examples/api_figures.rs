@@ -105,7 +105,10 @@ async fn checkpoint_figures(dir: &std::path::Path) -> ringcask::Result<()> {
     let keys = gib * (1 << 30) / value_len as u64;
     let started = Instant::now();
     fill(&dir.join("live"), keys, value_len).await?;
-    eprintln!("filled {keys} keys in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "filled {keys} keys in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let db = Db::open(dir.join("live"), opts()).await?;
     // Some writes after the open, so that the active file has something to copy.
     for i in 0..10_000u64 {

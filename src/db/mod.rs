@@ -25,12 +25,14 @@ use crate::{Error, Options, Result};
 mod checkpoint;
 mod close;
 mod conditional;
+mod iter;
 mod open;
 mod read;
 mod snapshot;
 
 pub use checkpoint::CheckpointReport;
-pub use snapshot::{Iter, Snapshot};
+pub use iter::Iter;
+pub use snapshot::Snapshot;
 
 use open::{start_writer, Ready, Threads};
 

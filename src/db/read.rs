@@ -30,21 +30,43 @@ impl Inner {
 
     /// Reads and verifies the record `e` points at; returns its value.
     async fn read_record(&self, key: &[u8], e: Entry) -> Result<Bytes> {
-        let offset = u64::from(e.offset);
+        let buf = self
+            .read_bytes(
+                e.file_id,
+                u64::from(e.offset),
+                e.len as usize,
+                "record the keydir points at",
+            )
+            .await?;
+        self.verify(key, e, buf)
+    }
+
+    /// `len` bytes at `offset` of datafile `file_id`: from the page cache on this thread when
+    /// it holds them all, else through an io thread. A file shorter than that is
+    /// [`Error::Corrupt`] (`what` names what was expected there).
+    pub(super) async fn read_bytes(
+        &self,
+        file_id: u32,
+        offset: u64,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let file = || layout::data_path(&self.dir, file_id);
         let failed = |err: std::io::Error| {
-            let file = layout::data_path(&self.dir, e.file_id);
             let what = format!(
-                "reading {} bytes at offset {offset} of {}",
-                e.len,
-                file.display()
+                "reading {len} bytes at offset {offset} of {}",
+                file().display()
             );
             Error::Io(crate::io::context(err, what))
         };
         if self.opts.inline_reads {
-            let read = self.files.read_nowait(e.file_id, offset, e.len as usize);
-            if let Some(buf) = read.map_err(failed)? {
+            if let Some(buf) = self
+                .files
+                .read_nowait(file_id, offset, len)
+                .map_err(failed)?
+            {
                 self.shared.reads_inline.add(1);
-                return self.verify(key, e, buf);
+                return Ok(buf);
             }
         }
         self.shared.reads_io_thread.add(1);
@@ -52,28 +74,24 @@ impl Inner {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         let (reply, rx) = oneshot::channel();
         let req = ReadReq {
-            file_id: e.file_id,
+            file_id,
             offset,
-            len: e.len as usize,
+            len,
             reply,
         };
         self.readers[i]
             .send(ReaderMsg::Read(req))
             .await
             .map_err(|_| Error::Closed)?;
-        let file = || layout::data_path(&self.dir, e.file_id);
-        let buf = match rx.await.map_err(|_| Error::Closed)? {
-            Ok(b) => b,
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Corrupt {
-                    file: file(),
-                    offset,
-                    reason: "datafile is shorter than the record the keydir points at".into(),
-                })
-            }
-            Err(err) => return Err(failed(err)),
-        };
-        self.verify(key, e, buf)
+        match rx.await.map_err(|_| Error::Closed)? {
+            Ok(b) => Ok(b),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
+                file: file(),
+                offset,
+                reason: format!("datafile is shorter than the {what}"),
+            }),
+            Err(err) => Err(failed(err)),
+        }
     }
 
     /// Checks the record read for `e` (CRC, key, seq) and returns its value.

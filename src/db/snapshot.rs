@@ -1,25 +1,16 @@
 //! Point-in-time snapshots and their iterators.
 
-use std::collections::VecDeque;
-use std::pin::Pin as StdPin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::{Db, Inner};
 use crate::clock::now_ms;
-use crate::keydir::{Entry, FrozenKeyDir, Position};
+use crate::keydir::{Entry, FrozenKeyDir};
 use crate::merge::MergeMsg;
 use crate::state::Shared;
 use crate::Result;
-
-/// Most records one iterator group reads at once.
-const GROUP_RECORDS: usize = 512;
-/// Most record bytes one iterator group reads at once (a single larger record is read alone).
-const GROUP_BYTES: u64 = 4 << 20;
 
 /// A point-in-time view of the store: it sees exactly the writes acknowledged before it was
 /// taken (and each atomic batch whole or not at all), whatever is written, deleted, expired or
@@ -67,6 +58,8 @@ pub struct Snapshot {
 struct SnapshotInner {
     db: Db,
     view: FrozenKeyDir,
+    /// Datafiles (id, length) when the view was frozen: it points into these only.
+    files: Vec<(u32, u64)>,
     now_ms: u64,
     _pin: FilePin,
 }
@@ -112,11 +105,20 @@ impl Snapshot {
         let inner = &db.inner;
         // Pin before freezing: the pin's generation is then never newer than the view.
         let pin = FilePin::new(inner);
-        let view = inner.appender.quiesced(|| inner.keydir.freeze());
+        // Under the append lock the usage table lists every file a keydir entry points into
+        // (a merge accounts its outputs before repointing to them, and forgets its inputs
+        // only after), each with the length covering every applied write.
+        let (view, files) = inner.appender.quiesced(|| {
+            let files = inner
+                .shared
+                .with_usage(|u| u.values().map(|f| (f.file_id, f.total_bytes)).collect());
+            (inner.keydir.freeze(), files)
+        });
         Snapshot {
             inner: Arc::new(SnapshotInner {
                 db: db.clone(),
                 view,
+                files,
                 now_ms: now_ms(),
                 _pin: pin,
             }),
@@ -159,28 +161,21 @@ impl Snapshot {
         self.len() == 0
     }
 
-    /// A stream of every live `(key, value)` of the snapshot, in no particular order.
-    ///
-    /// Memory stays bounded whatever the store's size: the stream walks the frozen keydir and
-    /// reads values in groups (up to 512 records or 4 MiB), each sorted by file and offset so
-    /// that the disk sees near-sequential reads, and issued together (reads that miss the page
-    /// cache go to the io threads in one submission). A read error is yielded as an `Err`
-    /// item and the stream goes on with the next key.
-    pub fn iter(&self) -> Iter {
-        self.iter_prefix([])
+    pub(super) fn view(&self) -> &FrozenKeyDir {
+        &self.inner.view
     }
 
-    /// As [`Snapshot::iter`], over the keys that start with `prefix` only.
-    pub fn iter_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
-        let state = IterState {
-            snap: self.clone(),
-            prefix: Bytes::copy_from_slice(prefix.as_ref()),
-            at: Some(Position::default()),
-            ready: VecDeque::new(),
-        };
-        Iter {
-            stream: Box::pin(futures::stream::unfold(state, IterState::next)),
-        }
+    pub(super) fn now_ms(&self) -> u64 {
+        self.inner.now_ms
+    }
+
+    /// Datafiles (id, length) the view may point into, oldest first.
+    pub(super) fn files(&self) -> &[(u32, u64)] {
+        &self.inner.files
+    }
+
+    pub(super) fn db(&self) -> &Db {
+        &self.inner.db
     }
 
     /// One page of a stateless scan of the snapshot's keys: as [`Db::scan`], over a view that
@@ -194,82 +189,5 @@ impl Snapshot {
             }
         });
         (next, keys)
-    }
-}
-
-/// The boxed stream behind an [`Iter`].
-type ItemStream = StdPin<Box<dyn Stream<Item = Result<(Bytes, Bytes)>> + Send>>;
-
-/// A stream of `(key, value)` pairs over a [`Snapshot`] (see [`Snapshot::iter`]).
-///
-/// `Iter: futures::Stream<Item = ringcask::Result<(Bytes, Bytes)>> + Send + Unpin`; use it with
-/// `futures::StreamExt::next`. It holds its snapshot (and so its pins) until dropped.
-pub struct Iter {
-    stream: ItemStream,
-}
-
-impl std::fmt::Debug for Iter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Iter").finish_non_exhaustive()
-    }
-}
-
-impl Stream for Iter {
-    type Item = Result<(Bytes, Bytes)>;
-
-    fn poll_next(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.stream.as_mut().poll_next(cx)
-    }
-}
-
-struct IterState {
-    snap: Snapshot,
-    prefix: Bytes,
-    /// Where the walk of the frozen keydir continues; `None` once it is done.
-    at: Option<Position>,
-    /// Items read and not yet yielded.
-    ready: VecDeque<Result<(Bytes, Bytes)>>,
-}
-
-impl IterState {
-    async fn next(mut self) -> Option<(Result<(Bytes, Bytes)>, IterState)> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some((item, self));
-            }
-            let at = self.at?;
-            self.read_group(at).await;
-        }
-    }
-
-    /// Reads the next group of records from `at` into `ready`.
-    async fn read_group(&mut self, at: Position) {
-        let snap = &self.snap.inner;
-        let mut group: Vec<(Bytes, Entry)> = Vec::new();
-        let mut bytes = 0u64;
-        self.at = snap.view.visit(at, |k, e| {
-            if k.starts_with(&self.prefix) && !e.is_expired(snap.now_ms) {
-                group.push((Bytes::copy_from_slice(k), *e));
-                bytes += u64::from(e.len);
-            }
-            group.len() < GROUP_RECORDS && bytes < GROUP_BYTES
-        });
-        if group.is_empty() {
-            return;
-        }
-        let inner: &Inner = match snap.db.live() {
-            Ok(inner) => inner,
-            Err(e) => {
-                self.at = None;
-                self.ready.push_back(Err(e));
-                return;
-            }
-        };
-        group.sort_unstable_by_key(|(_, e)| (e.file_id, e.offset));
-        let reads = group.iter().map(|(k, e)| inner.read_value(k, *e));
-        let values = futures::future::join_all(reads).await;
-        for ((k, _), v) in group.into_iter().zip(values) {
-            self.ready.push_back(v.map(|v| (k, v)));
-        }
     }
 }
