@@ -6,7 +6,10 @@
 //! - `checkpoint`: checkpoint a store of `RINGCASK_FIG_GIB` GiB (default 2; 4 KiB values) while
 //!   it stays open: time, bytes linked and copied.
 //!
-//! `cargo run --release --example api_figures -- iter|checkpoint [dir]` (a temp dir by default).
+//! - `bigput`: the peak RSS a put of a 100 MiB value adds.
+//!
+//! `cargo run --release --example api_figures -- iter|checkpoint|bigput [dir]` (a temp dir by
+//! default).
 
 use std::time::Instant;
 
@@ -135,6 +138,22 @@ async fn checkpoint_figures(dir: &std::path::Path) -> ringcask::Result<()> {
     db.close().await
 }
 
+/// Peak RSS a put of a 100 MiB value adds over the value itself.
+async fn big_put_figures(dir: &std::path::Path) -> ringcask::Result<()> {
+    let db = Db::open(dir, opts().max_value_bytes(128 << 20)).await?;
+    let value = vec![7u8; 100 << 20];
+    let rss = status_kib("VmRSS:");
+    reset_peak();
+    db.put("big", &value).await?;
+    let added = status_kib("VmHWM:").saturating_sub(rss);
+    println!(
+        "| put of a 100 MiB value | RSS before {:.0} MiB (value included) | peak added {:.0} MiB |",
+        rss as f64 / 1024.0,
+        added as f64 / 1024.0
+    );
+    db.close().await
+}
+
 fn main() -> ringcask::Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "iter".into());
@@ -150,6 +169,7 @@ fn main() -> ringcask::Result<()> {
         match mode.as_str() {
             "iter" => iter_figures(&dir).await,
             "checkpoint" => checkpoint_figures(&dir).await,
+            "bigput" => big_put_figures(&dir).await,
             other => {
                 eprintln!("unknown mode {other}: iter or checkpoint");
                 Ok(())

@@ -265,6 +265,25 @@ impl Db {
 
     /// A stream of every live `(key, value)`, as of now: the iterator of a fresh
     /// [`Db::snapshot`] (see [`Snapshot::iter`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), ringcask::Error> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// use futures::StreamExt;
+    /// # futures::executor::block_on(async {
+    /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
+    /// db.put("a", "1").await?;
+    /// db.put("b", "2").await?;
+    /// let mut total = 0;
+    /// let mut it = db.iter();
+    /// while let Some(item) = it.next().await {
+    ///     let (_key, value) = item?;
+    ///     total += value.len();
+    /// }
+    /// assert_eq!(total, 2);
+    /// # db.close().await })
+    /// # }
+    /// ```
     pub fn iter(&self) -> Iter {
         self.snapshot().iter()
     }

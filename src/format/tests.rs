@@ -293,3 +293,23 @@ fn snapshot_header_round_trip_and_damage() {
         Err(DecodeError::UnsupportedVersion(1))
     ));
 }
+
+#[test]
+fn a_record_head_plus_its_value_is_the_whole_record() {
+    for (key, value) in [
+        (&b"k"[..], &b""[..]),
+        (b"key", b"value"),
+        (b"big", &[7u8; 70_000][..]),
+    ] {
+        for flags in [0, FLAG_BATCH] {
+            let mut whole = Vec::new();
+            encode_record(&mut whole, 42, 1234, flags, key, value);
+            let mut split = Vec::new();
+            encode_record_head(&mut split, 42, 1234, flags, key, value);
+            split.extend_from_slice(value);
+            assert_eq!(split, whole);
+            let rec = decode_record(&split).expect("decodes");
+            assert_eq!((rec.key, rec.value), (key, value));
+        }
+    }
+}

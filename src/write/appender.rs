@@ -41,6 +41,13 @@ pub(crate) struct ActiveFile {
 /// append: a power loss may then tear only the last file.
 pub(crate) const WRITEBACK_BYTES: u64 = 16 << 20;
 
+/// A single put's value of this many bytes or more is written from the caller's buffer (a
+/// second `pwrite` after its header and key) instead of being copied into the encode buffer.
+const SPLIT_VALUE_BYTES: usize = 64 << 10;
+
+/// The encode buffer is dropped rather than kept when a write grew it past this.
+const KEEP_BUF_BYTES: usize = 4 << 20;
+
 pub(super) struct AppendState {
     /// `None` while the writer thread rotates, and after close: appends go to the writer.
     pub(super) active: Option<ActiveFile>,
@@ -192,9 +199,17 @@ impl Appender {
             return Ok(None);
         }
         let mut seq = st.next_seq;
+        // A large value is written from the caller's buffer, after its header and key.
+        let mut tail: &[u8] = &[];
         match req {
             ReqRef::Single(op) | ReqRef::If(op, _) => {
-                Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0)
+                if let Op::Put { value, .. } = op {
+                    if value.len() >= SPLIT_VALUE_BYTES {
+                        tail = value;
+                    }
+                }
+                let inline = tail.is_empty();
+                Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0, inline)
             }
             ReqRef::Batch(ops) => {
                 let n = ops.len();
@@ -202,14 +217,19 @@ impl Appender {
                     let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
                     let flags = FLAG_BATCH | end;
                     let seq = seq + i as u64;
-                    Self::encode(active, &mut st.buf, &mut st.pending, seq, op.view(), flags);
+                    let (buf, pending) = (&mut st.buf, &mut st.pending);
+                    Self::encode(active, buf, pending, seq, op.view(), flags, true);
                 }
                 seq += n as u64 - 1;
             }
         }
         st.next_seq = seq + 1;
-        let res = self.write_buf(active, &st.buf);
+        let res = self.write_buf(active, &[&st.buf, tail]);
         st.buf.clear();
+        if st.buf.capacity() > KEEP_BUF_BYTES {
+            // A large batch passed: do not keep its buffer for the life of the store.
+            st.buf = Vec::new();
+        }
         if let Err(e) = res {
             st.pending.clear();
             tracing::error!("append failed, refusing further writes until reopen: {e}");
@@ -251,25 +271,35 @@ impl Appender {
         seq: u64,
         op: Op<&[u8]>,
         flags: u8,
+        inline_value: bool,
     ) {
         let offset = active.len + buf.len() as u64;
-        let start = buf.len();
-        let (key, expiry_ms, tombstone) = match op {
+        let (key, expiry_ms, tombstone, len) = match op {
             Op::Put {
                 key,
                 value,
                 expiry_ms,
             } => {
-                format::encode_record(buf, seq, expiry_ms, flags, key, value);
-                (key, expiry_ms, false)
+                if inline_value {
+                    format::encode_record(buf, seq, expiry_ms, flags, key, value);
+                } else {
+                    format::encode_record_head(buf, seq, expiry_ms, flags, key, value);
+                }
+                (
+                    key,
+                    expiry_ms,
+                    false,
+                    format::record_len(key.len(), value.len()),
+                )
             }
             Op::Delete { key } => {
                 let flags = flags | format::FLAG_TOMBSTONE;
                 format::encode_record(buf, seq, 0, flags, key, &[]);
-                (key, 0, true)
+                (key, 0, true, format::record_len(key.len(), 0))
             }
         };
-        let len = (buf.len() - start) as u32;
+        // Bounded by `max_file_bytes` (< 4 GiB), checked by `Options::validate`.
+        let len = len as u32;
         // A put whose TTL has already passed reads as absent: the keydir applies it as a delete
         // (it still hides older values of its key), so the key count stays exact.
         let expired = expiry_ms != 0 && expiry_ms <= crate::clock::now_ms();
@@ -294,9 +324,10 @@ impl Appender {
         });
     }
 
-    /// Writes `buf` at the end of the active file, preallocating ahead first (best effort).
-    fn write_buf(&self, active: &mut ActiveFile, buf: &[u8]) -> std::io::Result<()> {
-        let need = buf.len() as u64;
+    /// Writes `parts`, one after the other, at the end of the active file, preallocating
+    /// ahead first (best effort).
+    fn write_buf(&self, active: &mut ActiveFile, parts: &[&[u8]]) -> std::io::Result<()> {
+        let need: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if self.preallocate_bytes != 0 && active.len + need > active.allocated {
             let step = self.preallocate_bytes.max(need).min(
                 self.max_file_bytes
@@ -315,15 +346,19 @@ impl Appender {
                 }
             }
         }
-        io::pwrite_all(self.fault.as_deref(), &active.fd, buf, active.len).map_err(|e| {
-            let file = crate::layout::data_path(std::path::Path::new(""), active.id);
-            let what = format!(
-                "appending {need} bytes at offset {} of {}",
-                active.len,
-                file.display()
-            );
-            io::context(e, what)
-        })?;
+        let mut at = active.len;
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            io::pwrite_all(self.fault.as_deref(), &active.fd, part, at).map_err(|e| {
+                let file = crate::layout::data_path(std::path::Path::new(""), active.id);
+                let what = format!(
+                    "appending {need} bytes at offset {} of {}",
+                    active.len,
+                    file.display()
+                );
+                io::context(e, what)
+            })?;
+            at += part.len() as u64;
+        }
         active.len += need;
         self.dirty.store(true, Ordering::Release);
         self.shared.bytes_written.add(need);
