@@ -8,7 +8,7 @@ use super::{
 
 const MAN_MAGIC_OFFSET: usize = 0;
 const MAN_VERSION_OFFSET: usize = MAN_MAGIC_OFFSET + MANIFEST_MAGIC.len();
-const MAN_INPUTS_OFFSET: usize = MAN_VERSION_OFFSET + size_of::<u32>();
+pub(super) const MAN_INPUTS_OFFSET: usize = MAN_VERSION_OFFSET + size_of::<u32>();
 
 /// The inputs and outputs of a committed merge.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

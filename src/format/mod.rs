@@ -537,6 +537,8 @@ pub(crate) fn decode_hint_footer(buf: &[u8]) -> Result<HintFooter, DecodeError> 
 // ---- merge manifest (drawn above; codec in manifest.rs) ---------------------------------
 
 mod manifest;
+#[cfg(test)]
+use manifest::MAN_INPUTS_OFFSET;
 pub(crate) use manifest::{decode_manifest, encode_manifest, Manifest};
 
 #[cfg(feature = "fuzzing")]
