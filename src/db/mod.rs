@@ -42,7 +42,7 @@ use open::{start_writer, Ready, Threads};
 /// clone (which returns once the store is closed and its lock released), or when the last clone
 /// (and the last [`Snapshot`] or [`Iter`]) is dropped: the drop returns at once and the close
 /// (final sync, seal, keydir snapshot) runs on an engine thread. An open of the same directory
-/// in this process waits for that close; another process gets [`Error::Locked`] until it is
+/// in this process waits for that close (up to 30 s); another process gets [`Error::Locked`] until it is
 /// done, so call `close` before handing the store to another process.
 #[derive(Clone)]
 pub struct Db {

@@ -85,8 +85,29 @@ pub(super) async fn wait_for_background_close(dir: &Path) {
         }
     };
     tracing::debug!(dir = %dir.display(), "waiting for the dropped handle's close");
-    let _ = rx.await;
+    // Bounded: a close stuck on a dead disk must not hang the open forever (it then fails
+    // with `Locked`, as another process's open would).
+    let (timer_tx, timer_rx) = oneshot::channel::<()>();
+    let timer = std::thread::Builder::new()
+        .name("ringcask-open-wait".into())
+        .spawn(move || {
+            std::thread::sleep(BACKGROUND_CLOSE_WAIT);
+            let _ = timer_tx.send(());
+        });
+    if timer.is_err() {
+        let _ = rx.await;
+        return;
+    }
+    if let futures::future::Either::Right(_) = futures::future::select(rx, timer_rx).await {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the dropped handle's close still runs after {BACKGROUND_CLOSE_WAIT:?}"
+        );
+    }
 }
+
+/// Longest an open waits for the background close of a dropped handle of its directory.
+const BACKGROUND_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the writer thread reports once the store is open.
 pub(super) struct Ready {
