@@ -145,6 +145,7 @@ fn crash_at_every_io(power: bool) {
             // A second merge on the recovered store works and keeps the contents.
             db.merge().await.expect("merge after recovery");
             assert_eq!(contents(&db).await, want);
+            db.close().await.expect("close");
         });
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .expect("read_dir")
