@@ -317,20 +317,9 @@ pub(crate) fn encode_record(
     key: &[u8],
     value: &[u8],
 ) {
-    assert!(!key.is_empty() && key.len() <= KEY_LEN_LIMIT as usize);
-    assert!(value.len() <= VALUE_LEN_LIMIT as usize);
-    assert_eq!(flags & !KNOWN_FLAGS, 0);
-    let start = out.len();
     out.reserve(record_len(key.len(), value.len()));
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&expiry_ms.to_le_bytes());
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.push(flags);
-    out.extend_from_slice(key);
+    encode_record_head(out, seq, expiry_ms, flags, key, value);
     out.extend_from_slice(value);
-    seal_crc(out, start, REC_SEQ_OFFSET);
 }
 
 /// Appends the header and key of a data record to `out`, leaving out its value, which the
