@@ -33,14 +33,37 @@ pub(crate) struct IoFile {
     fault: Option<Arc<FaultInjector>>,
 }
 
+/// How a descriptor opened for reading will be read: the kernel's readahead is advised to match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Single records at random offsets (`get`): `POSIX_FADV_RANDOM`, so that a cache miss
+    /// reads the record's pages and no readahead around them.
+    Random,
+    /// Whole files front to back (merge): the default readahead.
+    Sequential,
+}
+
+/// Opens an existing file read-only, with the readahead advice for `access`.
+pub(crate) fn open_for_reading(path: &Path, access: Access) -> io::Result<std::fs::File> {
+    let f = OpenOptions::new().read(true).open(path)?;
+    if access == Access::Random {
+        // Advice only: a file system that ignores it still reads correctly.
+        if let Err(e) = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random) {
+            tracing::debug!("posix_fadvise(RANDOM) on {}: {e}", path.display());
+        }
+    }
+    Ok(f)
+}
+
 impl IoFile {
-    /// Opens an existing file for reading.
+    /// Opens an existing file for reading, with the readahead advice for `access`.
     pub(crate) fn open_read(
         kind: IoBackendKind,
         path: &Path,
+        access: Access,
         fault: Option<Arc<FaultInjector>>,
     ) -> io::Result<IoFile> {
-        let f = OpenOptions::new().read(true).open(path)?;
+        let f = open_for_reading(path, access)?;
         Ok(IoFile::wrap(kind, f, None, fault))
     }
 

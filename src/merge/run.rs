@@ -10,7 +10,7 @@ use crate::format::{
     RECORD_HEADER_LEN,
 };
 use crate::io::fs::{self};
-use crate::io::IoFile;
+use crate::io::{Access, IoFile};
 use crate::keydir::Entry;
 use crate::layout::{data_path, hint_path, temp_path};
 use crate::options::IoBackendKind;
@@ -134,7 +134,7 @@ impl Merger {
     /// Reads input `id` record by record and keeps what must be kept.
     async fn copy_input(&self, id: u32, run: &mut MergeRun) -> Result<()> {
         let path = data_path(&self.dir, id);
-        let file = IoFile::open_read(self.kind, &path, None)?;
+        let file = IoFile::open_read(self.kind, &path, Access::Sequential, None)?;
         let file_len = std::fs::metadata(&path)?.len();
         run.report.input_bytes += file_len;
         let header = file.read_exact_at(FILE_HEADER_LEN, 0).await?;

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 
 use crate::fault::{read_point, FaultInjector};
+use crate::io::{open_for_reading, Access};
 use crate::layout::data_path;
 
 /// Most descriptors one datafile is read through.
@@ -44,7 +45,7 @@ impl Handles {
         if let Some(f) = slot.get() {
             return f;
         }
-        match File::open(path()) {
+        match open_for_reading(&path(), Access::Random) {
             Ok(f) => {
                 // A racing thread may have set it first: either descriptor reads the same file.
                 let _ = slot.set(f);
@@ -85,7 +86,7 @@ impl FileTable {
     /// Opens datafile `id` and adds its handle (or the one a racing caller added).
     fn open(&self, id: u32) -> io::Result<Arc<Handles>> {
         let f = Arc::new(Handles {
-            first: File::open(data_path(&self.dir, id))?,
+            first: open_for_reading(&data_path(&self.dir, id), Access::Random)?,
             more: (1..self.fds_per_file).map(|_| OnceLock::new()).collect(),
         });
         let mut out = f.clone();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::fault::FaultInjector;
-use crate::io::{IoFile, Runtime};
+use crate::io::{Access, IoFile, Runtime};
 use crate::layout::data_path;
 use crate::options::IoBackendKind;
 
@@ -88,7 +88,12 @@ async fn serve(
         };
         let file = match files.get(&req.file_id) {
             Some(f) => f.clone(),
-            None => match IoFile::open_read(kind, &data_path(&dir, req.file_id), fault.clone()) {
+            None => match IoFile::open_read(
+                kind,
+                &data_path(&dir, req.file_id),
+                Access::Random,
+                fault.clone(),
+            ) {
                 Ok(f) => {
                     let f = Rc::new(f);
                     files.insert(req.file_id, f.clone());

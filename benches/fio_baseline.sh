@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# fio baselines for the device-level figures of `io_bench` (harness/src/bin/io_bench.rs), on
+# the same disk:
+#   - random 4 KiB reads, O_DIRECT through io_uring, at iodepth 1, 8, 32, 128 (the ceiling
+#     `io_bench cold` is compared with);
+#   - sequential 4 KiB writes with an fdatasync every C writes, into fallocated space and over
+#     blocks written before (the floors `io_bench durable` is compared with).
+#
+# usage: benches/fio_baseline.sh [DIR (default: a temp dir)] [SIZE (default 2g)] [SECS (default 4)]
+# Needs fio (apt-get install fio) and python3. Prints one markdown table per test.
+set -euo pipefail
+dir=${1:-$(mktemp -d)}
+size=${2:-2g}
+secs=${3:-4}
+conc=${CONC:-1 8 32 128}
+mkdir -p "$dir"
+file="$dir/fio.dat"
+
+summary() {
+  # iops, p50 and p99 completion latency (µs) of the read or write side of fio's JSON.
+  python3 -c '
+import json, sys
+side = sys.argv[1]
+j = json.load(sys.stdin)["jobs"][0][side]
+pct = j["clat_ns"].get("percentile", {})
+p = lambda q: pct.get(q, 0) / 1e3
+print("%.0f | %.0f | %.0f" % (j["iops"], p("50.000000"), p("99.000000")))' "$1"
+}
+
+echo "laying out $file ($size)"
+fio --name=layout --filename="$file" --size="$size" --rw=write --bs=1m --direct=1 \
+  --ioengine=psync --output-format=json >/dev/null
+
+echo
+echo "random 4 KiB reads, O_DIRECT, io_uring ($secs s each)"
+echo "| iodepth | IOPS | p50 µs | p99 µs |"
+echo "|---|---|---|---|"
+for c in $conc; do
+  row=$(fio --name=randread --filename="$file" --size="$size" --rw=randread --bs=4k \
+    --direct=1 --ioengine=io_uring --iodepth="$c" --runtime="$secs" --time_based \
+    --randrepeat=0 --output-format=json | summary read)
+  echo "| $c | $row |"
+done
+rm -f "$file"
+
+echo
+echo "4 KiB writes + fdatasync every C writes ($secs s each): into fallocated space / over written blocks"
+echo "| C | alloc writes/s | overwrite writes/s |"
+echo "|---|---|---|"
+for c in $conc; do
+  alloc=$(fio --name=alloc --filename="$dir/sync.dat" --size=2g --rw=write --bs=4k \
+    --ioengine=psync --fdatasync="$c" --fallocate=native --runtime="$secs" --time_based \
+    --output-format=json | summary write | cut -d' ' -f1)
+  rm -f "$dir/sync.dat"
+  over=$(fio --name=over --filename="$dir/sync.dat" --size=2g --rw=write --bs=4k \
+    --ioengine=psync --fdatasync="$c" --overwrite=1 --runtime="$secs" --time_based \
+    --output-format=json | summary write | cut -d' ' -f1)
+  rm -f "$dir/sync.dat"
+  echo "| $c | $alloc | $over |"
+done

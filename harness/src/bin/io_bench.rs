@@ -1,0 +1,323 @@
+//! Device-level workloads of ringcask, to set beside `benches/fio_baseline.sh` (fio on the same
+//! disk) and the write+sync floors measured here:
+//!
+//! ```text
+//! cargo run --release -p ringcask-bench --bin io_bench -- cold [--gib 2] [--conc 1,8,32,128]
+//!     [--secs 4] [--dir DIR (kept: a later run reuses the store)] [--inline true|false]
+//!     [--readers N (read threads)]
+//! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
+//!     [--value 4096] [--secs 3]
+//! ```
+//!
+//! `cold`: a store of `--gib` GiB of 4 KiB values is built (or reused), then for each
+//! concurrency C its datafiles are evicted from the page cache (`POSIX_FADV_DONTNEED`, no root
+//! needed) and C tasks on a two-worker tokio runtime `get` random keys, each key at most once
+//! per run, for `--secs` seconds or until an eighth of the keys were read (past that, pages that
+//! readahead brought in would serve a growing share). Prints ops/s, p50 and p99 per C, and how the reads were
+//! served (inline from the page cache or through an io thread).
+//!
+//! `durable`: C tasks put `--value`-byte values under `SyncPolicy::Always` for `--secs`
+//! seconds into a fresh store; beside each C, two floors on the same disk in the same run:
+//! C `pwrite`s then one `fdatasync` into a `fallocate`d file ("alloc floor"), and the same
+//! over blocks already written and synced ("overwrite floor").
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringcask::{Db, Options, SyncPolicy};
+
+const VALUE: usize = 4096;
+
+struct Args {
+    mode: String,
+    gib: f64,
+    conc: Vec<usize>,
+    secs: f64,
+    dir: Option<PathBuf>,
+    value: usize,
+    /// `Options::inline_reads`.
+    inline: bool,
+    /// `Options::read_threads`, when given.
+    readers: Option<usize>,
+}
+
+fn parse() -> Args {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().unwrap_or_else(|| usage());
+    let mut a = Args {
+        mode,
+        gib: 2.0,
+        conc: vec![1, 8, 32, 128],
+        secs: 4.0,
+        dir: None,
+        value: VALUE,
+        inline: true,
+        readers: None,
+    };
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--gib" => a.gib = v.parse().unwrap_or_else(|_| usage()),
+            "--secs" => a.secs = v.parse().unwrap_or_else(|_| usage()),
+            "--value" => a.value = v.parse().unwrap_or_else(|_| usage()),
+            "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
+            "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
+            "--dir" => a.dir = Some(PathBuf::from(v)),
+            "--conc" => {
+                a.conc = v
+                    .split(',')
+                    .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                    .collect()
+            }
+            _ => usage(),
+        }
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
+         [--inline true|false] [--readers N]\n       \
+         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S]"
+    );
+    std::process::exit(2)
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key{i:013}").into_bytes()
+}
+
+/// Latencies in µs of one run, all of them (runs here are short).
+#[derive(Default)]
+struct Lat(Vec<u32>);
+
+impl Lat {
+    fn record(&mut self, d: Duration) {
+        self.0
+            .push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+    }
+    fn quantile(&mut self, q: f64) -> u32 {
+        if self.0.is_empty() {
+            return 0;
+        }
+        self.0.sort_unstable();
+        self.0[((self.0.len() - 1) as f64 * q) as usize]
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Drops every datafile of `dir` from the page cache.
+fn evict(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "data") {
+            let f = std::fs::File::open(&p).expect("open datafile");
+            f.sync_all().expect("sync");
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+        }
+    }
+}
+
+fn cold(a: &Args) {
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().expect("tempdir");
+            tmp.path().to_path_buf()
+        }
+    };
+    let n = (a.gib * (1u64 << 30) as f64 / VALUE as f64) as u64;
+    let rt = runtime();
+    let mut opts = Options::default()
+        .sync(SyncPolicy::Never)
+        .inline_reads(a.inline);
+    if let Some(r) = a.readers {
+        opts = opts.read_threads(r);
+    }
+    let db = rt.block_on(Db::open(&dir, opts)).expect("open");
+    if db.stats().keys as u64 != n {
+        println!(
+            "building a store of {n} keys x {VALUE} B in {}",
+            dir.display()
+        );
+        let started = Instant::now();
+        let v = vec![0xA5u8; VALUE];
+        rt.block_on(async {
+            for i in 0..n {
+                db.put(key(i), v.clone()).await.expect("put");
+            }
+            db.sync().await.expect("sync");
+        });
+        println!("built in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    println!(
+        "cold random gets of {VALUE} B values, {n} keys, {} s per run",
+        a.secs
+    );
+    println!("| C | ops/s | p50 µs | p99 µs | inline | io thread |");
+    println!("|---|---|---|---|---|---|");
+    let mut round = 0u64;
+    for &c in &a.conc {
+        evict(&dir);
+        let before = db.stats();
+        let next = Arc::new(AtomicU64::new(0));
+        let lat = Arc::new(Mutex::new(Lat::default()));
+        let deadline = Instant::now() + Duration::from_secs_f64(a.secs);
+        round += 1;
+        let seed = round * 0x9E37_79B9;
+        let started = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (db, next, lat) = (db.clone(), next.clone(), lat.clone());
+                    tokio::spawn(async move {
+                        let mut mine = Lat::default();
+                        while Instant::now() < deadline {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n / 8 {
+                                break;
+                            }
+                            // A permutation of 0..n (the multiplier is odd, n < 2^40).
+                            let k = (i.wrapping_mul(2_654_435_761) ^ seed) % n;
+                            let s = Instant::now();
+                            let got = db.get(key(k)).await.expect("get");
+                            mine.record(s.elapsed());
+                            assert_eq!(got.map(|v| v.len()), Some(VALUE));
+                        }
+                        lat.lock().expect("lat").0.extend(mine.0);
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let after = db.stats();
+        let mut lat = lat.lock().expect("lat");
+        let ops = lat.0.len();
+        println!(
+            "| {c} | {:.0} | {} | {} | {} | {} |",
+            ops as f64 / secs,
+            lat.quantile(0.5),
+            lat.quantile(0.99),
+            after.reads_inline - before.reads_inline,
+            after.reads_io_thread - before.reads_io_thread,
+        );
+    }
+    rt.block_on(db.close()).expect("close");
+}
+
+/// `c` writes of `value` bytes then one `fdatasync`, repeated for `secs`; writes per second.
+/// `overwrite`: into blocks written and synced before; else into `fallocate`d space.
+fn floor(dir: &Path, c: usize, value: usize, secs: f64, overwrite: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!("floor-{c}-{overwrite}"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("floor file");
+    let len = 1u64 << 30;
+    if overwrite {
+        let chunk = vec![0u8; 1 << 20];
+        for i in 0..(len >> 20) {
+            f.write_all_at(&chunk, i << 20).expect("write");
+        }
+        f.sync_all().expect("sync");
+    } else {
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len).expect("fallocate");
+        f.sync_all().expect("sync");
+    }
+    let buf = vec![0x5Au8; value];
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut off = 0u64;
+    let mut writes = 0u64;
+    while Instant::now() < deadline && off + (c * value) as u64 <= len {
+        for _ in 0..c {
+            f.write_all_at(&buf, off).expect("write");
+            off += value as u64;
+        }
+        f.sync_data().expect("fdatasync");
+        writes += c as u64;
+    }
+    let rate = writes as f64 / started.elapsed().as_secs_f64();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    rate
+}
+
+fn durable(a: &Args) {
+    let rt = runtime();
+    println!("durable puts of {} B values, {} s per run", a.value, a.secs);
+    println!("| C | puts/s | p50 µs | p99 µs | syncs | alloc floor | overwrite floor | vs alloc | vs overwrite |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &c in &a.conc {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opts = Options::default().sync(SyncPolicy::Always);
+        let db = rt.block_on(Db::open(tmp.path(), opts)).expect("open");
+        let next = Arc::new(AtomicU64::new(0));
+        let lat = Arc::new(Mutex::new(Lat::default()));
+        let deadline = Instant::now() + Duration::from_secs_f64(a.secs);
+        let value = a.value;
+        let started = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (db, next, lat) = (db.clone(), next.clone(), lat.clone());
+                    tokio::spawn(async move {
+                        let v = vec![0x77u8; value];
+                        let mut mine = Lat::default();
+                        while Instant::now() < deadline {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let s = Instant::now();
+                            db.put(key(i), v.clone()).await.expect("put");
+                            mine.record(s.elapsed());
+                        }
+                        lat.lock().expect("lat").0.extend(mine.0);
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let syncs = db.stats().syncs;
+        rt.block_on(db.close()).expect("close");
+        let mut lat = lat.lock().expect("lat");
+        let rate = lat.0.len() as f64 / secs;
+        let alloc = floor(tmp.path(), c, value, a.secs, false);
+        let over = floor(tmp.path(), c, value, a.secs, true);
+        println!(
+            "| {c} | {rate:.0} | {} | {} | {syncs} | {alloc:.0} | {over:.0} | {:.2}x | {:.2}x |",
+            lat.quantile(0.5),
+            lat.quantile(0.99),
+            rate / alloc,
+            rate / over,
+        );
+    }
+}
+
+fn main() {
+    let a = parse();
+    match a.mode.as_str() {
+        "cold" => cold(&a),
+        "durable" => durable(&a),
+        _ => usage(),
+    }
+}
