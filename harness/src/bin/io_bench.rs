@@ -264,8 +264,8 @@ fn floor(dir: &Path, c: usize, value: usize, secs: f64, overwrite: bool) -> f64 
 fn durable(a: &Args) {
     let rt = runtime();
     println!("durable puts of {} B values, {} s per run", a.value, a.secs);
-    println!("| C | puts/s | p50 µs | p99 µs | syncs | alloc floor | overwrite floor | vs alloc | vs overwrite |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| C | puts/s | p50 µs | p99 µs | p99.9 µs | syncs | alloc floor | overwrite floor | vs alloc | vs overwrite |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &a.conc {
         let tmp = tempfile::tempdir().expect("tempdir");
         let opts = Options::default().sync(SyncPolicy::Always);
@@ -304,9 +304,10 @@ fn durable(a: &Args) {
         let alloc = floor(tmp.path(), c, value, a.secs, false);
         let over = floor(tmp.path(), c, value, a.secs, true);
         println!(
-            "| {c} | {rate:.0} | {} | {} | {syncs} | {alloc:.0} | {over:.0} | {:.2}x | {:.2}x |",
+            "| {c} | {rate:.0} | {} | {} | {} | {syncs} | {alloc:.0} | {over:.0} | {:.2}x | {:.2}x |",
             lat.quantile(0.5),
             lat.quantile(0.99),
+            lat.quantile(0.999),
             rate / alloc,
             rate / over,
         );
