@@ -72,6 +72,8 @@ struct Inner {
     merge_tx: mpsc::Sender<MergeMsg>,
     readers: Vec<mpsc::Sender<ReaderMsg>>,
     next_reader: AtomicUsize,
+    /// Reads at the io threads now (see `read::regime`).
+    reads_in_flight: AtomicUsize,
     closed: AtomicBool,
     /// Opened with [`Db::open_read_only`]: writes return [`Error::ReadOnly`].
     read_only: bool,
@@ -140,6 +142,7 @@ impl Db {
                 merge_tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
+                reads_in_flight: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 read_only: false,
                 ro_lock: std::sync::Mutex::new(None),

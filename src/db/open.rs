@@ -322,6 +322,7 @@ impl Db {
                 merge_tx,
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
+                reads_in_flight: std::sync::atomic::AtomicUsize::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 read_only: true,
                 ro_lock: std::sync::Mutex::new(Some(lock)),

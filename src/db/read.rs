@@ -2,7 +2,7 @@
 //! through the io threads, and the check of every record read.
 
 use bytes::Bytes;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::oneshot;
 
 use super::Inner;
@@ -10,7 +10,24 @@ use crate::format;
 use crate::keydir::Entry;
 use crate::layout;
 use crate::read::reader::{ReadReq, ReaderMsg};
+use crate::read::regime;
 use crate::{Error, Result};
+
+/// Counts a read at the io threads while it lives (a cancelled `get` drops it too).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Inner {
     /// The value of the record `e` points at: from the value cache, or read, verified and
@@ -59,17 +76,22 @@ impl Inner {
             );
             Error::Io(crate::io::context(err, what))
         };
-        if self.opts.inline_reads {
-            if let Some(buf) = self
+        // Inline first unless this thread's recent attempts mostly missed: a miss starts the
+        // disk read on this thread (see `read::regime`).
+        let in_flight = self.reads_in_flight.load(Ordering::Relaxed);
+        if self.opts.inline_reads && regime::try_inline(in_flight) {
+            let got = self
                 .files
                 .read_nowait(file_id, offset, len)
-                .map_err(failed)?
-            {
+                .map_err(failed)?;
+            regime::record(got.is_some());
+            if let Some(buf) = got {
                 self.shared.reads_inline.add(1);
                 return Ok(buf);
             }
         }
         self.shared.reads_io_thread.add(1);
+        let _in_flight = InFlight::new(&self.reads_in_flight);
         let n = self.readers.len();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         let (reply, rx) = oneshot::channel();

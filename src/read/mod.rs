@@ -4,3 +4,4 @@
 pub(crate) mod cache;
 pub(crate) mod filetable;
 pub(crate) mod reader;
+pub(crate) mod regime;
