@@ -20,27 +20,6 @@ use crate::options::IoBackendKind;
 use crate::state::Shared;
 use crate::{Error, Options, Result, SyncPolicy};
 
-/// Most requests served as one group.
-const MAX_GROUP: usize = 8192;
-
-/// Moves what is queued on `rx` into `group` (up to [`MAX_GROUP`]).
-fn drain(rx: &mut mpsc::Receiver<WriteMsg>, group: &mut Vec<WriteMsg>) {
-    while group.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(m) => group.push(m),
-            Err(_) => break,
-        }
-    }
-}
-
-/// Durable requests (writes and syncs) in `group`.
-fn durable(group: &[WriteMsg]) -> usize {
-    group
-        .iter()
-        .filter(|m| matches!(m, WriteMsg::Sync { .. } | WriteMsg::Write { .. }))
-        .count()
-}
-
 /// The writer thread's state.
 pub(crate) struct Writer {
     dir: PathBuf,
@@ -51,26 +30,8 @@ pub(crate) struct Writer {
     /// The writer's own handle of the active file (syncs and sealing go through io_uring).
     io: IoFile,
     last_sync: Instant,
-    /// How long the last `fdatasync` took (bounds the gather window).
-    last_sync_took: Duration,
     lock: Option<Arc<DirLock>>,
 }
-
-/// Group commit's gather window (see [`Writer::gather`]) ends when no new durable request came
-/// for this long...
-const GATHER_GAP: Duration = Duration::from_micros(50);
-
-/// A group this large ends the gather window: one sync already serves this many writers, and
-/// waiting for more cost 12 % of the puts/s with 128 writers (where the CPU, not the sync, was the
-/// limit).
-const GATHER_ENOUGH: usize = 32;
-
-/// The gather window's wait between looks at the queue (a sleep: on two cores a spinning writer
-/// thread took the CPU the writers needed to come back; the kernel's timer slack makes it longer).
-const GATHER_NAP: Duration = Duration::from_micros(10);
-
-/// ... or after this long in all (and never longer than the last `fdatasync` took).
-const GATHER_MAX: Duration = Duration::from_micros(150);
 
 fn fault(opts: &Options) -> Option<&FaultInjector> {
     opts.fault_injector.as_deref()
@@ -106,7 +67,6 @@ impl Writer {
             appender,
             io,
             last_sync: Instant::now(),
-            last_sync_took: Duration::ZERO,
             lock: Some(lock),
         };
         w.install(active, None)?;
@@ -176,77 +136,26 @@ impl Writer {
     /// Serves requests until `Close` or until every sender is gone.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<WriteMsg>) {
         let mut group = Vec::new();
-        let mut next = Vec::new();
-        // Durable requests the last group acknowledged.
-        let mut released = 0;
         loop {
-            // `group` holds what queued while the last group's sync ran (under
-            // `SyncPolicy::Always`, taken before that group's acks went out).
-            let queued = durable(&group);
-            if group.is_empty() {
-                let Some(first) = self.recv(&mut rx).await else {
-                    if let Err(e) = self.shutdown(false).await {
-                        tracing::warn!("closing the store on drop failed: {e}");
-                    }
-                    return;
-                };
-                group.push(first);
+            let Some(first) = self.recv(&mut rx).await else {
+                if let Err(e) = self.shutdown(false).await {
+                    tracing::warn!("closing the store on drop failed: {e}");
+                }
+                return;
+            };
+            group.push(first);
+            while group.len() < 8192 {
+                match rx.try_recv() {
+                    Ok(m) => group.push(m),
+                    Err(_) => break,
+                }
             }
-            drain(&mut rx, &mut group);
-            if self.opts.sync == SyncPolicy::Always {
-                self.gather(&mut rx, &mut group, released + queued);
-                released = durable(&group);
-            }
-            if let Some(close) = self.process(&mut group, &mut rx, &mut next).await {
+            if let Some(close) = self.process(&mut group).await {
                 let res = self.shutdown(true).await;
                 let _ = close.send(res);
                 // Anything still queued is answered with `Closed` when `rx` drops.
                 return;
             }
-            std::mem::swap(&mut group, &mut next);
-        }
-    }
-
-    /// Group commit's gather window, under `SyncPolicy::Always`: before the group's `fdatasync`,
-    /// waits for the writers the last group released (most of them come straight back with
-    /// their next write) until the group holds `target` durable requests — those writers plus
-    /// the ones that queued meanwhile — or none came for [`GATHER_GAP`], or [`GATHER_MAX`] (at
-    /// most one `fdatasync`'s time) passed. Without it the next sync started with whoever had
-    /// queued at that instant, and groups settled at a half to a third of the writers.
-    /// A single writer never waits (its target is met by its own request). The wait yields the
-    /// CPU rather than sleeping: the runtime's timer cannot wait tens of µs.
-    fn gather(
-        &mut self,
-        rx: &mut mpsc::Receiver<WriteMsg>,
-        group: &mut Vec<WriteMsg>,
-        target: usize,
-    ) {
-        let target = target.min(GATHER_ENOUGH);
-        let started = Instant::now();
-        let max = GATHER_MAX.min(self.last_sync_took / 2);
-        let mut have = durable(group);
-        let mut last = started;
-        while have < target && group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(m) => {
-                    if matches!(m, WriteMsg::Close { .. }) {
-                        group.push(m);
-                        return;
-                    }
-                    have +=
-                        usize::from(matches!(m, WriteMsg::Sync { .. } | WriteMsg::Write { .. }));
-                    group.push(m);
-                    last = Instant::now();
-                    continue;
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            let now = Instant::now();
-            if now - started >= max || now - last >= GATHER_GAP {
-                return;
-            }
-            std::thread::sleep(GATHER_NAP);
         }
     }
 
@@ -277,10 +186,7 @@ impl Writer {
         let a = &self.appender;
         let upto = a.appended_seq.load(Ordering::Acquire);
         if a.dirty.swap(false, Ordering::AcqRel) {
-            let started = Instant::now();
-            let res = self.io.sync_data_now();
-            self.last_sync_took = started.elapsed();
-            if let Err(e) = res {
+            if let Err(e) = self.io.sync_data_now() {
                 let id = self.shared.active_file_id.load(Ordering::Relaxed);
                 let file = data_path(&self.dir, id);
                 let e = io::context(e, format!("syncing {}", file.display()));
@@ -294,12 +200,7 @@ impl Writer {
     }
 
     /// Serves one group of requests. Returns the reply of a `Close` found in the group.
-    async fn process(
-        &mut self,
-        group: &mut Vec<WriteMsg>,
-        rx: &mut mpsc::Receiver<WriteMsg>,
-        next: &mut Vec<WriteMsg>,
-    ) -> Option<oneshot::Sender<Result<()>>> {
+    async fn process(&mut self, group: &mut Vec<WriteMsg>) -> Option<oneshot::Sender<Result<()>>> {
         let mut waiters = Vec::new();
         let mut syncs = Vec::new();
         let mut close = None;
@@ -340,11 +241,6 @@ impl Writer {
         } else {
             Ok(())
         };
-        if self.opts.sync == SyncPolicy::Always {
-            // What queued during the sync, before the acks below release their writers: the
-            // next group's gather window tells these from the writers coming back.
-            drain(rx, next);
-        }
         let answer = |r: &Result<()>| match r {
             Ok(()) => Ok(true),
             Err(Error::Io(io)) => Err(clone_io_err(io)),
