@@ -18,6 +18,23 @@ pub enum IoBackend {
     Pread,
 }
 
+/// How datafiles are read (see [`Options::io_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum IoMode {
+    /// Through the page cache (default): a hot store is served from memory by the kernel.
+    #[default]
+    Buffered,
+    /// Values of sealed datafiles are read with `O_DIRECT` through the read threads' rings,
+    /// the aligned 4 KiB blocks that hold the record, bypassing the page cache: a store larger
+    /// than memory, read at random, no longer churns the page cache and reads no more than
+    /// the blocks it needs. Reads of the active file stay buffered, and so does every write.
+    /// Nothing is cached for these reads by the kernel, so pair it with
+    /// [`Options::value_cache_bytes`] for hot keys. Where the file system refuses `O_DIRECT`
+    /// (tmpfs, for one), that file is read buffered and `Stats::reads_direct` does not count it.
+    Direct,
+}
+
 /// The IO backend a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,6 +87,7 @@ pub struct Options {
     pub(crate) merge_check_interval_ms: u64,
     pub(crate) merge_bytes_per_sec: u64,
     pub(crate) inline_reads: bool,
+    pub(crate) io_mode: IoMode,
     pub(crate) inline_writes: bool,
     pub(crate) value_cache_bytes: u64,
     pub(crate) hint_spill_bytes: usize,
@@ -83,7 +101,7 @@ impl Default for Options {
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `inline_writes(true)`, `value_cache_bytes(0)`,
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes(0)`,
     /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`.
     fn default() -> Self {
         Options {
@@ -105,6 +123,7 @@ impl Default for Options {
             merge_check_interval_ms: 10_000,
             merge_bytes_per_sec: 64 << 20,
             inline_reads: true,
+            io_mode: IoMode::Buffered,
             inline_writes: true,
             value_cache_bytes: 0,
             hint_spill_bytes: 1 << 20,
@@ -252,6 +271,12 @@ impl Options {
     /// that would block still go to an io thread; `false` sends every read there.
     pub fn inline_reads(mut self, on: bool) -> Self {
         self.inline_reads = on;
+        self
+    }
+
+    /// How datafiles are read (default [`IoMode::Buffered`]); see [`IoMode::Direct`].
+    pub fn io_mode(mut self, mode: IoMode) -> Self {
+        self.io_mode = mode;
         self
     }
 

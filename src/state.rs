@@ -47,6 +47,7 @@ pub(crate) struct Shared {
     pub gets: Counter,
     pub reads_inline: Counter,
     pub reads_io_thread: Counter,
+    pub reads_direct: Counter,
     pub reads_cached: Counter,
     pub appends: Counter,
     pub syncs: Counter,

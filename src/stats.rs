@@ -113,6 +113,8 @@ pub struct Stats {
     pub reads_inline: u64,
     /// Value reads served by an io thread.
     pub reads_io_thread: u64,
+    /// Of those, reads made with `O_DIRECT` (see `IoMode::Direct`).
+    pub reads_direct: u64,
     /// Values served from the value cache (see `Options::value_cache_bytes`).
     pub reads_cached: u64,
     /// Bytes the value cache holds (values plus a fixed overhead each).

@@ -475,6 +475,7 @@ impl Db {
             gets: load(&s.gets),
             reads_inline: load(&s.reads_inline),
             reads_io_thread: load(&s.reads_io_thread),
+            reads_direct: load(&s.reads_direct),
             reads_cached: load(&s.reads_cached),
             value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
             appends: load(&s.appends),

@@ -11,7 +11,7 @@ use crate::keydir::Entry;
 use crate::layout;
 use crate::read::reader::{ReadReq, ReaderMsg};
 use crate::read::regime;
-use crate::{Error, Result};
+use crate::{Error, IoMode, Result};
 
 /// Counts a read at the io threads while it lives (a cancelled `get` drops it too).
 struct InFlight<'a>(&'a AtomicUsize);
@@ -78,8 +78,12 @@ impl Inner {
         };
         // Inline first unless this thread's recent attempts mostly missed: a miss starts the
         // disk read on this thread (see `read::regime`).
+        // Direct mode reads sealed files around the page cache; the active file stays buffered
+        // (its last block is still being written through the page cache).
+        let direct = self.opts.io_mode == IoMode::Direct
+            && file_id != self.shared.active_file_id.load(Ordering::Relaxed);
         let in_flight = self.reads_in_flight.load(Ordering::Relaxed);
-        if self.opts.inline_reads && regime::try_inline(in_flight) {
+        if self.opts.inline_reads && !direct && regime::try_inline(in_flight) {
             let got = self
                 .files
                 .read_nowait(file_id, offset, len)
@@ -99,6 +103,7 @@ impl Inner {
             file_id,
             offset,
             len,
+            direct,
             reply,
         };
         self.readers[i]
@@ -106,7 +111,12 @@ impl Inner {
             .await
             .map_err(|_| Error::Closed)?;
         match rx.await.map_err(|_| Error::Closed)? {
-            Ok(b) => Ok(b),
+            Ok(read) => {
+                if read.direct {
+                    self.shared.reads_direct.add(1);
+                }
+                Ok(read.bytes)
+            }
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
                 file: file(),
                 offset,

@@ -55,7 +55,63 @@ pub(crate) fn open_for_reading(path: &Path, access: Access) -> io::Result<std::f
     Ok(f)
 }
 
+/// Alignment of `O_DIRECT` reads: offsets, lengths and buffer addresses are multiples of it
+/// (4 KiB covers 512-byte and 4 KiB logical blocks alike).
+pub(crate) const DIRECT_ALIGN: u64 = 4096;
+
 impl IoFile {
+    /// Opens an existing file for `O_DIRECT` reads ([`IoFile::read_direct`]). Fails with
+    /// `InvalidInput` where the file system refuses `O_DIRECT` (tmpfs).
+    pub(crate) fn open_direct(
+        kind: IoBackendKind,
+        path: &Path,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> io::Result<IoFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)?;
+        Ok(IoFile::wrap(kind, f, None, fault))
+    }
+
+    /// Reads exactly `len` bytes at `offset` of a file opened with [`IoFile::open_direct`]: one
+    /// read of the aligned blocks that hold them, into an aligned stretch of a buffer, then the
+    /// bytes copied out. A short file is `UnexpectedEof`.
+    pub(crate) async fn read_direct(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        use tokio_uring::buf::BoundedBuf;
+        read_point(self.fault.as_deref())?;
+        let first = offset / DIRECT_ALIGN * DIRECT_ALIGN;
+        let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let span = (end - first) as usize;
+        let align = DIRECT_ALIGN as usize;
+        // Zeroed, so every byte of it is initialised whatever the read fills; the read goes to
+        // the stretch that starts at an aligned address.
+        let mut buf = vec![0u8; span + align];
+        let at = buf.as_ptr().align_offset(align);
+        let mut got = 0usize;
+        let want = (offset - first) as usize + len;
+        while got < want {
+            let n = match &self.handle {
+                Handle::Uring(f) => {
+                    let (res, slice) = f
+                        .read_at(buf.slice(at + got..at + span), first + got as u64)
+                        .await;
+                    buf = slice.into_inner();
+                    res?
+                }
+                Handle::Pread(f) => f.read_at(&mut buf[at + got..at + span], first + got as u64)?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n;
+        }
+        let from = at + (offset - first) as usize;
+        Ok(buf[from..from + len].to_vec())
+    }
+
     /// Opens an existing file for reading, with the readahead advice for `access`.
     pub(crate) fn open_read(
         kind: IoBackendKind,

@@ -21,7 +21,16 @@ pub(crate) struct ReadReq {
     pub file_id: u32,
     pub offset: u64,
     pub len: usize,
-    pub reply: oneshot::Sender<std::io::Result<Vec<u8>>>,
+    /// Read with `O_DIRECT` (`IoMode::Direct`, a sealed file). Where the file system refuses
+    /// it the read is buffered, and the reply says so.
+    pub direct: bool,
+    pub reply: oneshot::Sender<std::io::Result<Read>>,
+}
+
+/// The bytes of a read, and whether they were read with `O_DIRECT`.
+pub(crate) struct Read {
+    pub bytes: Vec<u8>,
+    pub direct: bool,
 }
 
 /// What read threads serve.
@@ -70,6 +79,8 @@ async fn serve(
     mut rx: mpsc::Receiver<ReaderMsg>,
 ) {
     let mut files: HashMap<u32, Rc<IoFile>> = HashMap::new();
+    // `None`: the file system refused `O_DIRECT` for this file; it is read buffered.
+    let mut direct_files: HashMap<u32, Option<Rc<IoFile>>> = HashMap::new();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(msg) = rx.recv().await {
         let req = match msg {
@@ -77,6 +88,7 @@ async fn serve(
             ReaderMsg::Retire { file_ids, ack } => {
                 for id in &file_ids {
                     files.remove(id);
+                    direct_files.remove(id);
                 }
                 // Reads in flight hold their own handle; wait until they are all done.
                 if let Ok(all) = slots.acquire_many(MAX_IN_FLIGHT as u32).await {
@@ -86,14 +98,27 @@ async fn serve(
                 continue;
             }
         };
-        let file = match files.get(&req.file_id) {
-            Some(f) => f.clone(),
-            None => match IoFile::open_read(
-                kind,
-                &data_path(&dir, req.file_id),
-                Access::Random,
-                fault.clone(),
-            ) {
+        let path = || data_path(&dir, req.file_id);
+        let direct = if req.direct {
+            direct_files
+                .entry(req.file_id)
+                .or_insert_with(|| match IoFile::open_direct(kind, &path(), fault.clone()) {
+                    Ok(f) => Some(Rc::new(f)),
+                    Err(e) => {
+                        tracing::debug!(
+                            "O_DIRECT refused for {} ({e}); reading it buffered",
+                            path().display()
+                        );
+                        None
+                    }
+                })
+                .clone()
+        } else {
+            None
+        };
+        let file = match (&direct, files.get(&req.file_id)) {
+            (Some(f), _) | (None, Some(f)) => f.clone(),
+            (None, None) => match IoFile::open_read(kind, &path(), Access::Random, fault.clone()) {
                 Ok(f) => {
                     let f = Rc::new(f);
                     files.insert(req.file_id, f.clone());
@@ -105,11 +130,20 @@ async fn serve(
                 }
             },
         };
+        let is_direct = direct.is_some();
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         tokio::task::spawn_local(async move {
-            let res = file.read_exact_at(req.len, req.offset).await;
+            let res = if is_direct {
+                file.read_direct(req.len, req.offset).await
+            } else {
+                file.read_exact_at(req.len, req.offset).await
+            };
+            let res = res.map(|bytes| Read {
+                bytes,
+                direct: is_direct,
+            });
             let _ = req.reply.send(res);
             drop(permit);
         });

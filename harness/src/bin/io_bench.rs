@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p ringcask-bench --bin io_bench -- cold [--gib 2] [--conc 1,8,32,128]
 //!     [--secs 4] [--dir DIR (kept: a later run reuses the store)] [--inline true|false]
-//!     [--readers N (read threads)]
+//!     [--readers N (read threads)] [--io-mode buffered|direct]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
 //!     [--value 4096] [--secs 3]
 //! ```
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringcask::{Db, Options, SyncPolicy};
+use ringcask::{Db, IoMode, Options, SyncPolicy};
 
 const VALUE: usize = 4096;
 
@@ -41,6 +41,8 @@ struct Args {
     inline: bool,
     /// `Options::read_threads`, when given.
     readers: Option<usize>,
+    /// `Options::io_mode(IoMode::Direct)`.
+    direct: bool,
 }
 
 fn parse() -> Args {
@@ -55,6 +57,7 @@ fn parse() -> Args {
         value: VALUE,
         inline: true,
         readers: None,
+        direct: false,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -62,6 +65,7 @@ fn parse() -> Args {
             "--gib" => a.gib = v.parse().unwrap_or_else(|_| usage()),
             "--secs" => a.secs = v.parse().unwrap_or_else(|_| usage()),
             "--value" => a.value = v.parse().unwrap_or_else(|_| usage()),
+            "--io-mode" => a.direct = v == "direct",
             "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--dir" => a.dir = Some(PathBuf::from(v)),
@@ -80,7 +84,7 @@ fn parse() -> Args {
 fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
-         [--inline true|false] [--readers N]\n       \
+         [--inline true|false] [--readers N] [--io-mode buffered|direct]\n       \
          io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S]"
     );
     std::process::exit(2)
@@ -142,6 +146,9 @@ fn cold(a: &Args) {
     let mut opts = Options::default()
         .sync(SyncPolicy::Never)
         .inline_reads(a.inline);
+    if a.direct {
+        opts = opts.io_mode(IoMode::Direct);
+    }
     if let Some(r) = a.readers {
         opts = opts.read_threads(r);
     }
@@ -165,8 +172,8 @@ fn cold(a: &Args) {
         "cold random gets of {VALUE} B values, {n} keys, {} s per run",
         a.secs
     );
-    println!("| C | ops/s | p50 µs | p99 µs | inline | io thread |");
-    println!("|---|---|---|---|---|---|");
+    println!("| C | ops/s | p50 µs | p99 µs | inline | io thread | O_DIRECT |");
+    println!("|---|---|---|---|---|---|---|");
     let mut round = 0u64;
     for &c in &a.conc {
         evict(&dir);
@@ -208,12 +215,13 @@ fn cold(a: &Args) {
         let mut lat = lat.lock().expect("lat");
         let ops = lat.0.len();
         println!(
-            "| {c} | {:.0} | {} | {} | {} | {} |",
+            "| {c} | {:.0} | {} | {} | {} | {} | {} |",
             ops as f64 / secs,
             lat.quantile(0.5),
             lat.quantile(0.99),
             after.reads_inline - before.reads_inline,
             after.reads_io_thread - before.reads_io_thread,
+            after.reads_direct - before.reads_direct,
         );
     }
     rt.block_on(db.close()).expect("close");
