@@ -86,10 +86,15 @@ impl IoFile {
         let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let span = (end - first) as usize;
         let align = DIRECT_ALIGN as usize;
-        // Zeroed, so every byte of it is initialised whatever the read fills; the read goes to
-        // the stretch that starts at an aligned address.
-        let mut buf = vec![0u8; span + align];
+        // The read goes to the stretch of `buf` that starts at an aligned address. Only the
+        // bytes before it are zeroed (the ring reads into capacity past `len`, and marks what
+        // it filled as initialised); the `pread` backend reads into an initialised slice.
+        let mut buf = Vec::<u8>::with_capacity(span + align);
         let at = buf.as_ptr().align_offset(align);
+        match &self.handle {
+            Handle::Uring(_) => buf.resize(at, 0),
+            Handle::Pread(_) => buf.resize(at + span, 0),
+        }
         let mut got = 0usize;
         let want = (offset - first) as usize + len;
         while got < want {
