@@ -191,7 +191,7 @@ fn cold(a: &Args) {
         round += 1;
         // A fresh order every process: a run that repeated the last run's keys would find their
         // blocks in the host's cache (a virtual disk's backing file), not on the device.
-        let seed = round * 0x9E37_79B9 ^ run_salt();
+        let seed = (round * 0x9E37_79B9) ^ run_salt();
         let started = Instant::now();
         rt.block_on(async {
             let tasks: Vec<_> = (0..c)
