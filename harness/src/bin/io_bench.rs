@@ -127,6 +127,51 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Runs `op(i)` for i = 0, 1, 2, … from `c` tasks at once, each starting its next op when the
+/// last one ended, for `secs` seconds or until `limit` ops; the latencies and the seconds taken.
+fn closed_loop<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    c: usize,
+    secs: f64,
+    limit: u64,
+    op: F,
+) -> (Lat, f64)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Lat::default()));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..c)
+            .map(|_| {
+                let (next, lat, op) = (next.clone(), lat.clone(), op.clone());
+                tokio::spawn(async move {
+                    let mut mine = Lat::default();
+                    while Instant::now() < deadline {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= limit {
+                            break;
+                        }
+                        let s = Instant::now();
+                        op(i).await;
+                        mine.record(s.elapsed());
+                    }
+                    lat.lock().expect("lat").0.extend(mine.0);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *lat.lock().expect("lat"));
+    (lat, secs)
+}
+
 /// Drops every datafile of `dir` from the page cache.
 fn evict(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
@@ -185,43 +230,21 @@ fn cold(a: &Args) {
     for &c in &a.conc {
         evict(&dir);
         let before = db.stats();
-        let next = Arc::new(AtomicU64::new(0));
-        let lat = Arc::new(Mutex::new(Lat::default()));
-        let deadline = Instant::now() + Duration::from_secs_f64(a.secs);
         round += 1;
         // A fresh order every process: a run that repeated the last run's keys would find their
         // blocks in the host's cache (a virtual disk's backing file), not on the device.
         let seed = (round * 0x9E37_79B9) ^ run_salt();
-        let started = Instant::now();
-        rt.block_on(async {
-            let tasks: Vec<_> = (0..c)
-                .map(|_| {
-                    let (db, next, lat) = (db.clone(), next.clone(), lat.clone());
-                    tokio::spawn(async move {
-                        let mut mine = Lat::default();
-                        while Instant::now() < deadline {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= n / 8 {
-                                break;
-                            }
-                            // A permutation of 0..n (the multiplier is odd, n < 2^40).
-                            let k = (i.wrapping_mul(2_654_435_761) ^ seed) % n;
-                            let s = Instant::now();
-                            let got = db.get(key(k)).await.expect("get");
-                            mine.record(s.elapsed());
-                            assert_eq!(got.map(|v| v.len()), Some(VALUE));
-                        }
-                        lat.lock().expect("lat").0.extend(mine.0);
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
+        let db2 = db.clone();
+        let (mut lat, secs) = closed_loop(&rt, c, a.secs, n / 8, move |i| {
+            let db = db2.clone();
+            async move {
+                // A permutation of 0..n (the multiplier is odd, n < 2^40).
+                let k = (i.wrapping_mul(2_654_435_761) ^ seed) % n;
+                let got = db.get(key(k)).await.expect("get");
+                assert_eq!(got.map(|v| v.len()), Some(VALUE));
             }
         });
-        let secs = started.elapsed().as_secs_f64();
         let after = db.stats();
-        let mut lat = lat.lock().expect("lat");
         let ops = lat.0.len();
         println!(
             "| {c} | {:.0} | {} | {} | {} | {} | {} |",
@@ -287,36 +310,15 @@ fn durable(a: &Args) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let opts = Options::default().sync(SyncPolicy::Always);
         let db = rt.block_on(Db::open(tmp.path(), opts)).expect("open");
-        let next = Arc::new(AtomicU64::new(0));
-        let lat = Arc::new(Mutex::new(Lat::default()));
-        let deadline = Instant::now() + Duration::from_secs_f64(a.secs);
         let value = a.value;
-        let started = Instant::now();
-        rt.block_on(async {
-            let tasks: Vec<_> = (0..c)
-                .map(|_| {
-                    let (db, next, lat) = (db.clone(), next.clone(), lat.clone());
-                    tokio::spawn(async move {
-                        let v = vec![0x77u8; value];
-                        let mut mine = Lat::default();
-                        while Instant::now() < deadline {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let s = Instant::now();
-                            db.put(key(i), v.clone()).await.expect("put");
-                            mine.record(s.elapsed());
-                        }
-                        lat.lock().expect("lat").0.extend(mine.0);
-                    })
-                })
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
+        let v = bytes::Bytes::from(vec![0x77u8; value]);
+        let db2 = db.clone();
+        let (mut lat, secs) = closed_loop(&rt, c, a.secs, u64::MAX, move |i| {
+            let (db, v) = (db2.clone(), v.clone());
+            async move { db.put(key(i), v).await.expect("put") }
         });
-        let secs = started.elapsed().as_secs_f64();
         let syncs = db.stats().syncs;
         rt.block_on(db.close()).expect("close");
-        let mut lat = lat.lock().expect("lat");
         let rate = lat.0.len() as f64 / secs;
         let alloc = floor(tmp.path(), c, value, a.secs, false);
         let over = floor(tmp.path(), c, value, a.secs, true);
