@@ -19,7 +19,7 @@ use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
 use crate::write::WriteBatch;
-use crate::write::{self, Appended, Appender, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
+use crate::write::{self, Appended, Appender, BatchIf, Op, ReqRef, Request, WriteMsg, INLINE_MAX};
 use crate::{Error, Options, Result};
 
 mod checkpoint;
@@ -29,10 +29,12 @@ mod iter;
 mod open;
 mod read;
 mod snapshot;
+mod update;
 
 pub use checkpoint::CheckpointReport;
 pub use iter::Iter;
 pub use snapshot::Snapshot;
+pub use update::{Expiry, Update};
 
 use open::{start_writer, Ready, Threads};
 
@@ -390,6 +392,11 @@ impl Db {
     /// As [`Db::put`] for any operation (then nothing is applied), and
     /// [`Error::BatchTooLarge`] if the batch does not fit in one datafile.
     pub async fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.write_when(batch, BatchIf::Always).await.map(drop)
+    }
+
+    /// Applies `batch` atomically if `when` holds; whether it did.
+    pub(super) async fn write_when(&self, batch: WriteBatch, when: BatchIf) -> Result<bool> {
         let inner = self.writable()?;
         for op in &batch.ops {
             batch::validate(op, &inner.opts)?;
@@ -400,13 +407,14 @@ impl Db {
             }
         }
         if batch.ops.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let ops = &batch.ops;
         inner
-            .submit(ReqRef::Batch(ops), || Request::Batch(ops.clone()))
+            .submit(ReqRef::Batch(ops, when), || {
+                Request::Batch(ops.clone(), when)
+            })
             .await
-            .map(drop)
     }
 
     async fn submit_one(&self, op: Op<&[u8]>) -> Result<()> {

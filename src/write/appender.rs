@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::request::{Appended, Cond, Counts, Op, ReqRef};
+use super::request::{Appended, BatchIf, Cond, Counts, Op, ReqRef};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END};
@@ -156,7 +156,7 @@ impl Appender {
     pub(crate) fn try_append(&self, req: ReqRef<'_>) -> Result<Option<Appended>> {
         let len = req.encoded_len() as u64;
         let room = self.max_file_bytes - FILE_HEADER_LEN as u64;
-        if matches!(req, ReqRef::Batch(_)) && len > room {
+        if matches!(req, ReqRef::Batch(..)) && len > room {
             return Err(Error::BatchTooLarge { len, max: room });
         }
         let mut guard = self.lock();
@@ -187,10 +187,15 @@ impl Appender {
         if st.closed {
             return Err(Error::Closed);
         }
-        if let ReqRef::If(op, cond) = req {
-            if !self.holds(op.key(), cond) {
-                return Ok(Some(Appended::Refused));
+        let holds = match req {
+            ReqRef::If(op, cond) => self.holds(op.key(), cond),
+            ReqRef::Batch(ops, BatchIf::AllAbsent) => {
+                ops.iter().all(|op| self.holds(op.key(), Cond::Absent))
             }
+            ReqRef::Single(_) | ReqRef::Batch(_, BatchIf::Always) => true,
+        };
+        if !holds {
+            return Ok(Some(Appended::Refused));
         }
         let Some(active) = st.active.as_mut() else {
             return Ok(None);
@@ -211,7 +216,7 @@ impl Appender {
                 let inline = tail.is_empty();
                 Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0, inline)
             }
-            ReqRef::Batch(ops) => {
+            ReqRef::Batch(ops, _) => {
                 let n = ops.len();
                 for (i, op) in ops.iter().enumerate() {
                     let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
@@ -245,7 +250,7 @@ impl Appender {
             ReqRef::Single(op) | ReqRef::If(op, _) => {
                 self.apply(active, std::iter::once(op.key()), &mut st.pending)
             }
-            ReqRef::Batch(ops) => self.apply(active, ops.iter().map(Op::key), &mut st.pending),
+            ReqRef::Batch(ops, _) => self.apply(active, ops.iter().map(Op::key), &mut st.pending),
         }
         Counts::of(req).record(&self.shared);
         Ok(Some(Appended::Seq(seq)))

@@ -23,6 +23,7 @@ mod writer;
 pub(crate) use appender::Appender;
 pub use batch::WriteBatch;
 pub(crate) use request::{
-    request_sync, request_writeback, Appended, Cond, Op, ReqRef, Request, WriteMsg, INLINE_MAX,
+    request_sync, request_writeback, Appended, BatchIf, Cond, Op, ReqRef, Request, WriteMsg,
+    INLINE_MAX,
 };
 pub(crate) use writer::Writer;

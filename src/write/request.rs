@@ -75,7 +75,7 @@ impl<B: AsRef<[u8]>> Op<B> {
 #[derive(Clone, Copy)]
 pub(crate) enum ReqRef<'a> {
     Single(Op<&'a [u8]>),
-    Batch(&'a [Op]),
+    Batch(&'a [Op], BatchIf),
     /// A single op applied only if its key's current entry meets the condition.
     If(Op<&'a [u8]>, Cond),
 }
@@ -88,6 +88,15 @@ pub(crate) enum Cond {
     Absent,
     /// A live entry with this seq.
     SeqIs(u64),
+}
+
+/// When an atomic batch applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchIf {
+    /// Always.
+    Always,
+    /// Only if none of the keys it writes has a live entry (checked under the append lock).
+    AllAbsent,
 }
 
 /// What an append did.
@@ -103,7 +112,7 @@ impl ReqRef<'_> {
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             ReqRef::Single(op) | ReqRef::If(op, _) => op.encoded_len(),
-            ReqRef::Batch(ops) => ops.iter().map(Op::encoded_len).sum(),
+            ReqRef::Batch(ops, _) => ops.iter().map(Op::encoded_len).sum(),
         }
     }
 }
@@ -204,7 +213,7 @@ pub(crate) fn fan_out(mut list: Vec<SyncSender>, result: &SyncResult) {
 /// A single op or an atomic batch.
 pub(crate) enum Request {
     Single(Op),
-    Batch(Vec<Op>),
+    Batch(Vec<Op>, BatchIf),
     If(Op, Cond),
 }
 
@@ -212,7 +221,7 @@ impl Request {
     pub(super) fn as_ref(&self) -> ReqRef<'_> {
         match self {
             Request::Single(op) => ReqRef::Single(op.view()),
-            Request::Batch(ops) => ReqRef::Batch(ops),
+            Request::Batch(ops, when) => ReqRef::Batch(ops, *when),
             Request::If(op, cond) => ReqRef::If(op.view(), *cond),
         }
     }
@@ -236,7 +245,7 @@ impl Counts {
             ReqRef::Single(op) | ReqRef::If(op, _) => {
                 (1, u64::from(matches!(op, Op::Delete { .. })))
             }
-            ReqRef::Batch(ops) => (
+            ReqRef::Batch(ops, _) => (
                 ops.len() as u64,
                 ops.iter()
                     .filter(|o| matches!(o, Op::Delete { .. }))
@@ -246,7 +255,7 @@ impl Counts {
         Counts {
             puts: n - deletes,
             deletes,
-            batch: matches!(req, ReqRef::Batch(_)),
+            batch: matches!(req, ReqRef::Batch(..)),
         }
     }
 
