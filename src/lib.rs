@@ -75,7 +75,7 @@ pub mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use db::{CheckpointReport, Db, Expiry, Iter, Snapshot, Update};
+pub use db::{CheckpointReport, Current, Db, Expiry, Iter, Snapshot, Update};
 pub use error::{Error, Result};
 pub use format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
 pub use merge::MergeReport;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::{multi_thread_rt, run, small_opts};
-use ringcask::{Db, Expiry, SyncPolicy, Update, WriteBatch};
+use ringcask::{Current, Db, Expiry, SyncPolicy, Update, WriteBatch};
 
 fn parse(v: Option<&Bytes>) -> u64 {
     v.map_or(0, |v| {
@@ -22,8 +22,8 @@ fn parse(v: Option<&Bytes>) -> u64 {
 
 /// `update` as an increment: returns the new count.
 async fn incr(db: &Db, key: &str) -> u64 {
-    db.update(key, |v| {
-        let n = parse(v) + 1;
+    db.update(key, |cur| {
+        let n = parse(cur.map(|c| &c.value)) + 1;
         let value = Bytes::from(n.to_string());
         (
             Update::Put {
@@ -86,6 +86,13 @@ fn update_keeps_sets_or_drops_the_expiry_as_asked() {
         db.put_with_ttl("k", "1", Duration::from_secs(100))
             .await
             .expect("put");
+        let seen = db
+            .update("k", |c| (Update::Keep, c.and_then(|c| c.expires_at)))
+            .await
+            .expect("keep");
+        let left = seen.expect("the closure sees the expiry");
+        let left = left.duration_since(SystemTime::now()).expect("future");
+        assert!(left > Duration::from_secs(90), "{left:?}");
         incr(&db, "k").await;
         let ttl = db.ttl("k").flatten().expect("kept its expiry");
         assert!(ttl > Duration::from_secs(90) && ttl <= Duration::from_secs(100));
@@ -94,7 +101,7 @@ fn update_keeps_sets_or_drops_the_expiry_as_asked() {
         assert_eq!(db.ttl("fresh"), Some(None));
         // Never drops it; In sets one.
         let put = |expiry| {
-            move |_: Option<&Bytes>| {
+            move |_: Option<&Current>| {
                 let value = Bytes::from_static(b"v");
                 (Update::Put { value, expiry }, ())
             }
@@ -131,12 +138,12 @@ fn update_keep_and_delete_write_only_what_changes() {
         let db = Db::open(tmp.path(), small_opts()).await.expect("open");
         db.put("k", "v").await.expect("put");
         let seen = db
-            .update("k", |v| (Update::Keep, v.cloned()))
+            .update("k", |c| (Update::Keep, c.map(|c| c.value.clone())))
             .await
             .expect("keep");
         assert_eq!(seen.as_deref(), Some(&b"v"[..]));
         let old = db
-            .update("k", |v| (Update::Delete, v.cloned()))
+            .update("k", |c| (Update::Delete, c.map(|c| c.value.clone())))
             .await
             .expect("getdel");
         assert_eq!(old.as_deref(), Some(&b"v"[..]));
@@ -144,7 +151,7 @@ fn update_keep_and_delete_write_only_what_changes() {
         // Deleting an absent key writes no tombstone.
         let deletes = db.stats().deletes;
         let old = db
-            .update("k", |v| (Update::Delete, v.cloned()))
+            .update("k", |c| (Update::Delete, c.map(|c| c.value.clone())))
             .await
             .expect("delete absent");
         assert_eq!(old, None);

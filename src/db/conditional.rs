@@ -105,6 +105,15 @@ impl Db {
 
     /// The live value of `key` and the seq of its record.
     pub(super) async fn get_with_seq(&self, key: &[u8]) -> Result<(Option<Bytes>, Option<u64>)> {
+        let (value, entry) = self.get_with_entry(key).await?;
+        Ok((value, entry.map(|(seq, _)| seq)))
+    }
+
+    /// The live value of `key`, and the seq and expiry (Unix ms, 0: none) of its record.
+    pub(super) async fn get_with_entry(
+        &self,
+        key: &[u8],
+    ) -> Result<(Option<Bytes>, Option<(u64, u64)>)> {
         let inner = self.live()?;
         loop {
             let Some(e) = inner.keydir.get(key) else {
@@ -117,7 +126,7 @@ impl Db {
             // The read may have followed a merge's repoint (same seq) or raced a write: use the
             // seq of what was read only if the keydir still has it.
             match inner.keydir.get(key) {
-                Some(now) if now.seq == e.seq => return Ok((value, Some(e.seq))),
+                Some(now) if now.seq == e.seq => return Ok((value, Some((e.seq, e.expiry_ms)))),
                 None if value.is_none() => return Ok((None, None)),
                 _ => continue,
             }

@@ -34,7 +34,7 @@ mod update;
 pub use checkpoint::CheckpointReport;
 pub use iter::Iter;
 pub use snapshot::Snapshot;
-pub use update::{Expiry, Update};
+pub use update::{Current, Expiry, Update};
 
 use open::{start_writer, Ready, Threads};
 

@@ -26,6 +26,16 @@ pub enum Expiry {
     At(SystemTime),
 }
 
+/// A key's live value and expiry, as [`Db::update`] hands them to its closure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Current {
+    /// The value.
+    pub value: Bytes,
+    /// When it expires (`None`: never).
+    pub expires_at: Option<SystemTime>,
+}
+
 /// What [`Db::update`] does to the key, decided from its current value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -44,7 +54,7 @@ pub enum Update {
 }
 
 impl Db {
-    /// Reads `key`'s live value, hands it to `f`, and applies the [`Update`] that `f` returns,
+    /// Reads `key`'s live value and expiry, hands them to `f` (`None`: no live value), and applies the [`Update`] that `f` returns,
     /// atomically with respect to every other write: the update is applied only if the key's
     /// record is still the one `f` saw (checked under the append lock); if another write came
     /// between, the value is read again and `f` is called again. So `f` may run more than once
@@ -56,8 +66,8 @@ impl Db {
     /// # let tmp = tempfile::tempdir()?;
     /// use ringcask::{Expiry, Update};
     /// let db = ringcask::Db::open(tmp.path(), ringcask::Options::default()).await?;
-    /// let incr = |v: Option<&bytes::Bytes>| {
-    ///     let n: u64 = v.map_or(0, |v| std::str::from_utf8(v).unwrap().parse().unwrap()) + 1;
+    /// let incr = |cur: Option<&ringcask::Current>| {
+    ///     let n: u64 = cur.map_or(0, |c| std::str::from_utf8(&c.value).unwrap().parse().unwrap()) + 1;
     ///     let value = bytes::Bytes::from(n.to_string());
     ///     (Update::Put { value, expiry: Expiry::Keep }, n)
     /// };
@@ -71,15 +81,20 @@ impl Db {
     pub async fn update<R>(
         &self,
         key: impl AsRef<[u8]>,
-        mut f: impl FnMut(Option<&Bytes>) -> (Update, R),
+        mut f: impl FnMut(Option<&Current>) -> (Update, R),
     ) -> Result<R> {
         self.writable()?;
         let key = key.as_ref();
         loop {
-            let (current, seq) = self.get_with_seq(key).await?;
+            let (value, entry) = self.get_with_entry(key).await?;
+            let (seq, kept_ms) = (entry.map(|e| e.0), entry.map_or(0, |e| e.1));
+            let current = value.map(|value| Current {
+                value,
+                expires_at: (kept_ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(kept_ms)),
+            });
             let (update, out) = f(current.as_ref());
             let expiry_ms = match &update {
-                Update::Put { expiry, .. } => self.expiry_ms(key, *expiry, seq.is_some()),
+                Update::Put { expiry, .. } => self.expiry_ms(*expiry, kept_ms),
                 _ => 0,
             };
             let cond = seq.map_or(Cond::Absent, Cond::SeqIs);
@@ -107,14 +122,14 @@ impl Db {
         }
     }
 
-    /// The stored expiry for `expiry` (0: never); `u64::MAX` for a time already past.
-    fn expiry_ms(&self, key: &[u8], expiry: Expiry, present: bool) -> u64 {
+    /// The stored expiry for `expiry` (0: never), given the current one (`kept_ms`);
+    /// `u64::MAX` for a time already past.
+    fn expiry_ms(&self, expiry: Expiry, kept_ms: u64) -> u64 {
         let ms = match expiry {
             Expiry::Never => 0,
-            Expiry::Keep if !present => 0,
-            // The entry read with the value's seq: its expiry is the one to keep (a racing
-            // write that changed it also changes the seq, and the update is retried).
-            Expiry::Keep => self.inner.keydir.get(key).map_or(0, |e| e.expiry_ms),
+            // The expiry read with the value's seq: a racing write that changed it also
+            // changed the seq, and the update is retried.
+            Expiry::Keep => kept_ms,
             Expiry::In(d) => expiry_after(d),
             Expiry::At(t) => {
                 let at = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
