@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::commands::{self, Session};
 use crate::resp::{self, Reply};
-use crate::server::{Shared, SyncMode};
+use crate::server::{stopped, Shared, SyncMode};
 
 /// Replies buffered before they are sent even if more requests are waiting.
 const FLUSH_BYTES: usize = 1 << 20;
@@ -91,7 +91,7 @@ pub async fn serve(mut stream: TcpStream, shared: &Shared, id: u64) {
                 }
                 _ => return, // closed by the client, or a read error
             },
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopped(&mut stop) => return,
         }
     }
 }

@@ -222,7 +222,7 @@ impl Server {
         );
         loop {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = stopped(&mut stop) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => admit(&shared, &mut conns, stream, peer),
                     Err(e) => {
@@ -241,6 +241,12 @@ impl Server {
         tracing::info!("store closed");
         Ok(())
     }
+}
+
+/// Resolves once shutdown is asked for (or the sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, never across an await.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Starts a connection's task, or refuses it over the client limit.
