@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Close clients idle this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     timeout: u64,
+    /// Threads serving connections (default: one per core). The store's io threads come on top.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Close clients that leave a request unfinished this many seconds.
     #[arg(long, default_value_t = 30)]
     request_timeout: u64,

@@ -145,6 +145,12 @@ impl Appender {
         f()
     }
 
+    /// The seq of the last record appended (every write acknowledged so far has one at most
+    /// this).
+    pub(crate) fn appended_seq(&self) -> u64 {
+        self.appended_seq.load(Ordering::Acquire)
+    }
+
     /// Whether every record up to `seq` is on stable storage.
     pub(crate) fn is_synced(&self, seq: u64) -> bool {
         self.synced_seq.load(Ordering::Acquire) >= seq
