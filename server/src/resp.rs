@@ -135,7 +135,11 @@ fn parse_inline(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>
     }
     let line = buf.split_to(nl + 1);
     let line = line[..nl].strip_suffix(b"\r").unwrap_or(&line[..nl]);
-    split_words(line).map(Some)
+    let words = split_words(line)?;
+    if words.len() > limits.max_array_len {
+        return perr("too many arguments in inline request");
+    }
+    Ok(Some(words))
 }
 
 fn split_words(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
@@ -371,6 +375,13 @@ mod tests {
         assert!(got[1].is_empty());
         assert_eq!(got[2], vec![Bytes::from("PING")]);
         assert!(parse_all(b"SET \"open\r\n").is_err());
+        // Found by the fuzzer: an inline line is bounded in words as an array is.
+        let limits = Limits {
+            max_array_len: 4,
+            ..Limits::default()
+        };
+        let mut buf = BytesMut::from(&b"a b c d e\r\n"[..]);
+        assert!(parse(&mut buf, &limits).is_err());
     }
 
     #[test]
