@@ -82,5 +82,6 @@ pub use merge::MergeReport;
 pub use options::{
     IoBackend, IoBackendKind, IoMode, Options, SyncPolicy, MAX_FILE_BYTES_LIMIT, MIN_FILE_BYTES,
 };
+pub use recovery::check::{check, CheckReport, Damage};
 pub use stats::{FileStats, RecoveryReport, Stats};
 pub use write::WriteBatch;

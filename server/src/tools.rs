@@ -44,6 +44,53 @@ fn counter(msg: &'static str, total: u64) -> ProgressBar {
     bar
 }
 
+/// Checks the store; whether it is clean.
+pub fn check(dir: &Path) -> Res<bool> {
+    let bar = ProgressBar::new(0).with_message("checking");
+    if let Ok(style) = ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style);
+    }
+    let r = ringcask::check(dir, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    for d in &r.damage {
+        let at = d
+            .offset
+            .map_or_else(String::new, |o| format!(" at offset {o}"));
+        println!("DAMAGE {}{at}: {}", d.file.display(), d.reason);
+    }
+    if let Some(t) = &r.torn_tail {
+        let at = t.offset.unwrap_or(0);
+        println!(
+            "torn tail {} at offset {at}: {} (the next open cuts it)",
+            t.file.display(),
+            t.reason
+        );
+    }
+    if let Some(why) = &r.snapshot_stale {
+        println!("keydir snapshot is stale ({why}): the next open loads hint files instead");
+    }
+    println!(
+        "{}: {} datafiles, {} records, {} bytes, {} hint files, keydir snapshot {}; {} damaged",
+        if r.is_clean() { "clean" } else { "DAMAGED" },
+        r.datafiles,
+        r.records,
+        r.bytes,
+        r.hints,
+        if r.snapshot_found {
+            "checked"
+        } else {
+            "absent"
+        },
+        r.damage.len()
+    );
+    Ok(r.is_clean())
+}
+
 pub async fn stats(dir: &Path) -> Res<()> {
     let db = Db::open_read_only(dir, Options::default()).await?;
     let s = db.stats();

@@ -518,5 +518,42 @@ pub(crate) fn take(
     }
 }
 
+/// What [`verify`] finds of a keydir snapshot.
+#[derive(Debug)]
+pub(crate) enum Verified {
+    /// There is none.
+    Absent,
+    /// It decodes, and describes the directory as it is.
+    Valid,
+    /// It decodes, but describes another state of the directory (why).
+    Stale(String),
+    /// It is damaged (why).
+    Damaged(String),
+}
+
+/// Decodes the snapshot in `dir` fully, without using or removing it.
+pub(crate) fn verify(dir: &Path) -> Verified {
+    let file = match File::open(dir.join(SNAPSHOT_NAME)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Verified::Absent,
+        Err(e) => return Verified::Damaged(format!("cannot open: {e}")),
+    };
+    let src = FileSource {
+        file: &file,
+        fault: None,
+    };
+    let decoded = read_header(&src).and_then(|head| {
+        let stale = matches_dir(dir, &head.files).err();
+        // At time 0 no entry counts as expired: every entry is decoded and checked.
+        decode(&src, head, 1, 0).map(|_| stale)
+    });
+    match decoded {
+        Ok(None) => Verified::Valid,
+        Ok(Some(why)) | Err(Unused::Stale(why)) => Verified::Stale(why),
+        Err(Unused::Invalid(why)) => Verified::Damaged(why),
+        Err(Unused::Io(e)) => Verified::Damaged(format!("cannot read: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,7 @@ use crate::stats::{FileStats, RecoveryReport};
 use crate::{Error, Options, Result};
 
 mod apply;
+pub(crate) mod check;
 mod list;
 
 use apply::{Applied, Group};

@@ -68,6 +68,16 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
 }
 
+impl Drop for ServerProcess {
+    /// A test that fails leaves no server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn spawn_server(dir: &Path, extra: &[&str]) -> ServerProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcask"))
         .arg("serve")
