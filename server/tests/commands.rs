@@ -257,6 +257,10 @@ async fn keyspace_commands_behave_as_redis() {
     let _: () = q(&mut c, &["FLUSHDB"]).await;
     assert_eq!(q::<i64>(&mut c, &["DBSIZE"]).await, 0);
     assert_eq!(q::<Option<String>>(&mut c, &["RANDOMKEY"]).await, None);
+    let _: () = q(&mut c, &["SET", "gone", "1"]).await;
+    let _: () = q(&mut c, &["FLUSHALL", "SYNC"]).await;
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]).await, 0);
+    assert!(err(&mut c, &["FLUSHDB", "NOW"]).await.contains("syntax"));
     let _: () = q(&mut c, &["SET", "after", "1"]).await;
     drop(c);
     srv.stop().await;
