@@ -1,0 +1,355 @@
+//! The replicated state machine on ringcask.
+//!
+//! Directory layout: `CURRENT` names the live generation `g`; `sm-<g>/` is its ringcask store
+//! (`d` + key → value, `m:applied` → the last applied log id, `m:membership` → the stored
+//! membership, all three written in one atomic batch per entry); `snapshot` is the current
+//! snapshot file (see `snapshot_file`). Installing a snapshot loads it into `sm-<g+1>/`, syncs
+//! and closes it, then renames `CURRENT.tmp` over `CURRENT` (the commit point) and removes the
+//! old generation; open removes any generation `CURRENT` does not name.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use ringcask::{Db, Options, SyncPolicy, WriteBatch};
+
+use crate::snapshot_file::{self, Writer};
+use crate::{
+    decode, encode, io_err, LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+const APPLIED: &[u8] = b"m:applied";
+const MEMBERSHIP: &[u8] = b"m:membership";
+const DATA: u8 = b'd';
+/// Records per batch when a snapshot is installed.
+const INSTALL_BATCH: usize = 4096;
+
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, File>;
+
+fn data_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(DATA);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The Raft state machine: a key-value map on a ringcask store.
+pub struct StateMachine {
+    root: PathBuf,
+    generation: u64,
+    db: Db,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine in `root`.
+    ///
+    /// # Errors
+    /// IO errors; a `CURRENT` or state that does not decode.
+    pub async fn open(root: impl AsRef<Path>) -> io::Result<StateMachine> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root)?;
+        let generation = match std::fs::read_to_string(root.join("CURRENT")) {
+            Ok(s) => s.trim().parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("CURRENT holds {s:?}"))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                commit_generation(&root, 0)?;
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        remove_other_generations(&root, generation)?;
+        let db = open_generation(&root, generation).await?;
+        let applied = read(&db, APPLIED, "applied log id").await?.flatten();
+        let membership = read(&db, MEMBERSHIP, "membership")
+            .await?
+            .unwrap_or_default();
+        Ok(StateMachine {
+            root,
+            generation,
+            db,
+            applied,
+            membership,
+        })
+    }
+
+    /// The value of `key` in the applied state.
+    ///
+    /// # Errors
+    /// The store's read errors.
+    pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
+        let v = self.db.get(data_key(key)).await.map_err(io_err)?;
+        v.map(|b| {
+            String::from_utf8(b.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        })
+        .transpose()
+    }
+
+    /// Closes the store.
+    ///
+    /// # Errors
+    /// The store's close error.
+    pub async fn close(&self) -> io::Result<()> {
+        self.db.close().await.map_err(io_err)
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.root.join("snapshot")
+    }
+
+    /// Applies one request to the store, with the applied log id, in one batch.
+    async fn apply_request(&self, req: &Request, log_id: &LogId) -> io::Result<Response> {
+        let applied = encode(&Some(*log_id))?;
+        let (batch, response) = match req {
+            Request::Set { key, value } => {
+                let previous = self.get(key).await?;
+                let b = WriteBatch::new().put(data_key(key), value);
+                (b, Response { ok: true, previous })
+            }
+            Request::Delete { key } => {
+                let previous = self.get(key).await?;
+                (
+                    WriteBatch::new().delete(data_key(key)),
+                    Response { ok: true, previous },
+                )
+            }
+            Request::CompareAndSwap { key, expected, new } => {
+                let previous = self.get(key).await?;
+                let ok = &previous == expected;
+                let b = match (ok, new) {
+                    (false, _) => WriteBatch::new(),
+                    (true, Some(v)) => WriteBatch::new().put(data_key(key), v),
+                    (true, None) => WriteBatch::new().delete(data_key(key)),
+                };
+                (b, Response { ok, previous })
+            }
+        };
+        // The state machine applies entries one at a time, so nothing else writes the key
+        // between the read above and this batch.
+        self.db
+            .write(batch.put(APPLIED, applied))
+            .await
+            .map_err(io_err)?;
+        Ok(response)
+    }
+}
+
+async fn read<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    key: &[u8],
+    what: &str,
+) -> io::Result<Option<T>> {
+    match db.get(key).await.map_err(io_err)? {
+        Some(b) => decode(what, &b).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn generation_dir(root: &Path, g: u64) -> PathBuf {
+    root.join(format!("sm-{g}"))
+}
+
+async fn open_generation(root: &Path, g: u64) -> io::Result<Db> {
+    Db::open(
+        generation_dir(root, g),
+        Options::default().sync(SyncPolicy::Never),
+    )
+    .await
+    .map_err(io_err)
+}
+
+/// Makes generation `g` the live one: `CURRENT.tmp` written, fsynced and renamed.
+fn commit_generation(root: &Path, g: u64) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = root.join("CURRENT.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(g.to_string().as_bytes())?;
+    f.sync_all()?;
+    let dest = root.join("CURRENT");
+    std::fs::rename(&tmp, &dest)?;
+    snapshot_file::sync_dir(&dest)
+}
+
+/// Removes the generations `CURRENT` does not name (an install cut short, or the one an
+/// install replaced).
+fn remove_other_generations(root: &Path, live: u64) -> io::Result<()> {
+    for e in std::fs::read_dir(root)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(g) = name.to_str().and_then(|n| n.strip_prefix("sm-")) else {
+            continue;
+        };
+        if g.parse::<u64>().is_ok_and(|g| g != live) {
+            std::fs::remove_dir_all(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds snapshots from a point-in-time view of the state machine.
+pub struct SnapshotBuilder {
+    db: Db,
+    dest: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        // The state the snapshot covers must survive a crash: the log before it may be purged.
+        self.db.sync().await.map_err(io_err)?;
+        let view = self.db.snapshot();
+        let last_log_id = match view.get(APPLIED).await.map_err(io_err)? {
+            Some(b) => decode::<Option<LogId>>("applied log id", &b)?,
+            None => None,
+        };
+        let last_membership = match view.get(MEMBERSHIP).await.map_err(io_err)? {
+            Some(b) => decode("membership", &b)?,
+            None => StoredMembership::default(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let tmp = self.dest.with_extension("tmp");
+        let mut w = Writer::create(&tmp, &meta)?;
+        let mut iter = view.iter_prefix([DATA]);
+        while let Some(item) = iter.next().await {
+            let (k, v) = item.map_err(io_err)?;
+            w.record(&k[1..], &v)?;
+        }
+        w.finish(&tmp, &self.dest)?;
+        let snapshot = File::open(&self.dest)?;
+        Ok(Snapshot { meta, snapshot })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = File;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id;
+            let response = match &entry.payload {
+                EntryPayload::Blank => {
+                    let b = WriteBatch::new().put(APPLIED, encode(&Some(log_id))?);
+                    self.db.write(b).await.map_err(io_err)?;
+                    Response::default()
+                }
+                EntryPayload::Normal(req) => self.apply_request(req, &log_id).await?,
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(log_id), m.clone());
+                    let b = WriteBatch::new()
+                        .put(APPLIED, encode(&Some(log_id))?)
+                        .put(MEMBERSHIP, encode(&stored)?);
+                    self.db.write(b).await.map_err(io_err)?;
+                    self.membership = stored;
+                    Response::default()
+                }
+            };
+            self.applied = Some(log_id);
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dest: self.snapshot_path(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: File,
+    ) -> Result<(), io::Error> {
+        let next = self.generation + 1;
+        let dir = generation_dir(&self.root, next);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let db = open_generation(&self.root, next).await?;
+        let loaded = load_snapshot(&db, &mut snapshot, meta).await;
+        let closed = db.close().await.map_err(io_err);
+        loaded.and(closed)?;
+        // Keep a copy as our current snapshot (the file handed in may be another node's).
+        let tmp = self.root.join("snapshot.tmp");
+        {
+            let mut out = File::create(&tmp)?;
+            io::copy(&mut snapshot, &mut out)?;
+            out.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.snapshot_path())?;
+        commit_generation(&self.root, next)?;
+        let old = std::mem::replace(&mut self.db, open_generation(&self.root, next).await?);
+        old.close().await.map_err(io_err)?;
+        remove_other_generations(&self.root, next)?;
+        self.generation = next;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let mut file = match File::open(self.snapshot_path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = snapshot_file::read_meta(&mut file)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: file,
+        }))
+    }
+}
+
+/// Loads the records of `file` into the fresh store `db`, then the applied log id and
+/// membership of `meta`, and syncs. The file is read on a blocking thread, a batch at a time
+/// (at most two batches in memory); its CRC is verified at the end, and on any error the
+/// caller discards `db`.
+async fn load_snapshot(db: &Db, file: &mut File, meta: &SnapshotMeta) -> io::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Vec<u8>, Vec<u8>)>>(1);
+    let mut reader_file = file.try_clone()?;
+    let reader = tokio::task::spawn_blocking(move || {
+        snapshot_file::read_records(&mut reader_file, INSTALL_BATCH, |batch| {
+            tx.blocking_send(batch)
+                .map_err(|_| io::Error::other("snapshot install stopped"))
+        })
+    });
+    while let Some(batch) = rx.recv().await {
+        let b = batch.into_iter().fold(WriteBatch::new(), |b, (k, v)| {
+            b.put([&[DATA][..], &k].concat(), v)
+        });
+        db.write(b).await.map_err(io_err)?;
+    }
+    let meta_in_file = reader.await.map_err(io::Error::other)??;
+    if meta_in_file.last_log_id != meta.last_log_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot file does not match its metadata",
+        ));
+    }
+    let b = WriteBatch::new()
+        .put(APPLIED, encode(&meta.last_log_id)?)
+        .put(MEMBERSHIP, encode(&meta.last_membership)?);
+    db.write(b).await.map_err(io_err)?;
+    db.sync().await.map_err(io_err)
+}
