@@ -47,7 +47,16 @@ impl LogStore {
     /// # Errors
     /// The store's open errors; an entry index that does not decode.
     pub async fn open(dir: impl AsRef<Path>) -> io::Result<LogStore> {
-        let db = Db::open(dir.as_ref(), Options::default().sync(SyncPolicy::Never))
+        Self::open_with(dir, Options::default()).await
+    }
+
+    /// Opens (or creates) the log in `dir` with the store `options` (their sync policy is
+    /// replaced: the log syncs explicitly, once per group of appends).
+    ///
+    /// # Errors
+    /// As [`LogStore::open`].
+    pub async fn open_with(dir: impl AsRef<Path>, options: Options) -> io::Result<LogStore> {
+        let db = Db::open(dir.as_ref(), options.sync(SyncPolicy::Never))
             .await
             .map_err(io_err)?;
         let mut span = Span::default();
