@@ -16,13 +16,14 @@
 #![deny(missing_docs)]
 
 mod log_store;
+pub mod node;
 mod snapshot_file;
 mod state_machine;
 
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{Reader, SnapshotBuilder, StateMachine};
 
 /// A client request replicated through the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

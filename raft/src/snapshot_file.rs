@@ -5,8 +5,8 @@
 //! | { key_len u32 | value_len u32 | key | value }*
 //! | count u64 | crc32 u32 (of every byte before it)
 //! ```
-//! Integers little-endian. A file is written under a temporary name, fsynced and renamed, so a
-//! snapshot file is either whole or absent.
+//! Integers little-endian. A file is written under a temporary name of its own, fsynced, and
+//! renamed over the current snapshot ([`publish`]), so the current snapshot file is always whole.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -59,17 +59,61 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the footer, fsyncs, and renames the file to `dest`.
-    pub(crate) fn finish(mut self, tmp: &Path, dest: &Path) -> io::Result<()> {
+    /// Writes the footer and fsyncs the file.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
         let count = self.count.to_le_bytes();
         self.put(&count)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(tmp, dest)?;
-        sync_dir(dest)
+        file.sync_all()
     }
+}
+
+/// A fresh temporary name in `dir` for a snapshot being written (builds and installs may
+/// overlap: each writes its own file).
+pub(crate) fn temp_path(dir: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("snapshot.{}.{n}.tmp", std::process::id()))
+}
+
+/// Removes temporary snapshot files left in `dir` by a crash.
+pub(crate) fn remove_temps(dir: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snapshot.") && name.ends_with(".tmp") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the finished snapshot file `tmp` the current one (`dest`) unless the current one
+/// covers more of the log; returns `tmp`'s snapshot open for reading either way. `lock`
+/// serialises publications.
+pub(crate) fn publish(
+    lock: &std::sync::Mutex<()>,
+    tmp: &Path,
+    dest: &Path,
+    meta: &SnapshotMeta,
+) -> io::Result<File> {
+    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let file = File::open(tmp)?;
+    let newer = match File::open(dest) {
+        Ok(mut cur) => read_meta(&mut cur).map_or(true, |cur| cur.last_log_id <= meta.last_log_id),
+        Err(_) => true,
+    };
+    if newer {
+        std::fs::rename(tmp, dest)?;
+        sync_dir(dest)?;
+    } else {
+        // Still readable through `file` (it is only unlinked).
+        std::fs::remove_file(tmp)?;
+    }
+    Ok(file)
 }
 
 /// Fsyncs the directory holding `path` (a rename in it must survive power loss).

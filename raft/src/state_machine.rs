@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -40,7 +41,10 @@ fn data_key(key: &str) -> Vec<u8> {
 pub struct StateMachine {
     root: PathBuf,
     generation: u64,
-    db: Db,
+    /// The live generation's store, shared with [`Reader`]s (an install replaces it).
+    db: Arc<RwLock<Db>>,
+    /// Serialises replacing the current snapshot file (builds and installs may overlap).
+    publish: Arc<std::sync::Mutex<()>>,
     applied: Option<LogId>,
     membership: StoredMembership,
 }
@@ -64,6 +68,7 @@ impl StateMachine {
             Err(e) => return Err(e),
         };
         remove_other_generations(&root, generation)?;
+        snapshot_file::remove_temps(&root)?;
         let db = open_generation(&root, generation).await?;
         let applied = read(&db, APPLIED, "applied log id").await?.flatten();
         let membership = read(&db, MEMBERSHIP, "membership")
@@ -72,7 +77,8 @@ impl StateMachine {
         Ok(StateMachine {
             root,
             generation,
-            db,
+            db: Arc::new(RwLock::new(db)),
+            publish: Arc::default(),
             applied,
             membership,
         })
@@ -83,11 +89,18 @@ impl StateMachine {
     /// # Errors
     /// The store's read errors.
     pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
-        let v = self.db.get(data_key(key)).await.map_err(io_err)?;
-        v.map(|b| {
-            String::from_utf8(b.to_vec()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-        })
-        .transpose()
+        self.reader().get(key).await
+    }
+
+    /// A handle that reads the applied state while openraft owns the state machine.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: self.db.clone(),
+        }
+    }
+
+    fn db(&self) -> Db {
+        current(&self.db)
     }
 
     /// Closes the store.
@@ -95,7 +108,7 @@ impl StateMachine {
     /// # Errors
     /// The store's close error.
     pub async fn close(&self) -> io::Result<()> {
-        self.db.close().await.map_err(io_err)
+        self.db().close().await.map_err(io_err)
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -131,11 +144,46 @@ impl StateMachine {
         };
         // The state machine applies entries one at a time, so nothing else writes the key
         // between the read above and this batch.
-        self.db
+        self.db()
             .write(batch.put(APPLIED, applied))
             .await
             .map_err(io_err)?;
         Ok(response)
+    }
+}
+
+fn current(db: &RwLock<Db>) -> Db {
+    db.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Reads the applied state of a [`StateMachine`] (of whichever generation is live).
+#[derive(Clone)]
+pub struct Reader {
+    db: Arc<RwLock<Db>>,
+}
+
+impl Reader {
+    /// The value of `key` in the applied state.
+    ///
+    /// # Errors
+    /// The store's read errors.
+    pub async fn get(&self, key: &str) -> io::Result<Option<String>> {
+        loop {
+            let db = current(&self.db);
+            match db.get(data_key(key)).await {
+                Ok(v) => {
+                    return v
+                        .map(|b| {
+                            String::from_utf8(b.to_vec())
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                        })
+                        .transpose()
+                }
+                // The generation was replaced by a snapshot install meanwhile: read the new one.
+                Err(ringcask::Error::Closed) if current(&self.db).path() != db.path() => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+        }
     }
 }
 
@@ -195,6 +243,7 @@ fn remove_other_generations(root: &Path, live: u64) -> io::Result<()> {
 pub struct SnapshotBuilder {
     db: Db,
     dest: PathBuf,
+    publish: Arc<std::sync::Mutex<()>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -216,15 +265,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_log_id,
             last_membership,
         };
-        let tmp = self.dest.with_extension("tmp");
+        let dir = self.dest.parent().unwrap_or(Path::new("."));
+        let tmp = snapshot_file::temp_path(dir);
         let mut w = Writer::create(&tmp, &meta)?;
         let mut iter = view.iter_prefix([DATA]);
         while let Some(item) = iter.next().await {
             let (k, v) = item.map_err(io_err)?;
             w.record(&k[1..], &v)?;
         }
-        w.finish(&tmp, &self.dest)?;
-        let snapshot = File::open(&self.dest)?;
+        w.finish()?;
+        let snapshot = snapshot_file::publish(&self.publish, &tmp, &self.dest, &meta)?;
         Ok(Snapshot { meta, snapshot })
     }
 }
@@ -246,7 +296,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => {
                     let b = WriteBatch::new().put(APPLIED, encode(&Some(log_id))?);
-                    self.db.write(b).await.map_err(io_err)?;
+                    self.db().write(b).await.map_err(io_err)?;
                     Response::default()
                 }
                 EntryPayload::Normal(req) => self.apply_request(req, &log_id).await?,
@@ -255,7 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let b = WriteBatch::new()
                         .put(APPLIED, encode(&Some(log_id))?)
                         .put(MEMBERSHIP, encode(&stored)?);
-                    self.db.write(b).await.map_err(io_err)?;
+                    self.db().write(b).await.map_err(io_err)?;
                     self.membership = stored;
                     Response::default()
                 }
@@ -270,8 +320,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            db: self.db(),
             dest: self.snapshot_path(),
+            publish: self.publish.clone(),
         }
     }
 
@@ -290,15 +341,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let closed = db.close().await.map_err(io_err);
         loaded.and(closed)?;
         // Keep a copy as our current snapshot (the file handed in may be another node's).
-        let tmp = self.root.join("snapshot.tmp");
+        commit_generation(&self.root, next)?;
+        let tmp = snapshot_file::temp_path(&self.root);
         {
+            use std::io::Seek;
+            snapshot.seek(io::SeekFrom::Start(0))?;
             let mut out = File::create(&tmp)?;
             io::copy(&mut snapshot, &mut out)?;
             out.sync_all()?;
         }
-        std::fs::rename(&tmp, self.snapshot_path())?;
-        commit_generation(&self.root, next)?;
-        let old = std::mem::replace(&mut self.db, open_generation(&self.root, next).await?);
+        snapshot_file::publish(&self.publish, &tmp, &self.snapshot_path(), meta)?;
+        let fresh = open_generation(&self.root, next).await?;
+        let old = std::mem::replace(
+            &mut *self.db.write().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
         old.close().await.map_err(io_err)?;
         remove_other_generations(&self.root, next)?;
         self.generation = next;
