@@ -142,6 +142,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log pipe that breaks (its reader gone) must not make logging panic: the default
+        // reports write errors with `eprintln!`, which panics on a broken stderr and took the
+        // signal handler's task down with it (SIGTERM was then ignored).
+        .log_internal_errors(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -215,8 +219,8 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let stop = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: shutting down");
         stop.shutdown();
+        tracing::info!("signal received: shutting down");
     });
     server.run().await?;
     Ok(())

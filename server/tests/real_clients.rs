@@ -374,3 +374,51 @@ fn command_line_tools_put_get_dump_load_and_checkpoint() {
         "an existing destination is an error"
     );
 }
+
+#[test]
+fn sigterm_stops_the_server_even_when_its_log_pipe_is_gone() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcask"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(tmp.path())
+        .args(["--bind", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines.next().expect("a log line").expect("utf8");
+        if let Some(at) = line.find("ready to accept connections on ") {
+            break line[at + 31..].trim().to_string();
+        }
+    };
+    // The reader goes away: every later log line meets a broken pipe.
+    drop(lines);
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    let set = tool("redis-cli")
+        .args(["-p", &port, "SET", "k", "v"])
+        .output()
+        .expect("cli");
+    assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("SIGTERM did not stop a server whose log pipe is gone");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

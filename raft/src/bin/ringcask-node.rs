@@ -37,6 +37,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // A log pipe that breaks (its reader gone) must not make logging panic: the default
+        // reports write errors with `eprintln!`, which panics on a broken stderr and took the
+        // signal handler's task down with it (SIGTERM was then ignored).
+        .log_internal_errors(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
