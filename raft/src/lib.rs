@@ -107,6 +107,18 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}")))
 }
 
+/// The JSON value stored under `key`, if any.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    db: &ringcask::Db,
+    key: &[u8],
+    what: &str,
+) -> std::io::Result<Option<T>> {
+    match db.get(key).await.map_err(io_err)? {
+        Some(b) => decode(what, &b).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// JSON of `v`.
 pub(crate) fn encode<T: Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

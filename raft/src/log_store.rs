@@ -15,7 +15,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
-use crate::{decode, encode, io_err, Entry, LogId, TypeConfig, Vote};
+use crate::{decode, encode, io_err, read_json, Entry, LogId, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"m:vote";
 const COMMITTED: &[u8] = b"m:committed";
@@ -70,7 +70,7 @@ impl LogStore {
                 first: lo,
                 last: Some(hi),
             };
-        } else if let Some(p) = Self::read::<LogId>(&db, PURGED, "last purged").await? {
+        } else if let Some(p) = read_json::<LogId>(&db, PURGED, "last purged").await? {
             span.first = p.index() + 1;
         }
         Ok(LogStore {
@@ -91,22 +91,8 @@ impl LogStore {
         self.span.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn read<T: serde::de::DeserializeOwned>(
-        db: &Db,
-        key: &[u8],
-        what: &str,
-    ) -> io::Result<Option<T>> {
-        match db.get(key).await.map_err(io_err)? {
-            Some(b) => decode(what, &b).map(Some),
-            None => Ok(None),
-        }
-    }
-
     async fn entry(&self, index: u64) -> io::Result<Option<Entry>> {
-        match self.db.get(entry_key(index)).await.map_err(io_err)? {
-            Some(b) => decode("log entry", &b).map(Some),
-            None => Ok(None),
-        }
+        read_json(&self.db, &entry_key(index), "log entry").await
     }
 }
 
@@ -146,7 +132,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Self::read(&self.db, VOTE, "vote").await
+        read_json(&self.db, VOTE, "vote").await
     }
 }
 
@@ -154,7 +140,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let purged: Option<LogId> = Self::read(&self.db, PURGED, "last purged").await?;
+        let purged: Option<LogId> = read_json(&self.db, PURGED, "last purged").await?;
         let last = self.span().last;
         let last_log_id = match last {
             Some(i) => {
@@ -188,11 +174,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(
-            Self::read::<Option<LogId>>(&self.db, COMMITTED, "committed")
-                .await?
-                .flatten(),
-        )
+        Ok(read_json::<Option<LogId>>(&self.db, COMMITTED, "committed")
+            .await?
+            .flatten())
     }
 
     async fn append<I>(

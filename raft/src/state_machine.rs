@@ -19,7 +19,8 @@ use ringcask::{Db, Options, SyncPolicy, WriteBatch};
 
 use crate::snapshot_file::{self, Writer};
 use crate::{
-    decode, encode, io_err, LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
+    decode, encode, io_err, read_json, LogId, Request, Response, SnapshotMeta, StoredMembership,
+    TypeConfig,
 };
 
 const APPLIED: &[u8] = b"m:applied";
@@ -70,8 +71,8 @@ impl StateMachine {
         remove_other_generations(&root, generation)?;
         snapshot_file::remove_temps(&root)?;
         let db = open_generation(&root, generation).await?;
-        let applied = read(&db, APPLIED, "applied log id").await?.flatten();
-        let membership = read(&db, MEMBERSHIP, "membership")
+        let applied = read_json(&db, APPLIED, "applied log id").await?.flatten();
+        let membership = read_json(&db, MEMBERSHIP, "membership")
             .await?
             .unwrap_or_default();
         Ok(StateMachine {
@@ -184,17 +185,6 @@ impl Reader {
                 Err(e) => return Err(io_err(e)),
             }
         }
-    }
-}
-
-async fn read<T: serde::de::DeserializeOwned>(
-    db: &Db,
-    key: &[u8],
-    what: &str,
-) -> io::Result<Option<T>> {
-    match db.get(key).await.map_err(io_err)? {
-        Some(b) => decode(what, &b).map(Some),
-        None => Ok(None),
     }
 }
 
