@@ -53,9 +53,14 @@ async fn start_node(id: u64, root: &std::path::Path) -> (Node, String) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
-    let node = Node::start_with(id, &root.join(format!("n{id}")), Node::config(5000))
-        .await
-        .expect("node");
+    let node = Node::start_with(
+        id,
+        &root.join(format!("n{id}")),
+        Node::config(5000),
+        Default::default(),
+    )
+    .await
+    .expect("node");
     tokio::spawn(node.clone().serve(listener));
     (node, addr)
 }

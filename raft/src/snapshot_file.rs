@@ -216,3 +216,52 @@ impl<R: Read> Read for Crc<R> {
         Ok(n)
     }
 }
+
+/// Checks a snapshot file's CRC as its bytes stream past (a snapshot received over the
+/// network is verified before it is handed to openraft, whose install failing would stop
+/// the node).
+pub(crate) struct StreamCheck {
+    crc: crc32fast::Hasher,
+    /// Bytes the CRC covers (all but the last 4).
+    body: u64,
+    pos: u64,
+    stored: Vec<u8>,
+}
+
+impl StreamCheck {
+    /// A check of a snapshot file `len` bytes long.
+    pub(crate) fn new(len: u64) -> StreamCheck {
+        StreamCheck {
+            crc: crc32fast::Hasher::new(),
+            body: len.saturating_sub(4),
+            pos: 0,
+            stored: Vec::with_capacity(4),
+        }
+    }
+
+    /// The next bytes of the file.
+    pub(crate) fn update(&mut self, b: &[u8]) {
+        let in_body =
+            usize::try_from(self.body.saturating_sub(self.pos)).map_or(b.len(), |n| n.min(b.len()));
+        self.crc.update(&b[..in_body]);
+        self.stored.extend_from_slice(&b[in_body..]);
+        self.pos += b.len() as u64;
+    }
+
+    /// Whether every byte was seen and the CRC matches.
+    pub(crate) fn finish(self) -> io::Result<()> {
+        if self.body < 12 + 12 || self.stored.len() != 4 {
+            return Err(bad("snapshot too short"));
+        }
+        let stored = u32::from_le_bytes([
+            self.stored[0],
+            self.stored[1],
+            self.stored[2],
+            self.stored[3],
+        ]);
+        if stored != self.crc.finalize() {
+            return Err(bad("snapshot damaged in transfer (CRC mismatch)"));
+        }
+        Ok(())
+    }
+}

@@ -164,6 +164,17 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// How many keys the live generation's store holds (the data keys and a few of the
+    /// state machine's own); O(1).
+    pub fn len(&self) -> usize {
+        current(&self.db).len()
+    }
+
+    /// Whether the store holds no key at all (not even the applied log id).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The value of `key` in the applied state.
     ///
     /// # Errors

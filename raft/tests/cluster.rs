@@ -1,9 +1,11 @@
-//! Three `ringcask-node` processes on 127.0.0.1: clients write through the leader while the
-//! leader (some rounds) or a follower (others) is SIGKILLed and restarted on the same directory
-//! and port; after each round every acknowledged write is readable on every node and no
-//! deleted key is back. Rounds: `RINGCASK_RAFT_KILL_ROUNDS` (3 by default).
+//! Three `ringcask-node` processes on 127.0.0.1: clients write through the leader while a
+//! node is SIGKILLed and restarted on the same directory and port; after each round every
+//! acknowledged write is readable on every node and no deleted key is back. Rounds cycle
+//! through four kinds: kill the leader; kill a follower; kill a follower while it receives a
+//! snapshot; kill the leader while it sends one. Rounds: `RINGCASK_RAFT_KILL_ROUNDS` (4 by
+//! default). The cluster is made, and checked once, with the `ringcask-node` client commands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,21 +20,28 @@ struct NodeProc {
     dir: PathBuf,
     addr: String,
     child: Option<Child>,
+    /// The log lines of the current process.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl NodeProc {
     fn start(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcask-node"))
             .args([
+                "serve",
                 "--id",
                 &self.id.to_string(),
                 "--addr",
                 &self.addr,
                 "--snapshot-logs",
                 "200",
+                // Slow enough that a snapshot transfer can be killed mid-way.
+                "--snapshot-rate",
+                "2048",
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .env("RUST_LOG", "warn,ringcask_raft=info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -40,6 +49,8 @@ impl NodeProc {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let log_path = self.dir.with_extension("log");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        self.lines = lines.clone();
         std::thread::spawn(move || {
             use std::io::Write;
             let mut log = std::fs::OpenOptions::new()
@@ -53,6 +64,7 @@ impl NodeProc {
                 if let Some(f) = log.as_mut() {
                     let _ = writeln!(f, "{line}");
                 }
+                lines.lock().expect("lines").push(line.clone());
                 if line.starts_with("listening on") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(());
@@ -63,6 +75,27 @@ impl NodeProc {
         rx.recv_timeout(Duration::from_secs(60))
             .expect("node did not start");
         self.child = Some(child);
+    }
+
+    /// Whether the current process has logged a line containing `what`.
+    fn logged(&self, what: &str) -> bool {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains(what))
+    }
+
+    /// Waits up to `timeout` for the current process to log `what`.
+    fn wait_logged(&self, what: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.logged(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
     }
 
     fn kill(&mut self) {
@@ -177,6 +210,18 @@ async fn leader(nodes: &[NodeProc]) -> Option<u64> {
     None
 }
 
+/// Runs a `ringcask-node` client command; its exit code and stdout.
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcask-node"))
+        .args(args)
+        .output()
+        .expect("run ringcask-node");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
 fn dirs(root: &Path) -> Vec<PathBuf> {
     (1..=3).map(|i| root.join(format!("n{i}"))).collect()
 }
@@ -186,7 +231,7 @@ fn acknowledged_writes_survive_sigkill_of_leaders_and_followers() {
     let rounds: usize = std::env::var("RINGCASK_RAFT_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(4);
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().to_path_buf();
     // RINGCASK_RAFT_KEEP=1 keeps the nodes' directories and logs (RUST_LOG) for a look after.
@@ -204,6 +249,7 @@ fn acknowledged_writes_survive_sigkill_of_leaders_and_followers() {
             dir,
             addr: format!("127.0.0.1:{}", free_port()),
             child: None,
+            lines: Arc::default(),
         })
         .collect();
     for n in &mut nodes {
@@ -215,23 +261,41 @@ fn acknowledged_writes_survive_sigkill_of_leaders_and_followers() {
         .enable_all()
         .build()
         .expect("rt");
-    rt.block_on(async {
-        let members: BTreeMap<u64, String> = nodes.iter().map(|n| (n.id, n.addr.clone())).collect();
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            match call(
-                &addrs[0],
-                &Msg::Init(members.clone()),
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                Ok(Reply::Done) => break,
-                other => assert!(Instant::now() < end, "init: {other:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    // The cluster is made and checked with the command-line client.
+    let members: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("--node={}={}", n.id, n.addr))
+        .collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut args = vec!["init"];
+        args.extend(members.iter().map(String::as_str));
+        let (code, out) = cli(&args);
+        if code == 0 {
+            assert_eq!(out, "OK");
+            break;
         }
-    });
+        assert!(Instant::now() < end, "init: {code} {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster = format!("--cluster={}", addrs.join(","));
+    let c = cluster.as_str();
+    assert_eq!(cli(&["put", c, "cli", "one"]), (0, "OK".into()));
+    assert_eq!(cli(&["get", c, "cli"]), (0, "one".into()));
+    assert_eq!(
+        cli(&["cas", c, "cli", "--expected", "two", "--new", "three"]),
+        (3, "MISMATCH one".into())
+    );
+    assert_eq!(
+        cli(&["cas", c, "cli", "--expected", "one", "--new", "two"]),
+        (0, "OK".into())
+    );
+    assert_eq!(cli(&["del", c, "cli"]), (0, "1".into()));
+    assert_eq!(cli(&["get", c, "cli"]), (0, "(nil)".into()));
+    assert_eq!(cli(&["cas", c, "cli", "--new", "four"]), (0, "OK".into()));
+    let (code, leader_id) = cli(&["leader", c]);
+    assert_eq!(code, 0);
+    assert!(leader_id.parse::<u64>().is_ok_and(|l| (1..=3).contains(&l)));
     let model = Arc::new(Mutex::new(Model::default()));
     for round in 0..rounds {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -248,20 +312,55 @@ fn acknowledged_writes_survive_sigkill_of_leaders_and_followers() {
             .collect();
         std::thread::sleep(Duration::from_millis(700));
         let leader = rt.block_on(leader(&nodes)).expect("a leader");
-        let victim = if round % 2 == 0 {
-            leader
-        } else {
-            nodes
-                .iter()
-                .map(|n| n.id)
-                .find(|&id| id != leader)
-                .expect("a follower")
-        };
-        nodes[victim as usize - 1].kill();
-        // The cluster keeps taking writes with two nodes.
-        std::thread::sleep(Duration::from_millis(1500));
-        nodes[victim as usize - 1].start();
-        std::thread::sleep(Duration::from_millis(700));
+        let follower = nodes
+            .iter()
+            .map(|n| n.id)
+            .find(|&id| id != leader)
+            .expect("a follower");
+        let (l, f) = (leader as usize - 1, follower as usize - 1);
+        match round % 4 {
+            0 | 1 => {
+                let victim = if round % 4 == 0 { l } else { f };
+                nodes[victim].kill();
+                // The cluster keeps taking writes with two nodes.
+                std::thread::sleep(Duration::from_millis(1500));
+                nodes[victim].start();
+            }
+            kind => {
+                // Keep the follower down until the leader has purged the log it lacks, so
+                // that it restarts into a snapshot transfer (paced by --snapshot-rate).
+                let mut receiving = false;
+                for attempt in 1..=5 {
+                    nodes[f].kill();
+                    std::thread::sleep(Duration::from_millis(1500 * attempt));
+                    nodes[f].start();
+                    if nodes[f].wait_logged("receiving snapshot", Duration::from_secs(5)) {
+                        receiving = true;
+                        break;
+                    }
+                }
+                assert!(receiving, "round {round}: no snapshot transfer started");
+                let victim = if kind == 2 { f } else { l };
+                if kind == 3 {
+                    assert!(
+                        nodes[l].wait_logged("sending snapshot", Duration::from_secs(5)),
+                        "round {round}: the leader did not log its snapshot transfer"
+                    );
+                }
+                nodes[victim].kill();
+                assert!(
+                    !nodes[f].logged("installed snapshot"),
+                    "round {round}: the transfer ended before the kill"
+                );
+                std::thread::sleep(Duration::from_millis(1000));
+                nodes[victim].start();
+                // The follower gets its snapshot whole now, from whichever node leads.
+                assert!(
+                    nodes[f].wait_logged("installed snapshot", Duration::from_secs(30)),
+                    "round {round}: node {follower} never installed a snapshot"
+                );
+            }
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         rt.block_on(async {
             for w in writers {
