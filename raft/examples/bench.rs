@@ -4,11 +4,13 @@
 //! snapshot) with KEYS keys. Prints a markdown table.
 //!
 //! `cargo run --release -p ringcask-raft --example bench` (SECS=5 per row, KEYS=1000000,
-//! VALUE=100 bytes; DIR=/var/tmp/... for the stores, a temporary directory by default).
+//! VALUE=100 bytes; DIR=/var/tmp/... for the stores, a temporary directory by default;
+//! RUST_LOG=ringcask_raft=info logs the snapshot's transfer and install to stderr).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 use ringcask::{Db, Options, SyncPolicy};
 use ringcask_raft::node::{call, Client, Msg, Node, Reply};
@@ -140,7 +142,40 @@ async fn single(db: &Db, clients: usize, secs: u64, value: &str) -> Row {
     }
 }
 
+/// The node that is leader by its own metrics (waits for one).
+async fn leader_of(nodes: &[(Node, String)]) -> &Node {
+    loop {
+        for (n, _) in nodes {
+            if n.raft.metrics().borrow_watched().current_leader == Some(n.id) {
+                return n;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `kB` field of /proc/self/status (0 where unreadable).
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
+    // RUST_LOG=ringcask_raft=info shows the snapshot transfer and install times.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let secs: u64 = env("SECS", 5);
     let keys: u64 = env("KEYS", 1_000_000);
     let value = "v".repeat(env("VALUE", 100));
@@ -172,6 +207,7 @@ fn main() {
         db.close().await.expect("close");
 
         // Load KEYS keys, then add a fourth node and time its catch-up.
+        let term_before = nodes[0].0.raft.metrics().borrow_watched().current_term;
         let t0 = Instant::now();
         let per = keys.div_ceil(128);
         let tasks: Vec<_> = (0..128u64)
@@ -190,27 +226,60 @@ fn main() {
             t.await.expect("load task");
         }
         let load = t0.elapsed();
+        let term = nodes[0].0.raft.metrics().borrow_watched().current_term;
+        println!(
+            "\nloaded {keys} keys ({} B values) through 128 clients in {:.1} s ({:.0} writes/s); term {term_before} -> {term}",
+            value.len(),
+            load.as_secs_f64(),
+            keys as f64 / load.as_secs_f64(),
+        );
+        let leader = leader_of(&nodes).await;
+        let leader_id = leader.id;
+        // A snapshot of everything, and the log behind it purged: the new node must catch up
+        // by snapshot (the node's own policy snapshots once entries outnumber keys).
+        let t_snap = Instant::now();
+        let applied = leader.raft.metrics().borrow_watched().last_applied.expect("applied");
+        leader.raft.trigger().snapshot().await.expect("snapshot");
+        loop {
+            let snap = leader.raft.metrics().borrow_watched().snapshot;
+            if snap.is_some_and(|s| s.index >= applied.index) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let snap_secs = t_snap.elapsed().as_secs_f64();
+        leader.raft.trigger().purge_log(applied.index).await.expect("purge");
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (learner, learner_addr) = start_node(4, &root).await;
-        let leader_id = nodes[0].0.raft.current_leader().await.expect("a leader");
-        let leader = &nodes[leader_id as usize - 1].0;
+        // Peak memory while the new node catches up (the 3 old nodes are in this process too).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let rss_before = proc_status_kib("VmRSS");
         let t1 = Instant::now();
-        leader
-            .raft
-            .add_learner(4, BasicNode { addr: learner_addr.clone() }, true)
-            .await
-            .expect("add learner");
+        // Retried through whichever node leads (a leader may have changed meanwhile).
+        for attempt in 0.. {
+            let leader = leader_of(&nodes).await;
+            match leader.raft.add_learner(4, BasicNode { addr: learner_addr.clone() }, true).await {
+                Ok(_) => break,
+                Err(e) if attempt < 5 => eprintln!("add learner: {e}; retrying"),
+                Err(e) => panic!("add learner: {e}"),
+            }
+        }
         let catch_up = t1.elapsed();
+        let peak = proc_status_kib("VmHWM");
         let learner_addr2 = learner_addr;
         let last_key = format!("key{:09}", keys - 1);
         let on_learner = call(&learner_addr2, &Msg::ReadLocal(last_key), Duration::from_secs(5)).await;
         drop(learner);
+        let snapshot_bytes = std::fs::metadata(root.join(format!("n{leader_id}/sm/snapshot")))
+            .map_or(0, |m| m.len());
         println!(
-            "\nloaded {keys} keys ({} B values) through 128 clients in {:.1} s ({:.0} writes/s); a new node caught up in {:.2} s (its last key: {:?})",
-            value.len(),
-            load.as_secs_f64(),
-            keys as f64 / load.as_secs_f64(),
+            "a snapshot of it ({:.1} MB) built in {snap_secs:.2} s; a new node caught up by snapshot \
+             in {:.2} s (its last key: {:?}); process RSS {:.0} MB before the catch-up, peak {:.0} MB during it",
+            snapshot_bytes as f64 / 1e6,
             catch_up.as_secs_f64(),
-            on_learner
+            on_learner,
+            rss_before as f64 / 1024.0,
+            peak as f64 / 1024.0,
         );
     });
 }

@@ -170,6 +170,15 @@ impl Reader {
         current(&self.db).len()
     }
 
+    /// Closes the live generation's store (after Raft has shut down: see
+    /// [`crate::node::Node::shutdown`]).
+    ///
+    /// # Errors
+    /// The store's close error.
+    pub async fn close(&self) -> io::Result<()> {
+        current(&self.db).close().await.map_err(io_err)
+    }
+
     /// Whether the store holds no key at all (not even the applied log id).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -268,14 +277,57 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let dir = self.dest.parent().unwrap_or(Path::new("."));
         let tmp = snapshot_file::temp_path(dir);
-        let mut w = Writer::create(&tmp, &meta)?;
+        // The file is written and fsynced on a blocking thread, a batch at a time (at most two
+        // batches in memory): an executor thread blocked on the disk for the seconds a large
+        // snapshot's fsync takes delays heartbeats and starts elections.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(bytes::Bytes, bytes::Bytes)>>(1);
+        let (writer_tmp, writer_meta) = (tmp.clone(), meta.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = Writer::create(&writer_tmp, &writer_meta)?;
+            while let Some(batch) = rx.blocking_recv() {
+                for (k, v) in batch {
+                    w.record(&k[1..], &v)?;
+                }
+            }
+            w.finish()
+        });
         let mut iter = view.iter_prefix([DATA]);
+        let mut batch = Vec::with_capacity(INSTALL_BATCH);
+        let mut streamed = Ok(());
         while let Some(item) = iter.next().await {
-            let (k, v) = item.map_err(io_err)?;
-            w.record(&k[1..], &v)?;
+            match item {
+                Ok(kv) => batch.push(kv),
+                Err(e) => {
+                    streamed = Err(io_err(e));
+                    break;
+                }
+            }
+            if batch.len() >= INSTALL_BATCH
+                && tx
+                    .send(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(INSTALL_BATCH),
+                    ))
+                    .await
+                    .is_err()
+            {
+                break; // the writer failed: its error is returned below
+            }
         }
-        w.finish()?;
-        let snapshot = snapshot_file::publish(&self.publish, &tmp, &self.dest, &meta)?;
+        if streamed.is_ok() && !batch.is_empty() {
+            let _ = tx.send(batch).await;
+        }
+        drop(tx);
+        let written = writer.await.map_err(io::Error::other)?;
+        if let Err(e) = streamed.and(written) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let (publish, dest, m) = (self.publish.clone(), self.dest.clone(), meta.clone());
+        let snapshot =
+            tokio::task::spawn_blocking(move || snapshot_file::publish(&publish, &tmp, &dest, &m))
+                .await
+                .map_err(io::Error::other)??;
         Ok(Snapshot { meta, snapshot })
     }
 }
@@ -341,17 +393,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let loaded = load_snapshot(&db, &mut snapshot, meta).await;
         let closed = db.close().await.map_err(io_err);
         loaded.and(closed)?;
-        // Keep a copy as our current snapshot (the file handed in may be another node's).
         commit_generation(&self.root, next)?;
+        // Keep a copy as our current snapshot (the file handed in may be another node's),
+        // copied and fsynced on a blocking thread (it may take seconds).
         let tmp = snapshot_file::temp_path(&self.root);
-        {
+        let (publish, dest, m) = (self.publish.clone(), self.snapshot_path(), meta.clone());
+        tokio::task::spawn_blocking(move || {
             use std::io::Seek;
             snapshot.seek(io::SeekFrom::Start(0))?;
             let mut out = File::create(&tmp)?;
             io::copy(&mut snapshot, &mut out)?;
             out.sync_all()?;
-        }
-        snapshot_file::publish(&self.publish, &tmp, &self.snapshot_path(), meta)?;
+            snapshot_file::publish(&publish, &tmp, &dest, &m).map(drop)
+        })
+        .await
+        .map_err(io::Error::other)??;
         let fresh = open_generation(&self.root, next).await?;
         let old = std::mem::replace(
             &mut *self.db.write().unwrap_or_else(|p| p.into_inner()),

@@ -396,4 +396,29 @@ fn acknowledged_writes_survive_sigkill_of_leaders_and_followers() {
         .collect();
     eprintln!("snapshots built on {built} node(s); store generations {installs:?}");
     assert!(built > 0, "no snapshot was built");
+    // SIGTERM: each node stops Raft and closes its stores, and exits 0.
+    for n in &mut nodes {
+        let mut child = n.child.take().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let end = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < end, "node {} ignored SIGTERM", n.id);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "node {} exited with {status}", n.id);
+        // The log reader thread may still be reading the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !n.logged("dropped without close"),
+            "node {} did not close its stores",
+            n.id
+        );
+    }
 }

@@ -154,8 +154,8 @@ async fn a_damaged_or_cut_snapshot_stream_changes_nothing() {
     assert_eq!(generation(), "1");
     assert_eq!(local(&b_addr, "k1").await.as_deref(), Some("v1"));
     assert_eq!(local(&b_addr, "k499").await.as_deref(), Some("v499"));
-    a.raft.shutdown().await.expect("shutdown a");
-    b.raft.shutdown().await.expect("shutdown b");
+    a.shutdown().await.expect("shutdown a");
+    b.shutdown().await.expect("shutdown b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,5 +182,5 @@ async fn the_snapshot_interval_grows_with_the_state() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    n.raft.shutdown().await.expect("shutdown");
+    n.shutdown().await.expect("shutdown");
 }

@@ -172,13 +172,12 @@ async fn serve(
     let listener = node::bind(addr).await?;
     let config = Node::config(settings.snapshot_logs);
     let node = Node::start_with(id, &dir, config, settings).await?;
-    let raft = node.raft.clone();
     eprintln!("listening on {}", listener.local_addr()?);
     tokio::select! {
-        () = node.serve(listener) => {}
+        () = node.clone().serve(listener) => {}
         () = signal() => {}
     }
-    raft.shutdown().await.map_err(std::io::Error::other)?;
+    node.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }
 

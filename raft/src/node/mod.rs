@@ -67,6 +67,7 @@ pub struct Node {
     pub id: u64,
     /// The openraft handle.
     pub raft: Raft,
+    log: LogStore,
     reader: Reader,
     dir: std::path::PathBuf,
 }
@@ -114,7 +115,7 @@ impl Node {
         let network = Network {
             snapshot_rate: settings.snapshot_rate,
         };
-        let raft = Raft::new(id, config, network, log, sm)
+        let raft = Raft::new(id, config, network, log.clone(), sm)
             .await
             .map_err(io::Error::other)?;
         tokio::spawn(snapshot_policy(
@@ -125,9 +126,22 @@ impl Node {
         Ok(Node {
             id,
             raft,
+            log,
             reader,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Stops Raft, then closes the node's stores (synced, sealed, keydir snapshots written, so
+    /// the next start is quick). Dropping a node without this loses nothing acknowledged.
+    ///
+    /// # Errors
+    /// Raft's shutdown or a store's close failed.
+    pub async fn shutdown(&self) -> io::Result<()> {
+        self.raft.shutdown().await.map_err(io::Error::other)?;
+        let log = self.log.close().await;
+        let sm = self.reader.close().await;
+        log.and(sm)
     }
 
     /// Serves Raft peers and clients on `listener` until the process ends.
@@ -231,6 +245,7 @@ impl Node {
         len: u64,
     ) -> io::Result<Reply> {
         tracing::info!(bytes = len, last_log_id = ?meta.last_log_id, "receiving snapshot");
+        let started = tokio::time::Instant::now();
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.dir.join(format!("{INCOMING}{n}.snapshot"));
@@ -274,6 +289,12 @@ impl Node {
             tracing::warn!("refused a received snapshot: {e}");
             return Ok(Reply::Error(e.to_string()));
         }
+        let received = started.elapsed();
+        tracing::info!(
+            bytes = len,
+            ms = received.as_millis() as u64,
+            "snapshot received; installing"
+        );
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
             meta,
             snapshot: file,
@@ -281,7 +302,8 @@ impl Node {
         Ok(
             match self.raft.install_full_snapshot(vote, snapshot).await {
                 Ok(r) => {
-                    tracing::info!(bytes = len, "installed snapshot");
+                    let ms = (started.elapsed() - received).as_millis() as u64;
+                    tracing::info!(bytes = len, ms, "installed snapshot");
                     Reply::Snapshot(r)
                 }
                 Err(e) => Reply::Error(e.to_string()),
