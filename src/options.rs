@@ -18,6 +18,10 @@ pub enum IoBackend {
     Pread,
 }
 
+/// The value cache's default size under [`IoMode::Direct`] (see
+/// [`Options::value_cache_bytes`]): 64 MiB.
+pub const DIRECT_VALUE_CACHE_BYTES: u64 = 64 << 20;
+
 /// How datafiles are read (see [`Options::io_mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -29,8 +33,10 @@ pub enum IoMode {
     /// the aligned 4 KiB blocks that hold the record, bypassing the page cache: a store larger
     /// than memory, read at random, no longer churns the page cache and reads no more than
     /// the blocks it needs. Reads of the active file stay buffered, and so does every write.
-    /// Nothing is cached for these reads by the kernel, so pair it with
-    /// [`Options::value_cache_bytes`] for hot keys. Where the file system refuses `O_DIRECT`
+    /// Nothing is cached for these reads by the kernel: the store's own value cache is on by
+    /// default in this mode ([`DIRECT_VALUE_CACHE_BYTES`]; [`Options::value_cache_bytes`] sets
+    /// it) and is filled by writes as well as reads, so hot and recently written keys are
+    /// served from memory. Where the file system refuses `O_DIRECT`
     /// (tmpfs, for one), that file is read buffered and `Stats::reads_direct` does not count it.
     Direct,
 }
@@ -89,7 +95,8 @@ pub struct Options {
     pub(crate) inline_reads: bool,
     pub(crate) io_mode: IoMode,
     pub(crate) inline_writes: bool,
-    pub(crate) value_cache_bytes: u64,
+    /// `None`: the mode's default (see [`Options::value_cache_bytes`]).
+    pub(crate) value_cache_bytes: Option<u64>,
     pub(crate) hint_spill_bytes: usize,
     pub(crate) keydir_snapshot: bool,
 }
@@ -101,7 +108,7 @@ impl Default for Options {
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
-    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes(0)`,
+    /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes` 0 (64 MiB under `IoMode::Direct`),
     /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`.
     fn default() -> Self {
         Options {
@@ -125,7 +132,7 @@ impl Default for Options {
             inline_reads: true,
             io_mode: IoMode::Buffered,
             inline_writes: true,
-            value_cache_bytes: 0,
+            value_cache_bytes: None,
             hint_spill_bytes: 1 << 20,
             keydir_snapshot: true,
         }
@@ -291,14 +298,26 @@ impl Options {
         self
     }
 
-    /// Size of an in-process cache of recently read values, in bytes (default 0: none, values
-    /// are left to the OS page cache as in a classic Bitcask). A hit returns the value without
-    /// a system call; each cached value is charged its length plus 112 bytes. The cache needs
-    /// no invalidation (records never change in place) and uses an S3-FIFO policy, so a scan
-    /// over cold keys does not evict the hot ones.
+    /// Size of an in-process cache of recently read values, in bytes. A hit returns the value
+    /// without a system call; each cached value is charged its length plus 112 bytes. The cache
+    /// needs no invalidation (records never change in place) and uses an S3-FIFO policy, so a
+    /// scan over cold keys does not evict the hot ones.
+    ///
+    /// Default: 0 (none: values are left to the OS page cache, as in a classic Bitcask) with
+    /// [`IoMode::Buffered`]; [`DIRECT_VALUE_CACHE_BYTES`] (64 MiB) with [`IoMode::Direct`],
+    /// whose reads bypass the page cache, and where the cache is also filled by writes. Set 0
+    /// to have none in either mode.
     pub fn value_cache_bytes(mut self, bytes: u64) -> Self {
-        self.value_cache_bytes = bytes;
+        self.value_cache_bytes = Some(bytes);
         self
+    }
+
+    /// The value cache's size in bytes: as set, or the io mode's default.
+    pub(crate) fn value_cache_budget(&self) -> u64 {
+        self.value_cache_bytes.unwrap_or(match self.io_mode {
+            IoMode::Direct => DIRECT_VALUE_CACHE_BYTES,
+            IoMode::Buffered => 0,
+        })
     }
 
     /// Memory bound of the active datafile's hint records: past it they are appended to the

@@ -2,6 +2,8 @@
 //! the read threads), the active file stays buffered; every value comes back exact, on both
 //! backends, after rotation, reopen and merge, and a damaged record is still caught.
 //!
+//! Direct mode has a value cache by default, filled by writes as well as reads.
+//!
 //! Where the file system under the test's temporary directory refuses `O_DIRECT`, the reads
 //! must fall back to buffered ones (and say so in `Stats::reads_direct`); the test checks
 //! whichever of the two this machine gives.
@@ -51,6 +53,8 @@ fn direct_reads_return_every_value_across_rotation_reopen_and_merge() {
                 .max_file_bytes(64 * 1024)
                 .io_backend(backend)
                 .io_mode(IoMode::Direct)
+                // Without the default value cache: these reads must reach the files.
+                .value_cache_bytes(0)
         };
         let n = 120u32;
         run(async {
@@ -97,7 +101,8 @@ fn a_damaged_record_read_directly_is_corrupt_not_a_wrong_value() {
         let opts = small_opts()
             .max_file_bytes(16 * 1024)
             .io_backend(backend)
-            .io_mode(IoMode::Direct);
+            .io_mode(IoMode::Direct)
+            .value_cache_bytes(0);
         run(async {
             let db = Db::open(tmp.path(), opts.clone()).await.expect("open");
             for i in 0..40u32 {
@@ -132,4 +137,58 @@ fn a_damaged_record_read_directly_is_corrupt_not_a_wrong_value() {
             db.close().await.expect("close");
         });
     }
+}
+
+#[test]
+fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let n = 90u32;
+    let reads = |db: &Db| {
+        let s = db.stats();
+        (s.reads_inline + s.reads_io_thread, s.reads_cached)
+    };
+    run(async {
+        // Direct, defaults: every value just written is served from the cache, no read at all
+        // (one datafile: a write that finds the active file full goes through the writer
+        // thread, and is cached on its first read instead).
+        let opts = || small_opts().max_file_bytes(8 << 20).io_mode(IoMode::Direct);
+        let db = Db::open(tmp.path(), opts()).await.expect("open");
+        for i in 0..n {
+            db.put(format!("key{i}"), value(i)).await.expect("put");
+        }
+        assert!(db.stats().value_cache_bytes > 0, "writes filled the cache");
+        check_all(&db, n).await;
+        assert_eq!(reads(&db), (0, u64::from(n)));
+        // An overwritten value is never served: the cache is keyed by record.
+        db.put("key1", "new").await.expect("overwrite");
+        assert_eq!(
+            db.get("key1").await.expect("get").as_deref(),
+            Some(&b"new"[..])
+        );
+        db.put("key1", value(1)).await.expect("restore");
+        db.close().await.expect("close");
+
+        // Reopened: the first pass reads the files, the second is served from the cache.
+        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        check_all(&db, n).await;
+        let (files, cached) = reads(&db);
+        assert_eq!((files, cached), (u64::from(n), 0));
+        check_all(&db, n).await;
+        assert_eq!(reads(&db), (u64::from(n), u64::from(n)));
+        db.close().await.expect("close");
+
+        // Direct with the cache set to 0, and buffered by default: no cache.
+        for opts in [
+            small_opts().io_mode(IoMode::Direct).value_cache_bytes(0),
+            small_opts(),
+        ] {
+            let db = Db::open(tmp.path(), opts).await.expect("open");
+            db.put("fresh", "value").await.expect("put");
+            check_all(&db, n).await;
+            check_all(&db, n).await;
+            let s = db.stats();
+            assert_eq!((s.value_cache_bytes, s.reads_cached), (0, 0), "{s:?}");
+            db.close().await.expect("close");
+        }
+    });
 }

@@ -128,7 +128,7 @@ impl Db {
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);
-        let cache = ValueCache::new(opts.value_cache_bytes);
+        let cache = ValueCache::new(opts.value_cache_budget());
         Ok(Db {
             inner: Arc::new(Inner {
                 dir,
@@ -559,6 +559,7 @@ impl Inner {
             if self.appender.take_writeback_due() {
                 write::request_writeback(&self.write_tx, seq);
             }
+            self.fill_cache(req, seq);
         }
         Ok(appended)
     }

@@ -309,7 +309,7 @@ impl Db {
         tracing::info!(dir = %dir.display(), keys = keydir.len(), "opened read-only");
         Ok(Db {
             inner: Arc::new(super::Inner {
-                cache: crate::read::cache::ValueCache::new(opts.value_cache_bytes),
+                cache: crate::read::cache::ValueCache::new(opts.value_cache_budget()),
                 dir,
                 opts,
                 keydir,

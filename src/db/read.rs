@@ -11,6 +11,7 @@ use crate::keydir::Entry;
 use crate::layout;
 use crate::read::reader::{ReadReq, ReaderMsg};
 use crate::read::regime;
+use crate::write::{Op, ReqRef};
 use crate::{Error, IoMode, Result};
 
 /// Counts a read at the io threads while it lives (a cancelled `get` drops it too).
@@ -30,6 +31,36 @@ impl Drop for InFlight<'_> {
 }
 
 impl Inner {
+    /// Under [`crate::IoMode::Direct`] (whose reads bypass the page cache) the value cache is
+    /// filled by writes too: the values `req` just appended, whose last record has seq `last`.
+    /// Done after the append lock is released; a value whose key was overwritten meanwhile
+    /// (its keydir entry has another seq) is skipped. Writes the writer thread appends
+    /// (rotation, large batches) are cached on first read instead.
+    pub(super) fn fill_cache(&self, req: ReqRef<'_>, last: u64) {
+        let Some(cache) = &self.cache else { return };
+        if self.opts.io_mode != crate::IoMode::Direct {
+            return;
+        }
+        let fill = |seq: u64, key: &[u8], value: &[u8]| {
+            if let Some(e) = self.keydir.get(key).filter(|e| e.seq == seq) {
+                cache.insert_slice(&e, value);
+            }
+        };
+        match req {
+            ReqRef::Single(Op::Put { key, value, .. })
+            | ReqRef::If(Op::Put { key, value, .. }, _) => fill(last, key, value),
+            ReqRef::Single(_) | ReqRef::If(..) => {}
+            ReqRef::Batch(ops, _) => {
+                let first = last + 1 - ops.len() as u64;
+                for (i, op) in ops.iter().enumerate() {
+                    if let Op::Put { key, value, .. } = op {
+                        fill(first + i as u64, key, value);
+                    }
+                }
+            }
+        }
+    }
+
     /// The value of the record `e` points at: from the value cache, or read, verified and
     /// then cached.
     pub(super) async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {

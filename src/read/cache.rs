@@ -89,6 +89,12 @@ impl ValueCache {
         self.inner.insert(location(e), (e.seq, v));
     }
 
+    /// Remembers `value` (just written) as the value of the record `e` points at, copied.
+    pub(crate) fn insert_slice(&self, e: &Entry, value: &[u8]) {
+        self.inner
+            .insert(location(e), (e.seq, Bytes::copy_from_slice(value)));
+    }
+
     /// Bytes held now (values plus overhead).
     pub(crate) fn weight(&self) -> u64 {
         self.inner.weight()

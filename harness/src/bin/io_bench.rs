@@ -4,9 +4,11 @@
 //! ```text
 //! cargo run --release -p ringcask-bench --bin io_bench -- cold [--gib 2] [--conc 1,8,32,128]
 //!     [--secs 4] [--dir DIR (kept: a later run reuses the store)] [--inline true|false]
-//!     [--readers N (read threads)] [--io-mode buffered|direct]
+//!     [--readers N (read threads)] [--io-mode buffered|direct] [--cache BYTES]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
-//!     [--value 4096] [--secs 3]
+//!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
+//!
+//! `--cache` sets `Options::value_cache_bytes` (default: the io mode's, 64 MiB when direct).
 //! ```
 //!
 //! `cold`: a store of `--gib` GiB of 4 KiB values is built (or reused), then for each
@@ -43,6 +45,8 @@ struct Args {
     readers: Option<usize>,
     /// `Options::io_mode(IoMode::Direct)`.
     direct: bool,
+    /// `Options::value_cache_bytes`, when given (else the io mode's default).
+    cache: Option<u64>,
 }
 
 fn parse() -> Args {
@@ -58,6 +62,7 @@ fn parse() -> Args {
         inline: true,
         readers: None,
         direct: false,
+        cache: None,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -69,6 +74,7 @@ fn parse() -> Args {
             "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--dir" => a.dir = Some(PathBuf::from(v)),
+            "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
             "--conc" => {
                 a.conc = v
                     .split(',')
@@ -81,11 +87,24 @@ fn parse() -> Args {
     a
 }
 
+impl Args {
+    /// `opts` with the io mode and value cache asked for.
+    fn mode_options(&self, mut opts: Options) -> Options {
+        if self.direct {
+            opts = opts.io_mode(IoMode::Direct);
+        }
+        if let Some(c) = self.cache {
+            opts = opts.value_cache_bytes(c);
+        }
+        opts
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
-         [--inline true|false] [--readers N] [--io-mode buffered|direct]\n       \
-         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S]"
+         [--inline true|false] [--readers N] [--io-mode buffered|direct] [--cache BYTES]\n       \
+         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES]"
     );
     std::process::exit(2)
 }
@@ -198,9 +217,7 @@ fn cold(a: &Args) {
     let mut opts = Options::default()
         .sync(SyncPolicy::Never)
         .inline_reads(a.inline);
-    if a.direct {
-        opts = opts.io_mode(IoMode::Direct);
-    }
+    opts = a.mode_options(opts);
     if let Some(r) = a.readers {
         opts = opts.read_threads(r);
     }
@@ -308,7 +325,7 @@ fn durable(a: &Args) {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &a.conc {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let opts = Options::default().sync(SyncPolicy::Always);
+        let opts = a.mode_options(Options::default().sync(SyncPolicy::Always));
         let db = rt.block_on(Db::open(tmp.path(), opts)).expect("open");
         let value = a.value;
         let v = bytes::Bytes::from(vec![0x77u8; value]);
