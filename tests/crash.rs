@@ -1,6 +1,7 @@
 //! Real crashes: a child process writes durably (`SyncPolicy::Always`) from many tasks and
 //! reports every acknowledged write; the parent kills it with SIGKILL at a random moment,
-//! reopens the store and compares it with a model. Repeated over many kills in one directory.
+//! reopens the store and compares it with a model. Repeated over many kills in one directory,
+//! odd rounds in `IoMode::Direct`, even ones buffered.
 //!
 //! Set `RINGCASK_CRASH_ROUNDS` for a longer campaign (default 12).
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 
 use common::crash::{self, Reporter};
 use common::{contents_under, Rng};
-use ringcask::{Db, Options, SyncPolicy, WriteBatch};
+use ringcask::{Db, IoMode, Options, SyncPolicy, WriteBatch};
 
 const TASKS: u64 = 8;
 const KEYS_PER_TASK: u64 = 24;
@@ -64,8 +65,16 @@ fn apply(model: &mut BTreeMap<String, Vec<u8>>, s: &Step) {
     }
 }
 
-fn opts() -> Options {
+/// Odd rounds run in `IoMode::Direct`, even ones buffered (the reopen after a round uses the
+/// round's mode too).
+fn opts(round: u64) -> Options {
+    let mode = if round % 2 == 1 {
+        IoMode::Direct
+    } else {
+        IoMode::Buffered
+    };
     Options::default()
+        .io_mode(mode)
         .sync(SyncPolicy::Always)
         .hint_spill_bytes(256)
         .max_file_bytes(64 * 1024)
@@ -78,7 +87,7 @@ const TEST: &str = "sigkill_during_durable_writes_loses_nothing_acknowledged";
 fn child(dir: &str, round: u64) {
     let rt = common::multi_thread_rt(2);
     rt.block_on(async {
-        let db = Db::open(dir, opts()).await.expect("child open");
+        let db = Db::open(dir, opts(round)).await.expect("child open");
         let out = Reporter::default();
         out.ready();
         let mut tasks = Vec::new();
@@ -129,7 +138,7 @@ fn sigkill_during_durable_writes_loses_nothing_acknowledged() {
         let acked = killed.acked;
         total_acks += acked.iter().sum::<u64>();
         common::run(async {
-            let db = Db::open(tmp.path(), opts())
+            let db = Db::open(tmp.path(), opts(round))
                 .await
                 .expect("reopen after kill");
             // Earlier rounds: exactly as verified before (nothing lost, nothing resurrected).

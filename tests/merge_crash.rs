@@ -6,6 +6,8 @@
 //! 2. A child process runs merges while writing durably; the parent kills it with SIGKILL at
 //!    random moments and checks every acknowledged write against a model.
 //!
+//! Both run in `IoMode::Buffered` and `IoMode::Direct` in turn.
+//!
 //! `RINGCASK_MERGE_KILLS` sets the number of kills (default 10); `RINGCASK_MERGE_CRASH_OPS` the
 //! number of writes that build the store of the crash-at-every-IO campaign (default 1000; larger
 //! stores mean more files, more outputs and more IO operations to crash at).
@@ -19,7 +21,7 @@ use std::time::Duration;
 use common::crash::{self, Reporter};
 use common::{contents, contents_under, copy_dir, run, Rng};
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, Options, SyncPolicy, WriteBatch};
+use ringcask::{Db, IoMode, Options, SyncPolicy, WriteBatch};
 
 fn opts() -> Options {
     Options::default()
@@ -29,6 +31,15 @@ fn opts() -> Options {
         .preallocate_bytes(0)
         .auto_merge(false)
         .merge_bytes_per_sec(0)
+}
+
+/// Every other pair of crash points, and odd kill rounds, run in `IoMode::Direct`.
+fn mode(n: u64) -> IoMode {
+    if (n / 2) % 2 == 1 {
+        IoMode::Direct
+    } else {
+        IoMode::Buffered
+    }
 }
 
 /// A store with live values, overwrites, deletes (tombstones a full merge drops), expired
@@ -94,9 +105,8 @@ fn crash_at_every_io(power: bool) {
             FaultInjector::new()
         };
         let crashed = run(async {
-            let db = Db::open(tmp.path(), opts().fault_injector(fault.clone()))
-                .await
-                .expect("open");
+            let o = opts().io_mode(mode(n)).fault_injector(fault.clone());
+            let db = Db::open(tmp.path(), o).await.expect("open");
             fault.tear_writes(n % 2 == 1);
             fault.crash_after(n);
             let res = db.merge().await;
@@ -114,7 +124,7 @@ fn crash_at_every_io(power: bool) {
         // Read-only first: the same contents, finished in memory, and no byte changed.
         let on_disk = common::dir_state(tmp.path());
         run(async {
-            let db = Db::open_read_only(tmp.path(), opts())
+            let db = Db::open_read_only(tmp.path(), opts().io_mode(mode(n)))
                 .await
                 .expect("read-only open after the crash");
             assert!(
@@ -128,7 +138,7 @@ fn crash_at_every_io(power: bool) {
             "a read-only open after crash {n} changed the directory"
         );
         run(async {
-            let db = Db::open(tmp.path(), opts())
+            let db = Db::open(tmp.path(), opts().io_mode(mode(n)))
                 .await
                 .expect("reopen after the crash");
             assert_eq!(
@@ -188,7 +198,10 @@ const TEST: &str = "sigkill_during_merges_loses_nothing_acknowledged";
 fn child(dir: &str, round: u64) {
     let rt = common::multi_thread_rt(2);
     rt.block_on(async {
-        let o = opts().sync(SyncPolicy::Always).max_file_bytes(16 * 1024);
+        let o = opts()
+            .io_mode(mode(round * 2))
+            .sync(SyncPolicy::Always)
+            .max_file_bytes(16 * 1024);
         let db = Db::open(dir, o).await.expect("child open");
         let out = Reporter::default();
         out.ready();
@@ -272,7 +285,7 @@ fn sigkill_during_merges_loses_nothing_acknowledged() {
         );
         kills_in_merge += u64::from(killed.last_mark.as_deref() == Some("merge-start"));
         run(async {
-            let db = Db::open(tmp.path(), opts())
+            let db = Db::open(tmp.path(), opts().io_mode(mode(round * 2)))
                 .await
                 .expect("reopen after kill");
             merges_finished += u64::from(db.stats().recovery.merge_finished);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{run, Rng};
 use futures::StreamExt;
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, Options, Snapshot, SyncPolicy, WriteBatch};
+use ringcask::{Db, IoMode, Options, Snapshot, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -178,7 +178,13 @@ fn opts(seed: u64, fault: Option<std::sync::Arc<FaultInjector>>) -> Options {
         .preallocate_bytes(if seed.is_multiple_of(2) { 4096 } else { 0 })
         // Some seeds read through a small value cache, one writes through the writer thread.
         .value_cache_bytes(if seed % 4 >= 2 { 16 * 1024 } else { 0 })
-        .inline_writes(seed % 6 != 5);
+        .inline_writes(seed % 6 != 5)
+        // Some read sealed files with O_DIRECT (with the cache of the seed above).
+        .io_mode(if seed % 10 >= 5 {
+            IoMode::Direct
+        } else {
+            IoMode::Buffered
+        });
     match fault {
         Some(f) => o.fault_injector(f),
         None => o,

@@ -3,7 +3,7 @@
 //! dies (every later IO fails), the handle is dropped, the power is cut — unsynced data and
 //! directory changes are lost, the last unsynced write torn at sector granularity — and the
 //! store is reopened and compared with a model, round after round in one directory, under
-//! every sync policy:
+//! every sync policy, in both io modes (`IoMode::Buffered` and `IoMode::Direct`):
 //! - the store must open;
 //! - it must hold the model's state after some prefix of the operations: every operation
 //!   acknowledged before the last durable point (every acknowledged one under
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use common::{contents, env_or, run, Rng};
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, Options, SyncPolicy, WriteBatch};
+use ringcask::{Db, IoMode, Options, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -239,9 +239,14 @@ fn dump_key(dir: &Path, key: &[u8]) {
     }
 }
 
-fn open_after_cut(dir: &Path, policy: SyncPolicy, fault: &Arc<FaultInjector>) -> Option<Db> {
+fn open_after_cut(
+    dir: &Path,
+    policy: SyncPolicy,
+    mode: IoMode,
+    fault: &Arc<FaultInjector>,
+) -> Option<Db> {
     fault.restart();
-    run(async { Db::open(dir, opts(policy, fault)).await.ok() })
+    run(async { Db::open(dir, opts(policy, fault).io_mode(mode)).await.ok() })
 }
 
 #[test]
@@ -260,7 +265,13 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
     let mut model = Model::new();
     for cut in 0..cuts {
         let policy = policies[(cut % 3) as usize];
-        let Some(db) = open_after_cut(dir, policy, &fault) else {
+        // Each sync policy in both io modes, every six cuts.
+        let mode = if (cut / 3) % 2 == 0 {
+            IoMode::Buffered
+        } else {
+            IoMode::Direct
+        };
+        let Some(db) = open_after_cut(dir, policy, mode, &fault) else {
             fig.failed_opens += 1;
             break;
         };
@@ -280,7 +291,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         fig.entries_back += report.entries_back;
         fig.acked += r.acked;
         fig.not_durable_at_cut += (r.states.len() - 1 - r.floor) as u64;
-        let Some(db) = open_after_cut(dir, policy, &fault) else {
+        let Some(db) = open_after_cut(dir, policy, mode, &fault) else {
             fig.failed_opens += 1;
             break;
         };
@@ -291,7 +302,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         });
         if std::env::var("RINGCASK_POWER_DEBUG").is_ok() {
             eprintln!(
-                "cut {cut} {policy:?}: acked {} floor {} states {} {:?}",
+                "cut {cut} {policy:?} {mode:?}: acked {} floor {} states {} {:?}",
                 r.acked,
                 r.floor,
                 r.states.len(),

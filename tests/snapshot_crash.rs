@@ -2,7 +2,8 @@
 //! store, so that each close saves a snapshot and each open takes it, with merges running in
 //! the background; it reports every acknowledged write. The parent kills it with SIGKILL at a
 //! random moment (in a write, a merge, a snapshot save or a snapshot load), reopens the store
-//! and compares it with a model: nothing acknowledged lost, nothing deleted back.
+//! and compares it with a model: nothing acknowledged lost, nothing deleted back. Odd rounds
+//! run in `IoMode::Direct`.
 //!
 //! Set `RINGCASK_SNAPSHOT_KILLS` for a longer campaign (default 12).
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 
 use common::crash::{self, Reporter};
 use common::{contents_under, Rng};
-use ringcask::{Db, Options, SyncPolicy};
+use ringcask::{Db, IoMode, Options, SyncPolicy};
 
 /// Writes between a close and the next open in the child.
 const OPS_PER_OPEN: u64 = 250;
@@ -37,10 +38,17 @@ fn apply(model: &mut BTreeMap<String, Vec<u8>>, (k, v): (String, Option<Vec<u8>>
     };
 }
 
-fn opts() -> Options {
+/// Odd rounds run in `IoMode::Direct`.
+fn opts(round: u64) -> Options {
     // `Never`: a process crash loses nothing acknowledged, and writes are fast enough for
     // many open/close cycles per round.
+    let mode = if round % 2 == 1 {
+        IoMode::Direct
+    } else {
+        IoMode::Buffered
+    };
     Options::default()
+        .io_mode(mode)
         .sync(SyncPolicy::Never)
         .max_file_bytes(32 * 1024)
         .preallocate_bytes(0)
@@ -59,7 +67,7 @@ fn child(dir: &str, round: u64) {
         out.ready();
         let mut i = 0u64;
         loop {
-            let db = Db::open(dir, opts()).await.expect("child open");
+            let db = Db::open(dir, opts(round)).await.expect("child open");
             for _ in 0..OPS_PER_OPEN {
                 let res = match op(round, i) {
                     (k, Some(v)) => db.put(k, v).await,
@@ -91,7 +99,7 @@ fn sigkill_around_snapshot_save_and_load_loses_nothing() {
         total_acks += acked;
         let (without, with) = crash::acked_states(&expected, acked, |m, i| apply(m, op(round, i)));
         common::run(async {
-            let db = Db::open(tmp.path(), opts())
+            let db = Db::open(tmp.path(), opts(round))
                 .await
                 .expect("reopen after kill");
             from_snapshot += u32::from(db.stats().recovery.from_snapshot);
@@ -109,7 +117,9 @@ fn sigkill_around_snapshot_save_and_load_loses_nothing() {
     }
     // A clean close after all those kills saves a snapshot that the next open loads whole.
     common::run(async {
-        let db = Db::open(tmp.path(), opts()).await.expect("final open");
+        let db = Db::open(tmp.path(), opts(rounds))
+            .await
+            .expect("final open");
         let r = db.stats().recovery;
         assert!(r.from_snapshot, "{r:?}");
         assert_eq!(contents_under(&db, "").await, expected);
