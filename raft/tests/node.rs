@@ -1,6 +1,7 @@
 //! The node's own protocol and policies, in one process: snapshots streamed over TCP are
 //! verified before openraft sees them (a damaged or cut-short stream changes nothing and the
-//! node keeps serving), and the snapshot interval grows with the state.
+//! node keeps serving), garbage frames close their connection and nothing else, and the
+//! snapshot interval grows with the state.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -182,5 +183,70 @@ async fn the_snapshot_interval_grows_with_the_state() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    n.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_wire_closes_that_connection_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (n, addr) = single(&tmp.path().join("n"), 5000).await;
+    put(&addr, "k", "v").await;
+    // A snapshot announced as endless, of which a few bytes come before the end.
+    let endless = Msg::Snapshot {
+        vote: n.raft.metrics().borrow_watched().vote,
+        meta: Default::default(),
+        len: u64::MAX,
+    };
+    let endless = serde_json::to_vec(&endless).expect("json");
+    let a = addr.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        let send = |bytes: &[u8]| {
+            let mut s = std::net::TcpStream::connect(&a).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(bytes).expect("write");
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut rest = Vec::new();
+            // The node answers nothing and closes: EOF (or a reset), never a reply.
+            matches!(s.read_to_end(&mut rest), Ok(0) | Err(_)) && rest.is_empty()
+        };
+        let frame = |len: u32, body: &[u8]| {
+            let mut b = len.to_le_bytes().to_vec();
+            b.extend_from_slice(body);
+            send(&b)
+        };
+        let whole = |body: &[u8]| frame(body.len() as u32, body);
+        let mut then_bytes = endless.clone();
+        then_bytes.splice(0..0, (endless.len() as u32).to_le_bytes());
+        then_bytes.extend_from_slice(b"RCSNAP01 and then nothing");
+        [
+            // A length past the frame limit, before any body.
+            frame(u32::MAX, b""),
+            // A frame that is not JSON.
+            whole(b"\xff\xfe not json"),
+            // JSON, but no message.
+            whole(b"{\"Nope\":1}"),
+            // A frame cut short.
+            frame(100, b"{\"Leader\""),
+            // The endless snapshot.
+            send(&then_bytes),
+        ]
+    })
+    .await
+    .expect("join");
+    assert!(
+        closed.iter().all(|&c| c),
+        "a garbage frame got a reply: {closed:?}"
+    );
+    // The node still serves, with its data, and kept no partial snapshot.
+    assert_eq!(local(&addr, "k").await.as_deref(), Some("v"));
+    put(&addr, "k2", "v2").await;
+    assert_eq!(local(&addr, "k2").await.as_deref(), Some("v2"));
+    let incoming = std::fs::read_dir(tmp.path().join("n"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("incoming."))
+        .count();
+    assert_eq!(incoming, 0);
     n.shutdown().await.expect("shutdown");
 }
