@@ -32,12 +32,22 @@ pub enum IoMode {
     /// Values of sealed datafiles are read with `O_DIRECT` through the read threads' rings,
     /// the aligned 4 KiB blocks that hold the record, bypassing the page cache: a store larger
     /// than memory, read at random, no longer churns the page cache and reads no more than
-    /// the blocks it needs. Reads of the active file stay buffered, and so does every write.
+    /// the blocks it needs.
+    ///
+    /// With [`SyncPolicy::Always`] writes bypass it too: appends copy their records into an
+    /// in-memory tail of the active file, and the writer thread writes each group commit's
+    /// blocks as one `O_DIRECT | O_DSYNC` write through its ring (the write is the sync); reads
+    /// of records not yet written are served from that tail, the rest of the active file is read
+    /// with `O_DIRECT` too. Under the other policies a write is acknowledged before any sync,
+    /// and must still survive a crash of the process, so appends stay buffered `pwrite`s (a copy
+    /// into the page cache) and the active file is read buffered.
+    ///
     /// Nothing is cached for these reads by the kernel: the store's own value cache is on by
     /// default in this mode ([`DIRECT_VALUE_CACHE_BYTES`]; [`Options::value_cache_bytes`] sets
     /// it) and is filled by writes as well as reads, so hot and recently written keys are
     /// served from memory. Where the file system refuses `O_DIRECT`
-    /// (tmpfs, for one), that file is read buffered and `Stats::reads_direct` does not count it.
+    /// (tmpfs, for one), that file is read and written buffered and `Stats::reads_direct` does
+    /// not count its reads.
     Direct,
 }
 
@@ -329,6 +339,11 @@ impl Options {
     }
 
     /// Checks every option against its allowed range.
+    /// Whether datafiles are written by the direct-IO writer (see [`IoMode::Direct`]).
+    pub(crate) fn direct_writes(&self) -> bool {
+        self.io_mode == IoMode::Direct && self.sync == SyncPolicy::Always
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOptions(m));
         if !(MIN_FILE_BYTES..=MAX_FILE_BYTES_LIMIT).contains(&self.max_file_bytes) {

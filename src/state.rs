@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     pub reads_inline: Counter,
     pub reads_io_thread: Counter,
     pub reads_direct: Counter,
+    pub reads_tail: Counter,
     pub reads_cached: Counter,
     pub appends: Counter,
     pub syncs: Counter,

@@ -115,13 +115,17 @@ pub struct Stats {
     pub reads_io_thread: u64,
     /// Of those, reads made with `O_DIRECT` (see `IoMode::Direct`).
     pub reads_direct: u64,
+    /// Reads served (wholly or partly) from the direct-IO writer's in-memory tail of the
+    /// active file: records appended but not yet written (see `IoMode::Direct`).
+    pub reads_tail: u64,
     /// Values served from the value cache (see `Options::value_cache_bytes`).
     pub reads_cached: u64,
     /// Bytes the value cache holds (values plus a fixed overhead each).
     pub value_cache_bytes: u64,
     /// Appends to the active datafile (one `pwrite` each: a single write, a batch).
     pub appends: u64,
-    /// `fdatasync` calls on the active datafile.
+    /// `fdatasync` calls on the active datafile; under the direct-IO writer, its group writes
+    /// (each an `O_DIRECT | O_DSYNC` write: the write is the sync).
     pub syncs: u64,
     /// Bytes appended to datafiles since open.
     pub bytes_written: u64,

@@ -90,8 +90,8 @@ impl Db {
             )));
         }
         let pin = FilePin::new(inner);
-        let sources: Vec<Source> = inner.appender.quiesced(|| {
-            inner.shared.with_usage(|u| {
+        let (sources, upto): (Vec<Source>, u64) = inner.appender.quiesced(|| {
+            let sources = inner.shared.with_usage(|u| {
                 u.values()
                     .map(|f| Source {
                         id: f.file_id,
@@ -99,8 +99,14 @@ impl Db {
                         sealed: f.sealed,
                     })
                     .collect()
-            })
+            });
+            (sources, inner.appender.appended_seq())
         });
+        if inner.opts.direct_writes() && !inner.appender.is_synced(upto) {
+            // The direct-IO writer holds the active file's last records in memory until its
+            // next group write: have it write them before that file is copied.
+            crate::write::request_sync(&inner.write_tx, upto).await?;
+        }
         let dir = inner.dir.clone();
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()

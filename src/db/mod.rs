@@ -491,6 +491,7 @@ impl Db {
             reads_inline: load(&s.reads_inline),
             reads_io_thread: load(&s.reads_io_thread),
             reads_direct: load(&s.reads_direct),
+            reads_tail: load(&s.reads_tail),
             reads_cached: load(&s.reads_cached),
             value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
             appends: load(&s.appends),

@@ -89,10 +89,44 @@ impl Inner {
         self.verify(key, e, buf)
     }
 
-    /// `len` bytes at `offset` of datafile `file_id`: from the page cache on this thread when
-    /// it holds them all, else through an io thread. A file shorter than that is
-    /// [`Error::Corrupt`] (`what` names what was expected there).
+    /// `len` bytes at `offset` of datafile `file_id`: from the direct-IO writer's tail for
+    /// bytes not written yet, from the page cache on this thread when it holds them all, else
+    /// through an io thread. A file shorter than that is [`Error::Corrupt`] (`what` names what
+    /// was expected there).
     pub(super) async fn read_bytes(
+        &self,
+        file_id: u32,
+        offset: u64,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let Some((from, held)) = self.appender.tail().read(file_id, offset, len) else {
+            return self.read_file(file_id, offset, len, what).await;
+        };
+        self.shared.reads_tail.add(1);
+        // The bytes before `from` were written before the tail let go of them.
+        let mut buf = match (from - offset) as usize {
+            0 => held,
+            n => {
+                let mut head = self.read_file(file_id, offset, n, what).await?;
+                head.extend_from_slice(&held);
+                head
+            }
+        };
+        if buf.len() < len {
+            return Err(Error::Corrupt {
+                file: layout::data_path(&self.dir, file_id),
+                offset,
+                reason: format!("datafile is shorter than the {what}"),
+            });
+        }
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// `len` bytes at `offset` of datafile `file_id`, read from the file (see
+    /// [`Inner::read_bytes`]).
+    async fn read_file(
         &self,
         file_id: u32,
         offset: u64,
@@ -109,10 +143,12 @@ impl Inner {
         };
         // Inline first unless this thread's recent attempts mostly missed: a miss starts the
         // disk read on this thread (see `read::regime`).
-        // Direct mode reads sealed files around the page cache; the active file stays buffered
-        // (its last block is still being written through the page cache).
+        // Direct mode reads sealed files around the page cache, and the active file too when
+        // the direct-IO writer writes it; otherwise the active file stays buffered (its last
+        // block is still being written through the page cache).
         let direct = self.opts.io_mode == IoMode::Direct
-            && file_id != self.shared.active_file_id.load(Ordering::Relaxed);
+            && (file_id != self.shared.active_file_id.load(Ordering::Relaxed)
+                || self.appender.tail().holds(file_id));
         let in_flight = self.reads_in_flight.load(Ordering::Relaxed);
         if self.opts.inline_reads && !direct && regime::try_inline(in_flight) {
             let got = self

@@ -76,6 +76,94 @@ impl IoFile {
         Ok(IoFile::wrap(kind, f, None, fault))
     }
 
+    /// Opens an existing datafile for the direct-IO writer: `O_DIRECT | O_DSYNC`, so each
+    /// [`IoFile::write_direct`] is one ring operation that returns once its bytes are durable
+    /// (a FUA write where the device honours it, else the kernel adds the cache flush). Fails
+    /// with `InvalidInput` where the file system refuses `O_DIRECT` (tmpfs).
+    pub(crate) fn open_direct_write(
+        kind: IoBackendKind,
+        path: &Path,
+        fault: Option<Arc<FaultInjector>>,
+    ) -> io::Result<IoFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = (rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::DSYNC).bits() as i32;
+        let f = OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)?;
+        let meta = f.try_clone()?;
+        Ok(IoFile::wrap(kind, f, Some(meta), fault))
+    }
+
+    /// Writes `buf[at..at + span]` (aligned: `at` to an address multiple of [`DIRECT_ALIGN`],
+    /// `span` and `offset` multiples of it) at `offset` of a file opened with
+    /// [`IoFile::open_direct_write`], and returns the buffer. Through the fault seam this is a
+    /// write and a sync of those bytes; the write at a crash point writes its leading whole
+    /// blocks (half of them) and fails.
+    pub(crate) async fn write_direct(
+        &self,
+        buf: Vec<u8>,
+        at: usize,
+        span: usize,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let mut torn = false;
+        if let Some(f) = self.fault.as_deref() {
+            match f.check(true) {
+                Ok(t) => torn = t,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        let n = if torn {
+            (span / 2) / DIRECT_ALIGN as usize * DIRECT_ALIGN as usize
+        } else {
+            span
+        };
+        let (res, buf) = self.write_aligned(buf, at, n, offset).await;
+        if res.is_ok() {
+            self.note(|fi, f| fi.note_write(f, offset, &buf[at..at + n]));
+            if !torn {
+                self.note(|fi, f| fi.note_sync(f));
+            }
+        }
+        if torn {
+            return (res.and(Err(injected())), buf);
+        }
+        (res, buf)
+    }
+
+    /// Writes `buf[at..at + n]` at `offset`, resubmitting the rest after a short write.
+    async fn write_aligned(
+        &self,
+        mut buf: Vec<u8>,
+        at: usize,
+        n: usize,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<u8>) {
+        use tokio_uring::buf::BoundedBuf;
+        let mut done = 0usize;
+        while done < n {
+            let res = match &self.handle {
+                Handle::Uring(f) => {
+                    let (res, slice) = f
+                        .write_at(buf.slice(at + done..at + n), offset + done as u64)
+                        .submit()
+                        .await;
+                    buf = slice.into_inner();
+                    res
+                }
+                Handle::Pread(f) => f.write_at(&buf[at + done..at + n], offset + done as u64),
+            };
+            match res {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(k) => done += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
     /// Reads exactly `len` bytes at `offset` of a file opened with [`IoFile::open_direct`]: one
     /// read of the aligned blocks that hold them, into an aligned stretch of a buffer, then the
     /// bytes copied out. A short file is `UnexpectedEof`.

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::request::{Appended, BatchIf, Cond, Counts, Op, ReqRef};
+use super::tail::Tail;
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, HintRecord, FILE_HEADER_LEN, FLAG_BATCH, FLAG_BATCH_END};
@@ -31,6 +32,9 @@ pub(crate) struct ActiveFile {
     /// `len` when a background writeback was last asked for (see [`WRITEBACK_BYTES`]).
     pub(super) writeback_from: u64,
     pub(super) hint: HintBuilder,
+    /// Written by the direct-IO writer: appends go to the [`Tail`], the writer thread writes
+    /// them (see [`crate::write::tail`]).
+    pub(super) direct: bool,
 }
 
 /// Under [`SyncPolicy::Never`], an append that leaves this many bytes written since the last
@@ -78,6 +82,8 @@ pub(crate) struct Appender {
     pub(super) appended_seq: AtomicU64,
     /// Every record with a seq up to this one is on stable storage.
     pub(super) synced_seq: AtomicU64,
+    /// The active file's unwritten blocks when it is written directly.
+    pub(super) tail: Arc<Tail>,
 }
 
 pub(super) fn clone_io_err(e: &std::io::Error) -> Error {
@@ -104,7 +110,9 @@ impl Appender {
             shared,
             max_file_bytes: opts.max_file_bytes,
             preallocate_bytes: opts.preallocate_bytes,
-            writeback_bytes: if opts.sync == SyncPolicy::Never {
+            // Under the direct writer a writeback flushes the tail, so a tail whose appenders
+            // never ask for a sync (cancelled puts) still stays bounded.
+            writeback_bytes: if opts.sync == SyncPolicy::Never || opts.direct_writes() {
                 WRITEBACK_BYTES
             } else {
                 0
@@ -114,6 +122,7 @@ impl Appender {
             dirty: AtomicBool::new(false),
             appended_seq: AtomicU64::new(next_seq.saturating_sub(1)),
             synced_seq: AtomicU64::new(next_seq.saturating_sub(1)),
+            tail: Arc::new(Tail::default()),
         }
     }
 
@@ -149,6 +158,11 @@ impl Appender {
     /// this).
     pub(crate) fn appended_seq(&self) -> u64 {
         self.appended_seq.load(Ordering::Acquire)
+    }
+
+    /// The active file's unwritten blocks under the direct-IO writer, for readers.
+    pub(crate) fn tail(&self) -> &Tail {
+        &self.tail
     }
 
     /// Whether every record up to `seq` is on stable storage.
@@ -357,6 +371,12 @@ impl Appender {
                 }
             }
         }
+        if active.direct {
+            // The writer thread writes it (see `tail`); nothing to wait for here.
+            self.tail.push(parts);
+            self.appended(active, need);
+            return Ok(());
+        }
         let mut at = active.len;
         for part in parts.iter().filter(|p| !p.is_empty()) {
             io::pwrite_all(self.fault.as_deref(), &active.fd, part, at).map_err(|e| {
@@ -370,11 +390,16 @@ impl Appender {
             })?;
             at += part.len() as u64;
         }
+        self.appended(active, need);
+        Ok(())
+    }
+
+    /// Accounts for `need` bytes appended to the active file.
+    fn appended(&self, active: &mut ActiveFile, need: u64) {
         active.len += need;
         self.dirty.store(true, Ordering::Release);
         self.shared.bytes_written.add(need);
         self.shared.appends.add(1);
-        Ok(())
     }
 
     /// Points the keydir at the records just written (`pending[i]` is the record of `ops[i]`)

@@ -18,6 +18,7 @@
 mod appender;
 pub(crate) mod batch;
 mod request;
+pub(crate) mod tail;
 mod writer;
 
 pub(crate) use appender::Appender;

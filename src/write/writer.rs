@@ -29,9 +29,16 @@ pub(crate) struct Writer {
     appender: Arc<Appender>,
     /// The writer's own handle of the active file (syncs and sealing go through io_uring).
     io: IoFile,
+    /// The active file's `O_DIRECT | O_DSYNC` handle under the direct-IO writer.
+    direct: Option<IoFile>,
+    /// The aligned buffer the direct-IO writer copies the tail into, reused.
+    wbuf: Vec<u8>,
     last_sync: Instant,
     lock: Option<Arc<DirLock>>,
 }
+
+/// The direct-IO writer's buffer is dropped rather than kept when a group grew it past this.
+const KEEP_WBUF_BYTES: usize = 4 << 20;
 
 fn fault(opts: &Options) -> Option<&FaultInjector> {
     opts.fault_injector.as_deref()
@@ -58,7 +65,7 @@ impl Writer {
     ) -> Result<Writer> {
         let appender = Arc::new(Appender::new(&opts, keydir, shared.clone(), next_seq));
         let id = shared.allocate_file_id()?;
-        let (io, active) = Self::create_active(&dir, kind, &opts, id).await?;
+        let (io, direct, active) = Self::create_active(&dir, kind, &opts, id).await?;
         let mut w = Writer {
             dir,
             kind,
@@ -66,6 +73,8 @@ impl Writer {
             shared,
             appender,
             io,
+            direct,
+            wbuf: Vec::new(),
             last_sync: Instant::now(),
             lock: Some(lock),
         };
@@ -83,7 +92,7 @@ impl Writer {
         kind: IoBackendKind,
         opts: &Options,
         id: u32,
-    ) -> Result<(IoFile, ActiveFile)> {
+    ) -> Result<(IoFile, Option<IoFile>, ActiveFile)> {
         let path = data_path(dir, id);
         let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
         let file =
@@ -95,6 +104,20 @@ impl Writer {
         let fd = file.clone_std()?;
         file.sync_all().await.map_err(creating)?;
         fs::sync_dir(fault(opts), dir).map_err(creating)?;
+        let direct = if opts.direct_writes() {
+            match IoFile::open_direct_write(kind, &path, opts.fault_injector.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        "O_DIRECT refused ({e}); writing this datafile buffered"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tracing::debug!(file = %path.display(), "started a new active datafile");
         let hint =
             HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
@@ -106,14 +129,21 @@ impl Writer {
             allocated: FILE_HEADER_LEN as u64,
             writeback_from: FILE_HEADER_LEN as u64,
             hint,
+            direct: direct.is_some(),
         };
-        Ok((file, active))
+        Ok((file, direct, active))
     }
 
     /// Makes `active` the file appends go to, appending `req` first thing (see
     /// [`Appender::install`]).
     fn install(&mut self, active: ActiveFile, req: Option<ReqRef<'_>>) -> Result<Option<Appended>> {
         let id = active.id;
+        if active.direct {
+            // The header is on disk already; the first group's write rewrites its block.
+            let mut header = Vec::with_capacity(FILE_HEADER_LEN);
+            format::encode_file_header(&mut header, FileKind::Data, id);
+            self.appender.tail.start(id, &header);
+        }
         self.shared.active_file_id.store(id, Ordering::Relaxed);
         self.shared
             .with_usage(|u| Shared::usage_entry(u, id).total_bytes = active.len);
@@ -177,16 +207,22 @@ impl Writer {
         }
     }
 
-    /// `fdatasync` of the active file if anything was appended since the last one.
+    /// `fdatasync` of the active file (the direct-IO writer: its group write) if anything was
+    /// appended since the last one.
     async fn sync_active(&mut self) -> Result<()> {
         self.last_sync = Instant::now();
         if let Some(p) = self.appender.poisoned() {
             return Err(Error::Poisoned(p));
         }
-        let a = &self.appender;
+        let a = self.appender.clone();
         let upto = a.appended_seq.load(Ordering::Acquire);
         if a.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.io.sync_data_now() {
+            let res = if self.direct.is_some() {
+                self.flush_tail().await
+            } else {
+                self.io.sync_data_now()
+            };
+            if let Err(e) = res {
                 let id = self.shared.active_file_id.load(Ordering::Relaxed);
                 let file = data_path(&self.dir, id);
                 let e = io::context(e, format!("syncing {}", file.display()));
@@ -196,6 +232,28 @@ impl Writer {
             self.shared.syncs.add(1);
         }
         a.synced_seq.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The direct-IO writer's group write: the tail's unwritten blocks, as one
+    /// `O_DIRECT | O_DSYNC` write through the ring (see [`crate::write::tail`]). Covers every
+    /// record appended before it copied the tail.
+    async fn flush_tail(&mut self) -> std::io::Result<()> {
+        let Some(file) = &self.direct else {
+            return Ok(());
+        };
+        let mut buf = std::mem::take(&mut self.wbuf);
+        let Some((at, span, done)) = self.appender.tail.copy_out(&mut buf) else {
+            self.wbuf = buf;
+            return Ok(());
+        };
+        let (res, mut buf) = file.write_direct(buf, at, span, done.base).await;
+        if buf.capacity() > KEEP_WBUF_BYTES {
+            buf = Vec::new();
+        }
+        self.wbuf = buf;
+        res?;
+        self.appender.tail.written(done);
         Ok(())
     }
 
@@ -263,8 +321,9 @@ impl Writer {
             return Ok(done != Appended::Refused);
         }
         let res = async {
-            let (io, active) = self.rotate().await?;
+            let (io, direct, active) = self.rotate().await?;
             self.io = io;
+            self.direct = direct;
             Ok::<_, std::io::Error>(active)
         }
         .await;
@@ -285,7 +344,7 @@ impl Writer {
 
     /// Seals the active file (sync, trim, hint) and creates the next one, which the caller
     /// installs.
-    async fn rotate(&mut self) -> std::io::Result<(IoFile, ActiveFile)> {
+    async fn rotate(&mut self) -> std::io::Result<(IoFile, Option<IoFile>, ActiveFile)> {
         let Some(old) = self.appender.lock().active.take() else {
             return Err(std::io::Error::other("no active datafile to rotate"));
         };
@@ -310,8 +369,12 @@ impl Writer {
     /// is only logged: recovery scans a datafile that has none.
     async fn seal(&mut self, mut a: ActiveFile) -> std::io::Result<()> {
         let upto = self.appender.appended_seq.load(Ordering::Acquire);
+        self.flush_tail().await?;
         io::set_len(fault(&self.opts), &a.fd, a.len)?;
         self.io.sync_all().await?;
+        // Every byte is on disk: reads of this file go there now.
+        self.direct = None;
+        self.appender.tail.clear();
         // No append can land meanwhile: the file is out of the append path.
         self.appender.dirty.store(false, Ordering::Release);
         self.appender.synced_seq.fetch_max(upto, Ordering::AcqRel);
@@ -368,6 +431,8 @@ impl Writer {
             let path = data_path(&self.dir, a.id);
             fs::remove_file(fault(&self.opts), &path)?;
             fs::sync_dir(fault(&self.opts), &self.dir)?;
+            self.direct = None;
+            self.appender.tail.clear();
             let id = a.id;
             self.shared.with_usage(|u| u.remove(&id));
             return Ok(());
