@@ -98,8 +98,9 @@ impl IoFile {
     /// Writes `buf[at..at + span]` (aligned: `at` to an address multiple of [`DIRECT_ALIGN`],
     /// `span` and `offset` multiples of it) at `offset` of a file opened with
     /// [`IoFile::open_direct_write`], and returns the buffer. Through the fault seam this is a
-    /// write and a sync of those bytes; the write at a crash point writes its leading whole
-    /// blocks (half of them) and fails.
+    /// write and a sync of those bytes. With [`FaultInjector::tear_writes`] the write at the
+    /// crash point is made but fails unsynced: the write in flight when the power goes, which a
+    /// power cut then tears to a random subset of its sectors.
     pub(crate) async fn write_direct(
         &self,
         buf: Vec<u8>,
@@ -114,14 +115,9 @@ impl IoFile {
                 Err(e) => return (Err(e), buf),
             }
         }
-        let n = if torn {
-            (span / 2) / DIRECT_ALIGN as usize * DIRECT_ALIGN as usize
-        } else {
-            span
-        };
-        let (res, buf) = self.write_aligned(buf, at, n, offset).await;
+        let (res, buf) = self.write_aligned(buf, at, span, offset).await;
         if res.is_ok() {
-            self.note(|fi, f| fi.note_write(f, offset, &buf[at..at + n]));
+            self.note(|fi, f| fi.note_write(f, offset, &buf[at..at + span]));
             if !torn {
                 self.note(|fi, f| fi.note_sync(f));
             }

@@ -17,6 +17,7 @@
 
 mod appender;
 pub(crate) mod batch;
+mod direct;
 mod request;
 pub(crate) mod tail;
 mod writer;

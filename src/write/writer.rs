@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::appender::{clone_io_err, ActiveFile, Appender};
+use super::direct::DirectFile;
 use super::request::{fan_out, Appended, ReqRef, Request, SyncResult, WriteMsg};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
@@ -29,16 +30,11 @@ pub(crate) struct Writer {
     appender: Arc<Appender>,
     /// The writer's own handle of the active file (syncs and sealing go through io_uring).
     io: IoFile,
-    /// The active file's `O_DIRECT | O_DSYNC` handle under the direct-IO writer.
-    direct: Option<IoFile>,
-    /// The aligned buffer the direct-IO writer copies the tail into, reused.
-    wbuf: Vec<u8>,
+    /// The active file's direct-IO writer, if it has one.
+    direct: Option<DirectFile>,
     last_sync: Instant,
     lock: Option<Arc<DirLock>>,
 }
-
-/// The direct-IO writer's buffer is dropped rather than kept when a group grew it past this.
-const KEEP_WBUF_BYTES: usize = 4 << 20;
 
 fn fault(opts: &Options) -> Option<&FaultInjector> {
     opts.fault_injector.as_deref()
@@ -74,7 +70,6 @@ impl Writer {
             appender,
             io,
             direct,
-            wbuf: Vec::new(),
             last_sync: Instant::now(),
             lock: Some(lock),
         };
@@ -92,7 +87,7 @@ impl Writer {
         kind: IoBackendKind,
         opts: &Options,
         id: u32,
-    ) -> Result<(IoFile, Option<IoFile>, ActiveFile)> {
+    ) -> Result<(IoFile, Option<DirectFile>, ActiveFile)> {
         let path = data_path(dir, id);
         let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
         let file =
@@ -106,7 +101,7 @@ impl Writer {
         fs::sync_dir(fault(opts), dir).map_err(creating)?;
         let direct = if opts.direct_writes() {
             match IoFile::open_direct_write(kind, &path, opts.fault_injector.clone()) {
-                Ok(f) => Some(f),
+                Ok(f) => Some(DirectFile::new(f, opts.max_file_bytes)),
                 Err(e) => {
                     tracing::info!(
                         file = %path.display(),
@@ -235,26 +230,12 @@ impl Writer {
         Ok(())
     }
 
-    /// The direct-IO writer's group write: the tail's unwritten blocks, as one
-    /// `O_DIRECT | O_DSYNC` write through the ring (see [`crate::write::tail`]). Covers every
-    /// record appended before it copied the tail.
+    /// The direct-IO writer's group write (see [`DirectFile::flush`]).
     async fn flush_tail(&mut self) -> std::io::Result<()> {
-        let Some(file) = &self.direct else {
-            return Ok(());
-        };
-        let mut buf = std::mem::take(&mut self.wbuf);
-        let Some((at, span, done)) = self.appender.tail.copy_out(&mut buf) else {
-            self.wbuf = buf;
-            return Ok(());
-        };
-        let (res, mut buf) = file.write_direct(buf, at, span, done.base).await;
-        if buf.capacity() > KEEP_WBUF_BYTES {
-            buf = Vec::new();
+        match &mut self.direct {
+            Some(d) => d.flush(&self.appender.tail).await,
+            None => Ok(()),
         }
-        self.wbuf = buf;
-        res?;
-        self.appender.tail.written(done);
-        Ok(())
     }
 
     /// Serves one group of requests. Returns the reply of a `Close` found in the group.
@@ -344,7 +325,7 @@ impl Writer {
 
     /// Seals the active file (sync, trim, hint) and creates the next one, which the caller
     /// installs.
-    async fn rotate(&mut self) -> std::io::Result<(IoFile, Option<IoFile>, ActiveFile)> {
+    async fn rotate(&mut self) -> std::io::Result<(IoFile, Option<DirectFile>, ActiveFile)> {
         let Some(old) = self.appender.lock().active.take() else {
             return Err(std::io::Error::other("no active datafile to rotate"));
         };
@@ -370,6 +351,10 @@ impl Writer {
     async fn seal(&mut self, mut a: ActiveFile) -> std::io::Result<()> {
         let upto = self.appender.appended_seq.load(Ordering::Acquire);
         self.flush_tail().await?;
+        if let Some(d) = &mut self.direct {
+            // A zero write landing after the trim would extend the file again.
+            d.finish_zeroing().await;
+        }
         io::set_len(fault(&self.opts), &a.fd, a.len)?;
         self.io.sync_all().await?;
         // Every byte is on disk: reads of this file go there now.
@@ -428,6 +413,9 @@ impl Writer {
     async fn close_active(&mut self, a: ActiveFile) -> std::io::Result<()> {
         if a.hint.count() == 0 {
             // Nothing was written: do not leave an empty file behind.
+            if let Some(d) = &mut self.direct {
+                d.finish_zeroing().await;
+            }
             let path = data_path(&self.dir, a.id);
             fs::remove_file(fault(&self.opts), &path)?;
             fs::sync_dir(fault(&self.opts), &self.dir)?;
