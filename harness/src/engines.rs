@@ -9,6 +9,9 @@
 //! - **ringcask-cache**: the same with `Options::value_cache_bytes(64 MiB)` (or
 //!   `RINGCASK_BENCH_CACHE_MIB`), an in-process cache of recently read values (peers cache too,
 //!   with their defaults: redb and sled 1 GiB, fjall a block cache).
+//! - **ringcask-direct**: `Options::io_mode(IoMode::Direct)` with that mode's defaults (a 64 MiB
+//!   value cache filled by writes and reads; sealed files read with `O_DIRECT`; durable mode
+//!   writes through the direct-IO writer: `O_DIRECT | O_DSYNC` group writes on the ring).
 //! - **raw**: the zero-overhead Bitcask floor: one `pwrite` at the end of a file preallocated
 //!   ahead (durable: plus one `fdatasync`), index in a `Mutex<HashMap>`; a get is one lookup
 //!   plus one `pread`. No CRC, no header, no recovery.
@@ -43,7 +46,7 @@ pub trait Engine: Send + Sync {
 
 /// Engines compiled into this build.
 pub fn available() -> Vec<&'static str> {
-    let mut v = vec!["ringcask", "ringcask-cache", "raw"];
+    let mut v = vec!["ringcask", "ringcask-cache", "ringcask-direct", "raw"];
     if cfg!(feature = "redb") {
         v.push("redb");
     }
@@ -71,8 +74,9 @@ pub fn cache_mib() -> u64 {
 pub fn open(name: &str, dir: &Path, durable: bool) -> Box<dyn Engine> {
     std::fs::create_dir_all(dir).expect("engine dir");
     match name {
-        "ringcask" => Box::new(Ringcask::open(dir, durable, 0)),
-        "ringcask-cache" => Box::new(Ringcask::open(dir, durable, cache_mib() << 20)),
+        "ringcask" => Box::new(Ringcask::open(dir, durable, Some(0), false)),
+        "ringcask-cache" => Box::new(Ringcask::open(dir, durable, Some(cache_mib() << 20), false)),
+        "ringcask-direct" => Box::new(Ringcask::open(dir, durable, None, true)),
         "raw" => Box::new(Raw::open(dir, durable)),
         #[cfg(feature = "redb")]
         "redb" => Box::new(peers::Redb::open(dir, durable)),
@@ -93,16 +97,20 @@ struct Ringcask {
 }
 
 impl Ringcask {
-    fn open(dir: &Path, durable: bool, value_cache_bytes: u64) -> Self {
+    /// `value_cache_bytes`: `None` keeps the io mode's default.
+    fn open(dir: &Path, durable: bool, value_cache_bytes: Option<u64>, direct: bool) -> Self {
         let sync = if durable {
             ringcask::SyncPolicy::Always
         } else {
             ringcask::SyncPolicy::Never
         };
-        let opts = ringcask::Options::default()
-            .sync(sync)
-            .read_threads(2)
-            .value_cache_bytes(value_cache_bytes);
+        let mut opts = ringcask::Options::default().sync(sync).read_threads(2);
+        if let Some(bytes) = value_cache_bytes {
+            opts = opts.value_cache_bytes(bytes);
+        }
+        if direct {
+            opts = opts.io_mode(ringcask::IoMode::Direct);
+        }
         let db = futures::executor::block_on(ringcask::Db::open(dir, opts)).expect("open");
         Ringcask { db }
     }

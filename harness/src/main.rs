@@ -189,8 +189,9 @@ fn main() {
     let doc = format!(
         "# ringcask compare harness\n\n{machine}\n\nEach engine ran in its own process; \
          ratios compare engines within this one run. {repeats} `vs best peer` is ringcask (or \
-         ringcask-cache: the same with a 64 MiB value cache) divided by the best of the other \
-         engines (`raw` excluded); for seconds, bytes and RSS lower is better \
+         ringcask-cache: the same with a 64 MiB value cache; ringcask-direct: `IoMode::Direct`, \
+         its 64 MiB value cache and, when durable, the direct-IO writer) divided by the best of \
+         the other engines (`raw` excluded); for seconds, bytes and RSS lower is better \
          and the ratio is best peer / ringcask (above 1 means ringcask is better).\n\n{tables}"
     );
     let md = args.out.join("compare.md");
