@@ -7,6 +7,7 @@
 //!     [--readers N (read threads)] [--io-mode buffered|direct] [--cache BYTES]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
 //!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
+//!     [--backend uring|pread]
 //!
 //! `--cache` sets `Options::value_cache_bytes` (default: the io mode's, 64 MiB when direct).
 //! ```
@@ -47,6 +48,8 @@ struct Args {
     direct: bool,
     /// `Options::value_cache_bytes`, when given (else the io mode's default).
     cache: Option<u64>,
+    /// `Options::io_backend(IoBackend::Pread)`: the io threads make plain system calls.
+    pread: bool,
 }
 
 fn parse() -> Args {
@@ -63,6 +66,7 @@ fn parse() -> Args {
         readers: None,
         direct: false,
         cache: None,
+        pread: false,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -71,6 +75,7 @@ fn parse() -> Args {
             "--secs" => a.secs = v.parse().unwrap_or_else(|_| usage()),
             "--value" => a.value = v.parse().unwrap_or_else(|_| usage()),
             "--io-mode" => a.direct = v == "direct",
+            "--backend" => a.pread = v == "pread",
             "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--dir" => a.dir = Some(PathBuf::from(v)),
@@ -96,6 +101,9 @@ impl Args {
         if let Some(c) = self.cache {
             opts = opts.value_cache_bytes(c);
         }
+        if self.pread {
+            opts = opts.io_backend(ringcask::IoBackend::Pread);
+        }
         opts
     }
 }
@@ -104,7 +112,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
          [--inline true|false] [--readers N] [--io-mode buffered|direct] [--cache BYTES]\n       \
-         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES]"
+         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
     );
     std::process::exit(2)
 }
