@@ -108,13 +108,10 @@ impl IoFile {
         span: usize,
         offset: u64,
     ) -> (io::Result<()>, Vec<u8>) {
-        let mut torn = false;
-        if let Some(f) = self.fault.as_deref() {
-            match f.check(true) {
-                Ok(t) => torn = t,
-                Err(e) => return (Err(e), buf),
-            }
-        }
+        let torn = match self.write_point() {
+            Ok(t) => t,
+            Err(e) => return (Err(e), buf),
+        };
         let (res, buf) = self.write_aligned(buf, at, span, offset).await;
         if res.is_ok() {
             self.note(|fi, f| fi.note_write(f, offset, &buf[at..at + span]));
@@ -286,19 +283,24 @@ impl IoFile {
         }
     }
 
+    /// Counts a write at the fault seam: `Ok(true)` when it must be torn.
+    fn write_point(&self) -> io::Result<bool> {
+        match self.fault.as_deref() {
+            Some(f) => f.check(true),
+            None => Ok(false),
+        }
+    }
+
     /// Writes all of `buf` at `offset`, returning the buffer for reuse.
     pub(crate) async fn write_all_at(
         &self,
         buf: Vec<u8>,
         offset: u64,
     ) -> (io::Result<()>, Vec<u8>) {
-        let mut torn = false;
-        if let Some(f) = self.fault.as_deref() {
-            match f.check(true) {
-                Ok(t) => torn = t,
-                Err(e) => return (Err(e), buf),
-            }
-        }
+        let torn = match self.write_point() {
+            Ok(t) => t,
+            Err(e) => return (Err(e), buf),
+        };
         if torn {
             let half = buf.len() / 2;
             let res = match &self.handle {
