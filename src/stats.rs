@@ -115,6 +115,9 @@ pub struct Stats {
     pub reads_io_thread: u64,
     /// Of those, reads made with `O_DIRECT` (see `IoMode::Direct`).
     pub reads_direct: u64,
+    /// Of the direct reads, those made into a buffer registered with the read thread's ring
+    /// (io_uring fixed buffers; none where registering failed, e.g. under `RLIMIT_MEMLOCK`).
+    pub reads_registered: u64,
     /// Reads served (wholly or partly) from the direct-IO writer's in-memory tail of the
     /// active file: records appended but not yet written (see `IoMode::Direct`).
     pub reads_tail: u64,
@@ -127,6 +130,9 @@ pub struct Stats {
     /// `fdatasync` calls on the active datafile; under the direct-IO writer, its group writes
     /// (each an `O_DIRECT | O_DSYNC` write: the write is the sync).
     pub syncs: u64,
+    /// Of the direct-IO writer's group writes, those made from a buffer registered with the
+    /// writer's ring (io_uring fixed buffers; groups up to 1 MiB, where registering succeeded).
+    pub writes_registered: u64,
     /// Bytes appended to datafiles since open.
     pub bytes_written: u64,
     /// Merges completed since open.

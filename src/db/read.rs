@@ -182,6 +182,9 @@ impl Inner {
                 if read.direct {
                     self.shared.reads_direct.add(1);
                 }
+                if read.registered {
+                    self.shared.reads_registered.add(1);
+                }
                 Ok(read.bytes)
             }
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {

@@ -7,6 +7,7 @@
 //! single-threaded runtime; [`pwrite_all`] and [`fallocate`] are plain system calls that the
 //! append path also makes on callers' threads.
 
+pub(crate) mod fixed;
 pub(crate) mod fs;
 pub(crate) mod lock;
 
@@ -14,6 +15,8 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+pub(crate) use fixed::{DirectBuf, Registered};
 
 use crate::fault::{fault_point, injected, read_point, FaultInjector};
 use crate::options::{IoBackend, IoBackendKind};
@@ -103,11 +106,11 @@ impl IoFile {
     /// power cut then tears to a random subset of its sectors.
     pub(crate) async fn write_direct(
         &self,
-        buf: Vec<u8>,
+        buf: DirectBuf,
         at: usize,
         span: usize,
         offset: u64,
-    ) -> (io::Result<()>, Vec<u8>) {
+    ) -> (io::Result<()>, DirectBuf) {
         let torn = match self.write_point() {
             Ok(t) => t,
             Err(e) => return (Err(e), buf),
@@ -125,27 +128,34 @@ impl IoFile {
         (res, buf)
     }
 
-    /// Writes `buf[at..at + n]` at `offset`, resubmitting the rest after a short write.
+    /// Writes `buf[at..at + n]` at `offset`, resubmitting the rest after a short write; a
+    /// registered buffer as a fixed-buffer write.
     async fn write_aligned(
         &self,
-        mut buf: Vec<u8>,
+        mut buf: DirectBuf,
         at: usize,
         n: usize,
         offset: u64,
-    ) -> (io::Result<()>, Vec<u8>) {
+    ) -> (io::Result<()>, DirectBuf) {
         use tokio_uring::buf::BoundedBuf;
         let mut done = 0usize;
         while done < n {
-            let res = match &self.handle {
-                Handle::Uring(f) => {
-                    let (res, slice) = f
-                        .write_at(buf.slice(at + done..at + n), offset + done as u64)
-                        .submit()
-                        .await;
-                    buf = slice.into_inner();
+            let (from, to, pos) = (at + done, at + n, offset + done as u64);
+            let res = match (&self.handle, buf) {
+                (Handle::Uring(f), DirectBuf::Plain(v)) => {
+                    let (res, slice) = f.write_at(v.slice(from..to), pos).submit().await;
+                    buf = DirectBuf::Plain(slice.into_inner());
                     res
                 }
-                Handle::Pread(f) => f.write_at(&buf[at + done..at + n], offset + done as u64),
+                (Handle::Uring(f), DirectBuf::Fixed(b)) => {
+                    let (res, slice) = f.write_fixed_at(b.slice(from..to), pos).await;
+                    buf = DirectBuf::Fixed(slice.into_inner());
+                    res
+                }
+                (Handle::Pread(f), b) => {
+                    buf = b;
+                    f.write_at(&buf[from..to], pos)
+                }
             };
             match res {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
@@ -158,36 +168,54 @@ impl IoFile {
     }
 
     /// Reads exactly `len` bytes at `offset` of a file opened with [`IoFile::open_direct`]: one
-    /// read of the aligned blocks that hold them, into an aligned stretch of a buffer, then the
-    /// bytes copied out. A short file is `UnexpectedEof`.
-    pub(crate) async fn read_direct(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    /// read of the aligned blocks that hold them, into a registered buffer of `regs` when one
+    /// is free and large enough (else an aligned stretch of an allocation), then the bytes
+    /// copied out. Returns them and whether a registered buffer was used. A short file is
+    /// `UnexpectedEof`.
+    pub(crate) async fn read_direct(
+        &self,
+        len: usize,
+        offset: u64,
+        regs: Option<&Registered>,
+    ) -> io::Result<(Vec<u8>, bool)> {
         use tokio_uring::buf::BoundedBuf;
         read_point(self.fault.as_deref())?;
         let first = offset / DIRECT_ALIGN * DIRECT_ALIGN;
         let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let span = (end - first) as usize;
-        let align = DIRECT_ALIGN as usize;
-        // The read goes to the stretch of `buf` that starts at an aligned address. Only the
-        // bytes before it are zeroed (the ring reads into capacity past `len`, and marks what
-        // it filled as initialised); the `pread` backend reads into an initialised slice.
-        let mut buf = Vec::<u8>::with_capacity(span + align);
-        let at = buf.as_ptr().align_offset(align);
-        match &self.handle {
-            Handle::Uring(_) => buf.resize(at, 0),
-            Handle::Pread(_) => buf.resize(at + span, 0),
-        }
+        let uring = matches!(self.handle, Handle::Uring(_));
+        let mut buf = match regs.filter(|_| uring).and_then(|r| r.take(span)) {
+            Some(b) => b,
+            None => {
+                // The read goes to the stretch that starts at an aligned address. Only the
+                // bytes before it are zeroed (the ring reads into capacity past `len`, and
+                // marks what it filled as initialised); `pread` reads into an initialised slice.
+                let mut v = Vec::<u8>::with_capacity(span + DIRECT_ALIGN as usize);
+                let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
+                v.resize(if uring { at } else { at + span }, 0);
+                DirectBuf::Plain(v)
+            }
+        };
+        let at = buf.aligned_at();
         let mut got = 0usize;
         let want = (offset - first) as usize + len;
         while got < want {
-            let n = match &self.handle {
-                Handle::Uring(f) => {
-                    let (res, slice) = f
-                        .read_at(buf.slice(at + got..at + span), first + got as u64)
-                        .await;
-                    buf = slice.into_inner();
+            let (from, to, pos) = (at + got, at + span, first + got as u64);
+            let n = match (&self.handle, buf) {
+                (Handle::Uring(f), DirectBuf::Plain(v)) => {
+                    let (res, slice) = f.read_at(v.slice(from..to), pos).await;
+                    buf = DirectBuf::Plain(slice.into_inner());
                     res?
                 }
-                Handle::Pread(f) => f.read_at(&mut buf[at + got..at + span], first + got as u64)?,
+                (Handle::Uring(f), DirectBuf::Fixed(b)) => {
+                    let (res, slice) = f.read_fixed_at(b.slice(from..to), pos).await;
+                    buf = DirectBuf::Fixed(slice.into_inner());
+                    res?
+                }
+                (Handle::Pread(f), b) => {
+                    buf = b;
+                    f.read_at(&mut buf[from..to], pos)?
+                }
             };
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -195,7 +223,7 @@ impl IoFile {
             got += n;
         }
         let from = at + (offset - first) as usize;
-        Ok(buf[from..from + len].to_vec())
+        Ok((buf[from..from + len].to_vec(), buf.is_fixed()))
     }
 
     /// Opens an existing file for reading, with the readahead advice for `access`.

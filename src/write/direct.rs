@@ -16,7 +16,7 @@ use std::rc::Rc;
 use tokio::task::JoinHandle;
 
 use super::tail::Tail;
-use crate::io::{IoFile, DIRECT_ALIGN};
+use crate::io::{DirectBuf, IoFile, Registered, DIRECT_ALIGN};
 
 /// Bytes of zeroes per write ahead of the tail.
 pub(crate) const ZERO_CHUNK: u64 = 1 << 20;
@@ -27,12 +27,28 @@ const ZERO_LOW_WATER: u64 = 1 << 20;
 /// The group write's buffer is dropped rather than kept when a group grew it past this.
 const KEEP_WBUF_BYTES: usize = 4 << 20;
 
-type ZeroTask = JoinHandle<(io::Result<()>, Vec<u8>)>;
+/// Group writes of up to this many bytes go from a buffer registered with the writer's ring
+/// (larger ones from a plain allocation): at 4 KiB a record, 256 records.
+pub(crate) const REGISTERED_GROUP_SPAN: usize = 1 << 20;
+
+/// The writer thread's registered buffers: one for group writes (the writer has one in flight
+/// at a time) and one of zeroes, for the zero writes ahead. Must run on the writer's ring.
+pub(crate) fn register_writer_buffers() -> Option<Rc<Registered>> {
+    Registered::register(&[
+        (1, REGISTERED_GROUP_SPAN),
+        (1, ZERO_CHUNK as usize + DIRECT_ALIGN as usize),
+    ])
+    .map(Rc::new)
+}
+
+type ZeroTask = JoinHandle<(io::Result<()>, DirectBuf)>;
 
 /// The active file as the direct-IO writer writes it.
 pub(crate) struct DirectFile {
     file: Rc<IoFile>,
-    /// The aligned buffer the tail is copied into, reused.
+    /// The writer thread's registered buffers (`None` where registering failed).
+    regs: Option<Rc<Registered>>,
+    /// The plain buffer the tail is copied into when no registered one fits, reused.
     wbuf: Vec<u8>,
     /// Every block below this offset has been written and synced (zeroes or records).
     written_end: u64,
@@ -40,16 +56,17 @@ pub(crate) struct DirectFile {
     zeroing: Option<(u64, ZeroTask)>,
     /// An aligned buffer of zeroes, [`ZERO_CHUNK`] long past its aligned start (moved into the
     /// zero write in flight and back).
-    zeroes: Option<Vec<u8>>,
+    zeroes: Option<DirectBuf>,
     /// No zeroes past this offset (the file's size limit); 0 after a zero write failed.
     zero_limit: u64,
 }
 
 impl DirectFile {
     /// The direct-IO writer of a file just created; zeroes up to `limit` at most.
-    pub(crate) fn new(file: IoFile, limit: u64) -> DirectFile {
+    pub(crate) fn new(file: IoFile, limit: u64, regs: Option<Rc<Registered>>) -> DirectFile {
         DirectFile {
             file: Rc::new(file),
+            regs,
             wbuf: Vec::new(),
             // The header's block, written and synced at creation.
             written_end: DIRECT_ALIGN,
@@ -61,12 +78,20 @@ impl DirectFile {
 
     /// Writes the tail's unwritten blocks as one write (see [`crate::write::tail`]): covers
     /// every record appended before it copied the tail. Then starts the next zero write if
-    /// the written space ahead runs low.
-    pub(crate) async fn flush(&mut self, tail: &Tail) -> io::Result<()> {
-        let mut buf = std::mem::take(&mut self.wbuf);
-        let Some((at, span, done)) = tail.copy_out(&mut buf) else {
-            self.wbuf = buf;
-            return Ok(());
+    /// the written space ahead runs low. Returns whether the write went from a registered
+    /// buffer (`false` also when there was nothing to write).
+    pub(crate) async fn flush(&mut self, tail: &Tail) -> io::Result<bool> {
+        let regs = self.regs.as_deref();
+        let wbuf = &mut self.wbuf;
+        let take = |span: usize| {
+            match regs.filter(|_| span <= REGISTERED_GROUP_SPAN) {
+                Some(r) => r.take(span),
+                None => None,
+            }
+            .unwrap_or_else(|| DirectBuf::plain(std::mem::take(wbuf), span))
+        };
+        let Some((buf, at, span, done)) = tail.copy_out(take) else {
+            return Ok(false);
         };
         let end = done.base + span as u64;
         if end > self.written_end {
@@ -74,16 +99,18 @@ impl DirectFile {
             // must land first, or into space never written.
             self.finish_zeroing().await;
         }
-        let (res, mut buf) = self.file.write_direct(buf, at, span, done.base).await;
-        if buf.capacity() > KEEP_WBUF_BYTES {
-            buf = Vec::new();
+        let (res, buf) = self.file.write_direct(buf, at, span, done.base).await;
+        let registered = buf.is_fixed();
+        if let DirectBuf::Plain(v) = buf {
+            if v.capacity() <= KEEP_WBUF_BYTES {
+                self.wbuf = v;
+            }
         }
-        self.wbuf = buf;
         res?;
         tail.written(done);
         self.written_end = self.written_end.max(end);
         self.zero_ahead(end);
-        Ok(())
+        Ok(registered)
     }
 
     /// Starts a zero write past `data_end` (the end of the last group write) when the written
@@ -97,12 +124,13 @@ impl DirectFile {
         if len == 0 {
             return;
         }
-        let align = DIRECT_ALIGN as usize;
-        let mut zeroes = self.zeroes.take().unwrap_or_default();
-        if zeroes.len() < ZERO_CHUNK as usize + align {
-            zeroes = vec![0u8; ZERO_CHUNK as usize + align];
-        }
-        let at = zeroes.as_ptr().align_offset(align);
+        let chunk = ZERO_CHUNK as usize;
+        let zeroes = self
+            .zeroes
+            .take()
+            .or_else(|| self.regs.as_deref()?.take(chunk + DIRECT_ALIGN as usize))
+            .unwrap_or_else(|| DirectBuf::plain(Vec::new(), chunk));
+        let at = zeroes.aligned_at();
         let file = self.file.clone();
         let task = tokio::task::spawn_local(async move {
             file.write_direct(zeroes, at, len as usize, start).await

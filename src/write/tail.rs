@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::io::DIRECT_ALIGN;
+use crate::io::{DirectBuf, DIRECT_ALIGN};
 
 /// `file_id` of a tail that holds no file.
 const NONE: u64 = u64::MAX;
@@ -110,26 +110,33 @@ impl Tail {
         Some((from, b.bytes.get(s..e).unwrap_or_default().to_vec()))
     }
 
-    /// Copies the unwritten blocks into `out`, at an offset of it aligned to [`DIRECT_ALIGN`],
-    /// the last block padded with zeros. Returns that offset, the span (whole blocks) and what
-    /// the write covers; `None` when the tail holds no file.
-    pub(crate) fn copy_out(&self, out: &mut Vec<u8>) -> Option<(usize, usize, Flush)> {
+    /// Copies the unwritten blocks into a buffer from `take`, at its aligned offset, the last
+    /// block padded with zeros. `take(span)` gets the span (whole blocks) and returns a buffer
+    /// with at least `span` bytes from its [`DirectBuf::aligned_at`] offset on. Returns the
+    /// buffer, that offset, the span and what the write covers; `None` when the tail holds no
+    /// file.
+    pub(crate) fn copy_out(
+        &self,
+        take: impl FnOnce(usize) -> DirectBuf,
+    ) -> Option<(DirectBuf, usize, usize, Flush)> {
         let b = self.read_lock();
         let file_id = b.file_id?;
-        let align = DIRECT_ALIGN as usize;
-        let span = b.bytes.len().div_ceil(align) * align;
-        out.clear();
-        out.reserve(span + align);
-        let at = out.as_ptr().align_offset(align);
-        out.resize(at, 0);
-        out.extend_from_slice(&b.bytes);
-        out.resize(at + span, 0);
+        let n = b.bytes.len();
+        let span = n.div_ceil(DIRECT_ALIGN as usize) * DIRECT_ALIGN as usize;
+        let mut buf = take(span);
+        if buf.len() < buf.aligned_at() + span {
+            buf = DirectBuf::plain(Vec::new(), span);
+        }
+        let at = buf.aligned_at();
+        let (head, pad) = buf[at..at + span].split_at_mut(n);
+        head.copy_from_slice(&b.bytes);
+        pad.fill(0);
         let flush = Flush {
             file_id,
             base: b.base,
-            end: b.base + b.bytes.len() as u64,
+            end: b.base + n as u64,
         };
-        Some((at, span, flush))
+        Some((buf, at, span, flush))
     }
 
     /// `done` is written: drops the blocks it covered whole.
@@ -161,13 +168,19 @@ mod tests {
         &out[at..at + span]
     }
 
+    /// A buffer as the writer takes one, dirty from an earlier group.
+    fn plain(span: usize) -> DirectBuf {
+        let mut b = DirectBuf::plain(Vec::new(), span);
+        b.fill(0xEE);
+        b
+    }
+
     #[test]
     fn a_write_drops_whole_blocks_and_keeps_the_partial_one() {
         let t = Tail::default();
         t.start(7, &[1u8; 20]);
         t.push(&[&[2u8; 5000], &[3u8; 100]]);
-        let mut out = Vec::new();
-        let (at, span, f) = t.copy_out(&mut out).expect("held");
+        let (out, at, span, f) = t.copy_out(plain).expect("held");
         assert_eq!((out.as_ptr() as usize + at) % 4096, 0);
         assert_eq!(span, 8192);
         assert_eq!(
@@ -196,11 +209,15 @@ mod tests {
         assert_eq!(t.read(8, 4096, 20), None, "another file");
         let (from, got) = t.read(7, 5125, 20).expect("past the end");
         assert_eq!((from, got.len()), (5125, 5));
-        let (at, span, f) = t.copy_out(&mut out).expect("held");
+        let (out, at, span, f) = t.copy_out(plain).expect("held");
         assert_eq!((span, f.base, f.end), (4096, 4096, 5130));
         assert_eq!(aligned(&out, at, span)[0], 2);
+        // A buffer too small for the span is replaced, not written short.
+        let (small, at2, span2, f2) = t.copy_out(|_| DirectBuf::Plain(Vec::new())).expect("held");
+        assert_eq!((span2, f2), (span, f));
+        assert_eq!(aligned(&small, at2, span2), aligned(&out, at, span));
         t.clear();
         assert!(!t.holds(7));
-        assert!(t.copy_out(&mut out).is_none());
+        assert!(t.copy_out(plain).is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! The writer thread: group commit of syncs, the interval sync, rotation, sealing and close.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,13 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::appender::{clone_io_err, ActiveFile, Appender};
-use super::direct::DirectFile;
+use super::direct::{register_writer_buffers, DirectFile};
 use super::request::{fan_out, Appended, ReqRef, Request, SyncResult, WriteMsg};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, FileKind, FILE_HEADER_LEN};
 use crate::io::lock::DirLock;
-use crate::io::{self, fs, IoFile};
+use crate::io::{self, fs, IoFile, Registered};
 use crate::keydir::KeyDir;
 use crate::layout::data_path;
 use crate::options::IoBackendKind;
@@ -32,6 +33,8 @@ pub(crate) struct Writer {
     io: IoFile,
     /// The active file's direct-IO writer, if it has one.
     direct: Option<DirectFile>,
+    /// Buffers registered with this thread's ring for the direct-IO writer.
+    regs: Option<Rc<Registered>>,
     last_sync: Instant,
     lock: Option<Arc<DirLock>>,
 }
@@ -61,7 +64,11 @@ impl Writer {
     ) -> Result<Writer> {
         let appender = Arc::new(Appender::new(&opts, keydir, shared.clone(), next_seq));
         let id = shared.allocate_file_id()?;
-        let (io, direct, active) = Self::create_active(&dir, kind, &opts, id).await?;
+        let regs = match kind {
+            IoBackendKind::IoUring if opts.direct_writes() => register_writer_buffers(),
+            _ => None,
+        };
+        let (io, direct, active) = Self::create_active(&dir, kind, &opts, id, &regs).await?;
         let mut w = Writer {
             dir,
             kind,
@@ -70,6 +77,7 @@ impl Writer {
             appender,
             io,
             direct,
+            regs,
             last_sync: Instant::now(),
             lock: Some(lock),
         };
@@ -87,6 +95,7 @@ impl Writer {
         kind: IoBackendKind,
         opts: &Options,
         id: u32,
+        regs: &Option<Rc<Registered>>,
     ) -> Result<(IoFile, Option<DirectFile>, ActiveFile)> {
         let path = data_path(dir, id);
         let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
@@ -101,7 +110,7 @@ impl Writer {
         fs::sync_dir(fault(opts), dir).map_err(creating)?;
         let direct = if opts.direct_writes() {
             match IoFile::open_direct_write(kind, &path, opts.fault_injector.clone()) {
-                Ok(f) => Some(DirectFile::new(f, opts.max_file_bytes)),
+                Ok(f) => Some(DirectFile::new(f, opts.max_file_bytes, regs.clone())),
                 Err(e) => {
                     tracing::info!(
                         file = %path.display(),
@@ -233,7 +242,12 @@ impl Writer {
     /// The direct-IO writer's group write (see [`DirectFile::flush`]).
     async fn flush_tail(&mut self) -> std::io::Result<()> {
         match &mut self.direct {
-            Some(d) => d.flush(&self.appender.tail).await,
+            Some(d) => {
+                if d.flush(&self.appender.tail).await? {
+                    self.shared.writes_registered.add(1);
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -339,7 +353,7 @@ impl Writer {
             }
         });
         let id = self.shared.allocate_file_id()?;
-        let created = Self::create_active(&self.dir, self.kind, &self.opts, id)
+        let created = Self::create_active(&self.dir, self.kind, &self.opts, id, &self.regs)
             .await
             .map_err(to_io)?;
         tracing::debug!(file_id = id, "rotated to a new datafile");
