@@ -8,7 +8,8 @@
 //!   page cache), `read_threads(2)`.
 //! - **ringcask-cache**: the same with `Options::value_cache_bytes(64 MiB)` (or
 //!   `RINGCASK_BENCH_CACHE_MIB`), an in-process cache of recently read values (peers cache too,
-//!   with their defaults: redb and sled 1 GiB, fjall a block cache).
+//!   with their defaults: redb and sled 1 GiB, fjall 32 MiB; `RINGCASK_BENCH_PEER_CACHE_MIB`
+//!   sets all three to that many MiB, for runs at equal cache budgets).
 //! - **ringcask-direct**: `Options::io_mode(IoMode::Direct)` with that mode's defaults (a 64 MiB
 //!   value cache filled by writes and reads; sealed files read with `O_DIRECT`; durable mode
 //!   writes through the direct-IO writer: `O_DIRECT | O_DSYNC` group writes on the ring).
@@ -68,6 +69,16 @@ pub fn cache_mib() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64)
+}
+
+/// Cache budget of the peers in bytes: `RINGCASK_BENCH_PEER_CACHE_MIB`, or `None` for their
+/// defaults.
+#[cfg(any(feature = "redb", feature = "fjall", feature = "sled"))]
+pub fn peer_cache_bytes() -> Option<u64> {
+    std::env::var("RINGCASK_BENCH_PEER_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|mib| mib << 20)
 }
 
 /// Opens `name` in `dir`; `durable` selects its durable configuration.
@@ -240,7 +251,11 @@ mod peers {
     #[cfg(feature = "redb")]
     impl Redb {
         pub fn open(dir: &Path, durable: bool) -> Self {
-            let db = redb::Database::create(dir.join("redb.db")).expect("redb");
+            let mut b = redb::Builder::new();
+            if let Some(bytes) = super::peer_cache_bytes() {
+                b.set_cache_size(bytes as usize);
+            }
+            let db = b.create(dir.join("redb.db")).expect("redb");
             let durability = if durable {
                 redb::Durability::Immediate
             } else {
@@ -299,7 +314,11 @@ mod peers {
     #[cfg(feature = "fjall")]
     impl Fjall {
         pub fn open(dir: &Path, durable: bool) -> Self {
-            let ks = fjall::Config::new(dir.join("fjall")).open().expect("fjall");
+            let mut config = fjall::Config::new(dir.join("fjall"));
+            if let Some(bytes) = super::peer_cache_bytes() {
+                config = config.cache_size(bytes);
+            }
+            let ks = config.open().expect("fjall");
             let part = ks
                 .open_partition("kv", fjall::PartitionCreateOptions::default())
                 .expect("partition");
@@ -348,7 +367,11 @@ mod peers {
     #[cfg(feature = "sled")]
     impl Sled {
         pub fn open(dir: &Path, durable: bool) -> Self {
-            let db = sled::open(dir.join("sled")).expect("sled");
+            let mut config = sled::Config::new().path(dir.join("sled"));
+            if let Some(bytes) = super::peer_cache_bytes() {
+                config = config.cache_capacity(bytes);
+            }
+            let db = config.open().expect("sled");
             Sled { db, durable }
         }
     }

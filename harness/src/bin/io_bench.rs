@@ -16,8 +16,11 @@
 //! concurrency C its datafiles are evicted from the page cache (`POSIX_FADV_DONTNEED`, no root
 //! needed) and C tasks on a two-worker tokio runtime `get` random keys, each key at most once
 //! per run, for `--secs` seconds or until an eighth of the keys were read (past that, pages that
-//! readahead brought in would serve a growing share). Prints ops/s, p50 and p99 per C, and how the reads were
-//! served (inline from the page cache or through an io thread).
+//! readahead brought in would serve a growing share). Prints ops/s, p50 and p99 per C, how the
+//! reads were served (inline from the page cache or through an io thread), and what the block
+//! device holding the store saw over the run (`/proc/diskstats`: reads/s, KiB per read, device
+//! time per read, average requests queued): gets in flight beyond the device's queue are
+//! waiting in the engine, not on the disk.
 //!
 //! `durable`: C tasks put `--value`-byte values under `SyncPolicy::Always` for `--secs`
 //! seconds into a fresh store; beside each C, two floors on the same disk in the same run:
@@ -249,8 +252,11 @@ fn cold(a: &Args) {
         "cold random gets of {VALUE} B values, {n} keys, {} s per run",
         a.secs
     );
-    println!("| C | ops/s | p50 µs | p99 µs | inline | io thread | O_DIRECT |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| C | ops/s | p50 µs | p99 µs | inline | io thread | O_DIRECT \
+         | dev reads/s | KiB/read | dev µs/read | dev queue |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut round = 0u64;
     for &c in &a.conc {
         evict(&dir);
@@ -260,6 +266,7 @@ fn cold(a: &Args) {
         // blocks in the host's cache (a virtual disk's backing file), not on the device.
         let seed = (round * 0x9E37_79B9) ^ run_salt();
         let db2 = db.clone();
+        let disk_before = disk(&dir);
         let (mut lat, secs) = closed_loop(&rt, c, a.secs, n / 8, move |i| {
             let db = db2.clone();
             async move {
@@ -271,8 +278,12 @@ fn cold(a: &Args) {
         });
         let after = db.stats();
         let ops = lat.0.len();
+        let device = match (disk_before, disk(&dir)) {
+            (Some(b), Some(e)) => e.since(&b, secs),
+            _ => "- | - | - | -".to_string(),
+        };
         println!(
-            "| {c} | {:.0} | {} | {} | {} | {} | {} |",
+            "| {c} | {:.0} | {} | {} | {} | {} | {} | {device} |",
             ops as f64 / secs,
             lat.quantile(0.5),
             lat.quantile(0.99),
@@ -282,6 +293,55 @@ fn cold(a: &Args) {
         );
     }
     rt.block_on(db.close()).expect("close");
+}
+
+/// Read counters of the block device holding a directory (`/proc/diskstats`).
+#[derive(Clone, Copy)]
+struct Disk {
+    reads: u64,
+    sectors: u64,
+    read_ms: u64,
+    /// Weighted time in queue (ms): its growth over a run divided by the run's length is the
+    /// average number of requests at the device.
+    queue_ms: u64,
+}
+
+impl Disk {
+    /// "reads/s | KiB per read | device µs per read | average queue" over `secs` since `b`.
+    fn since(&self, b: &Disk, secs: f64) -> String {
+        let reads = self.reads.saturating_sub(b.reads).max(1) as f64;
+        format!(
+            "{:.0} | {:.1} | {:.0} | {:.1}",
+            reads / secs,
+            self.sectors.saturating_sub(b.sectors) as f64 * 512.0 / 1024.0 / reads,
+            self.read_ms.saturating_sub(b.read_ms) as f64 * 1000.0 / reads,
+            self.queue_ms.saturating_sub(b.queue_ms) as f64 / 1000.0 / secs,
+        )
+    }
+}
+
+/// The counters of the device `dir` lives on; `None` where it has none in `/proc/diskstats`
+/// (an overlay or network file system).
+fn disk(dir: &Path) -> Option<Disk> {
+    let st = rustix::fs::stat(dir).ok()?;
+    let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let text = std::fs::read_to_string("/proc/diskstats").ok()?;
+    text.lines().find_map(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(u64::MAX))
+            .collect();
+        let n = |i: usize| f.get(i).copied();
+        if n(0)? != u64::from(major) || n(1)? != u64::from(minor) {
+            return None;
+        }
+        Some(Disk {
+            reads: n(3)?,
+            sectors: n(5)?,
+            read_ms: n(6)?,
+            queue_ms: n(13)?,
+        })
+    })
 }
 
 /// `c` writes of `value` bytes then one `fdatasync`, repeated for `secs`; writes per second.
