@@ -99,7 +99,7 @@ pub struct Options {
     pub(crate) max_file_bytes: u64,
     pub(crate) max_key_bytes: usize,
     pub(crate) max_value_bytes: usize,
-    pub(crate) read_threads: usize,
+    pub(crate) read_threads: Option<usize>,
     pub(crate) recovery_threads: usize,
     pub(crate) io_backend: IoBackend,
     pub(crate) skip_damaged_records: bool,
@@ -123,7 +123,7 @@ pub struct Options {
 
 impl Default for Options {
     /// `sync(SyncPolicy::Always)`, `max_file_bytes(256 MiB)`, `max_key_bytes(64 KiB)`,
-    /// `max_value_bytes(64 MiB)`, `read_threads(1)`, `recovery_threads(0)` (one per CPU, at most 4),
+    /// `max_value_bytes(64 MiB)`, `read_threads` 1 (2 under `IoMode::Direct`), `recovery_threads(0)` (one per CPU, at most 4),
     /// `io_backend(IoBackend::Auto)`,
     /// `skip_damaged_records(false)`, `preallocate_bytes(64 MiB)`, `write_queue_depth(4096)`,
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
@@ -136,7 +136,7 @@ impl Default for Options {
             max_file_bytes: 256 << 20,
             max_key_bytes: 64 << 10,
             max_value_bytes: 64 << 20,
-            read_threads: 1,
+            read_threads: None,
             recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
@@ -196,10 +196,22 @@ impl Options {
         self
     }
 
-    /// Number of io threads serving value reads (default 1, at most 64).
+    /// Number of io threads serving value reads (at most 64). Default: 1 with
+    /// [`IoMode::Buffered`], where most reads are served from the page cache on the caller's
+    /// thread; 2 with [`IoMode::Direct`], where every read of a sealed file goes to them
+    /// (measured on 2 CPUs: cold 4 KiB gets with 32 in flight ran 49k/s with two against 37k/s
+    /// with one, medians of 3).
     pub fn read_threads(mut self, n: usize) -> Self {
-        self.read_threads = n;
+        self.read_threads = Some(n);
         self
+    }
+
+    /// The number of read threads: as set, or the io mode's default.
+    pub(crate) fn read_thread_count(&self) -> usize {
+        self.read_threads.unwrap_or(match self.io_mode {
+            IoMode::Direct => 2,
+            IoMode::Buffered => 1,
+        })
     }
 
     /// Threads that rebuild the keydir at open (default 0: one per CPU, at most 4; at most 64).
@@ -374,8 +386,9 @@ impl Options {
                 self.max_value_bytes
             ));
         }
-        if self.read_threads == 0 || self.read_threads > 64 {
-            return bad(format!("read_threads {} outside 1..=64", self.read_threads));
+        let readers = self.read_thread_count();
+        if readers == 0 || readers > 64 {
+            return bad(format!("read_threads {readers} outside 1..=64"));
         }
         if self.recovery_threads > 64 {
             return bad(format!(
@@ -419,7 +432,15 @@ mod tests {
         assert_eq!(o.max_file_bytes, 256 << 20);
         assert_eq!(o.max_key_bytes, 64 << 10);
         assert_eq!(o.max_value_bytes, 64 << 20);
-        assert_eq!(o.read_threads, 1);
+        assert_eq!(o.read_thread_count(), 1);
+        assert_eq!(o.clone().io_mode(IoMode::Direct).read_thread_count(), 2);
+        assert_eq!(
+            o.clone()
+                .io_mode(IoMode::Direct)
+                .read_threads(1)
+                .read_thread_count(),
+            1
+        );
         assert_eq!(o.recovery_threads, 0);
         assert_eq!(o.io_backend, IoBackend::Auto);
         assert!(!o.skip_damaged_records);

@@ -340,8 +340,8 @@ impl Threads {
         opts: &Options,
         kind: IoBackendKind,
     ) -> Result<Vec<mpsc::Sender<ReaderMsg>>> {
-        let mut readers = Vec::with_capacity(opts.read_threads);
-        for i in 0..opts.read_threads {
+        let mut readers = Vec::with_capacity(opts.read_thread_count());
+        for i in 0..opts.read_thread_count() {
             let (tx, rx) = mpsc::channel(opts.write_queue_depth);
             self.0.push(reader::spawn(
                 i,

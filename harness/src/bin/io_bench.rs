@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p ringcask-bench --bin io_bench -- cold [--gib 2] [--conc 1,8,32,128]
 //!     [--secs 4] [--dir DIR (kept: a later run reuses the store)] [--inline true|false]
+//!     [--warm true|false]
 //!     [--readers N (read threads)] [--io-mode buffered|direct] [--cache BYTES]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
 //!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
@@ -21,6 +22,11 @@
 //! device holding the store saw over the run (`/proc/diskstats`: reads/s, KiB per read, device
 //! time per read, average requests queued): gets in flight beyond the device's queue are
 //! waiting in the engine, not on the disk.
+//!
+//! `--warm true` reads the datafiles into the page cache before each run instead: with
+//! `--inline false` (buffered) every get is then the round trip to a read thread and a
+//! page-cache read, against `--inline true` where the caller's thread reads the page itself —
+//! the difference is what the hop to the read thread costs.
 //!
 //! `durable`: C tasks put `--value`-byte values under `SyncPolicy::Always` for `--secs`
 //! seconds into a fresh store; beside each C, two floors on the same disk in the same run:
@@ -53,6 +59,9 @@ struct Args {
     cache: Option<u64>,
     /// `Options::io_backend(IoBackend::Pread)`: the io threads make plain system calls.
     pread: bool,
+    /// `cold --warm true`: the datafiles are read into the page cache before each run instead
+    /// of evicted from it.
+    warm: bool,
 }
 
 fn parse() -> Args {
@@ -70,6 +79,7 @@ fn parse() -> Args {
         direct: false,
         cache: None,
         pread: false,
+        warm: false,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -80,6 +90,7 @@ fn parse() -> Args {
             "--io-mode" => a.direct = v == "direct",
             "--backend" => a.pread = v == "pread",
             "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
+            "--warm" => a.warm = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--dir" => a.dir = Some(PathBuf::from(v)),
             "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
@@ -114,7 +125,8 @@ impl Args {
 fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
-         [--inline true|false] [--readers N] [--io-mode buffered|direct] [--cache BYTES]\n       \
+         [--inline true|false] [--warm true|false] [--readers N] [--io-mode buffered|direct]\n                     \
+         [--cache BYTES]\n       \
          io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
     );
     std::process::exit(2)
@@ -214,6 +226,17 @@ fn evict(dir: &Path) {
     }
 }
 
+/// Reads every datafile in `dir` once, so that the page cache holds them.
+fn warm(dir: &Path) {
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "data") {
+            let mut f = std::fs::File::open(&p).expect("open datafile");
+            std::io::copy(&mut f, &mut std::io::sink()).expect("read datafile");
+        }
+    }
+}
+
 fn cold(a: &Args) {
     let tmp;
     let dir = match &a.dir {
@@ -249,7 +272,8 @@ fn cold(a: &Args) {
         println!("built in {:.1} s", started.elapsed().as_secs_f64());
     }
     println!(
-        "cold random gets of {VALUE} B values, {n} keys, {} s per run",
+        "{} random gets of {VALUE} B values, {n} keys, {} s per run",
+        if a.warm { "warm (page-cached)" } else { "cold" },
         a.secs
     );
     println!(
@@ -259,7 +283,11 @@ fn cold(a: &Args) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut round = 0u64;
     for &c in &a.conc {
-        evict(&dir);
+        if a.warm {
+            warm(&dir);
+        } else {
+            evict(&dir);
+        }
         let before = db.stats();
         round += 1;
         // A fresh order every process: a run that repeated the last run's keys would find their
