@@ -119,6 +119,7 @@ pub struct Options {
     pub(crate) value_cache_bytes: Option<u64>,
     pub(crate) hint_spill_bytes: usize,
     pub(crate) keydir_snapshot: bool,
+    pub(crate) caller_submits_reads: bool,
 }
 
 impl Default for Options {
@@ -137,6 +138,7 @@ impl Default for Options {
             max_key_bytes: 64 << 10,
             max_value_bytes: 64 << 20,
             read_threads: None,
+            caller_submits_reads: true,
             recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
@@ -203,6 +205,18 @@ impl Options {
     /// with one, medians of 3).
     pub fn read_threads(mut self, n: usize) -> Self {
         self.read_threads = Some(n);
+        self
+    }
+
+    /// Under [`IoMode::Direct`] on io_uring, whether a read the value cache misses is submitted
+    /// by the calling thread itself to a ring shared by all callers (`true`, the default), or
+    /// handed to a read thread that submits it to its own ring (`false`). Submitting on the
+    /// caller's thread saves a wake-up of the read thread per read; neither way does the
+    /// caller's thread wait on the disk (a reaper thread wakes the caller when the read
+    /// completes). Reads of files the file system will not open `O_DIRECT`, and every read
+    /// under [`IoMode::Buffered`], go to the read threads either way.
+    pub fn caller_submits_reads(mut self, yes: bool) -> Self {
+        self.caller_submits_reads = yes;
         self
     }
 

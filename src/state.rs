@@ -49,6 +49,7 @@ pub(crate) struct Shared {
     pub reads_io_thread: Counter,
     pub reads_direct: Counter,
     pub reads_registered: Counter,
+    pub reads_ring: Counter,
     pub reads_tail: Counter,
     pub reads_cached: Counter,
     pub appends: Counter,

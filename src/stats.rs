@@ -118,6 +118,10 @@ pub struct Stats {
     /// Of the direct reads, those made into a buffer registered with the read thread's ring
     /// (io_uring fixed buffers; none where registering failed, e.g. under `RLIMIT_MEMLOCK`).
     pub reads_registered: u64,
+    /// Direct reads the caller's thread submitted to the ring shared by all callers (see
+    /// `Options::caller_submits_reads`), rather than handing them to a read thread. All are
+    /// direct reads, counted in `reads_direct` too.
+    pub reads_ring: u64,
     /// Reads served (wholly or partly) from the direct-IO writer's in-memory tail of the
     /// active file: records appended but not yet written (see `IoMode::Direct`).
     pub reads_tail: u64,

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use common::{backends, data_files, run, small_opts};
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, Error, IoMode, SyncPolicy};
+use ringcask::{Db, Error, IoBackend, IoMode, SyncPolicy};
 
 /// Whether the file system holding `dir` accepts `O_DIRECT` opens.
 fn supports_direct(dir: &Path) -> bool {
@@ -46,7 +46,7 @@ async fn check_all(db: &Db, n: u32) {
 
 #[test]
 fn direct_reads_return_every_value_across_rotation_reopen_and_merge() {
-    for backend in backends() {
+    for (backend, ring) in backends().into_iter().flat_map(|b| [(b, true), (b, false)]) {
         let tmp = tempfile::tempdir().expect("tmp");
         let direct_ok = supports_direct(tmp.path());
         let opts = || {
@@ -54,9 +54,13 @@ fn direct_reads_return_every_value_across_rotation_reopen_and_merge() {
                 .max_file_bytes(64 * 1024)
                 .io_backend(backend)
                 .io_mode(IoMode::Direct)
+                .caller_submits_reads(ring)
                 // Without the default value cache: these reads must reach the files.
                 .value_cache_bytes(0)
         };
+        // The caller submits its direct reads to the shared ring where it can; a read thread
+        // reads them otherwise (no ring, or a file system that refuses `O_DIRECT`).
+        let via_ring = ring && direct_ok && backend != IoBackend::Pread;
         let n = 120u32;
         run(async {
             let db = Db::open(tmp.path(), opts()).await.expect("open");
@@ -66,10 +70,16 @@ fn direct_reads_return_every_value_across_rotation_reopen_and_merge() {
             assert!(data_files(tmp.path()).len() > 3, "the store rotated");
             check_all(&db, n).await;
             let s = db.stats();
-            assert!(
-                s.reads_io_thread > 0,
-                "{backend:?}: sealed reads went to the read thread"
-            );
+            if via_ring {
+                assert!(s.reads_ring > 0, "{backend:?}: {s:?}");
+                assert_eq!(s.reads_io_thread, 0, "{backend:?}: {s:?}");
+            } else {
+                assert_eq!(s.reads_ring, 0, "{backend:?} ring {ring}: {s:?}");
+                assert!(
+                    s.reads_io_thread > 0,
+                    "{backend:?}: sealed reads went to the read thread"
+                );
+            }
             if direct_ok {
                 assert!(s.reads_direct > 0, "{backend:?}: {s:?}");
             } else {
@@ -90,6 +100,11 @@ fn direct_reads_return_every_value_across_rotation_reopen_and_merge() {
             if direct_ok {
                 assert!(db.stats().reads_direct > 0, "{backend:?} after reopen");
             }
+            assert_eq!(
+                db.stats().reads_ring > 0,
+                via_ring,
+                "{backend:?} after reopen"
+            );
             db.close().await.expect("close");
         });
     }
@@ -146,7 +161,10 @@ fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
     let n = 90u32;
     let reads = |db: &Db| {
         let s = db.stats();
-        (s.reads_inline + s.reads_io_thread, s.reads_cached)
+        (
+            s.reads_inline + s.reads_io_thread + s.reads_ring,
+            s.reads_cached,
+        )
     };
     run(async {
         // Direct, defaults: every value just written is served from the cache, no read at all
@@ -294,8 +312,8 @@ fn a_checkpoint_writes_the_direct_writers_tail_out_first() {
     run(db.close()).expect("close");
 }
 
-/// Direct reads and group writes through io_uring go from buffers registered with the io
-/// thread's ring (fixed buffers) when they fit — records up to 16 KiB of blocks, groups up to
+/// Direct reads through the read threads and group writes through io_uring go from buffers
+/// registered with the io thread's ring (fixed buffers) when they fit — records up to 16 KiB of blocks, groups up to
 /// 1 MiB — and from plain allocations when they do not; both give back every value exactly.
 /// Registering pins memory: this needs `CAP_IPC_LOCK` (root) or an `RLIMIT_MEMLOCK` of a few
 /// MiB per store.
@@ -312,6 +330,8 @@ fn registered_buffers_carry_small_direct_io_and_large_io_falls_back() {
             .max_file_bytes(8 << 20)
             .sync(SyncPolicy::Always)
             .io_mode(IoMode::Direct)
+            // Reads through the read threads, whose rings have the registered buffers.
+            .caller_submits_reads(false)
             .value_cache_bytes(0)
     };
     let small = |i: u32| vec![i as u8; 3000 + i as usize];

@@ -15,6 +15,7 @@ use crate::options::IoBackendKind;
 use crate::read::cache::ValueCache;
 use crate::read::filetable::FileTable;
 use crate::read::reader::ReaderMsg;
+use crate::read::ring::RingReads;
 use crate::state::Shared;
 use crate::stats::{Counter, FileStats, Stats};
 use crate::write::batch;
@@ -74,6 +75,8 @@ struct Inner {
     merge_tx: mpsc::Sender<MergeMsg>,
     readers: Vec<mpsc::Sender<ReaderMsg>>,
     next_reader: AtomicUsize,
+    /// Direct reads the caller submits itself (see [`Options::caller_submits_reads`]).
+    ring_reads: Option<Arc<RingReads>>,
     /// Reads at the io threads now (see `read::regime`).
     reads_in_flight: AtomicUsize,
     closed: AtomicBool,
@@ -115,6 +118,7 @@ impl Db {
         let mut threads = Threads(vec![writer], shared.clone());
         let readers = threads.spawn_readers(&dir, &opts, kind)?;
         let files = Arc::new(FileTable::new(dir.clone(), opts.fault_injector.clone()));
+        let ring_reads = RingReads::for_store(&dir, &opts, kind);
         let (merge_tx, merge_rx) = mpsc::channel(16);
         let merger = Merger {
             files: files.clone(),
@@ -124,6 +128,7 @@ impl Db {
             keydir: keydir.clone(),
             shared: shared.clone(),
             readers: readers.clone(),
+            ring_reads: ring_reads.clone(),
             writer: write_tx.clone(),
             broken: None,
         };
@@ -144,6 +149,7 @@ impl Db {
                 merge_tx,
                 readers,
                 next_reader: AtomicUsize::new(0),
+                ring_reads,
                 reads_in_flight: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 read_only: false,
@@ -492,6 +498,7 @@ impl Db {
             reads_io_thread: load(&s.reads_io_thread),
             reads_direct: load(&s.reads_direct),
             reads_registered: load(&s.reads_registered),
+            reads_ring: load(&s.reads_ring),
             reads_tail: load(&s.reads_tail),
             reads_cached: load(&s.reads_cached),
             value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
@@ -542,14 +549,6 @@ impl Db {
 }
 
 impl Inner {
-    /// Drops an expired entry from the keydir and counts its record as dead.
-    fn reclaim_expired(&self, key: &[u8], e: Entry) {
-        if self.keydir.remove_if_seq(key, e.seq).is_some() {
-            self.shared
-                .with_usage(|u| Shared::add_dead(u, e.file_id, u64::from(e.len)));
-        }
-    }
-
     /// Appends `req` on this thread when it can (see [`crate::write`]): `Ok(Some(..))` once
     /// appended (or refused, for a conditional request), `Ok(None)` when the writer thread must
     /// take it.

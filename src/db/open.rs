@@ -307,6 +307,7 @@ impl Db {
         let (write_tx, _) = mpsc::channel(1);
         let (merge_tx, _) = mpsc::channel(1);
         tracing::info!(dir = %dir.display(), keys = keydir.len(), "opened read-only");
+        let ring_reads = crate::read::ring::RingReads::for_store(&dir, &opts, kind);
         Ok(Db {
             inner: Arc::new(super::Inner {
                 cache: crate::read::cache::ValueCache::new(opts.value_cache_budget()),
@@ -322,6 +323,7 @@ impl Db {
                 merge_tx,
                 readers,
                 next_reader: std::sync::atomic::AtomicUsize::new(0),
+                ring_reads,
                 reads_in_flight: std::sync::atomic::AtomicUsize::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 read_only: true,

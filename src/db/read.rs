@@ -11,6 +11,7 @@ use crate::keydir::Entry;
 use crate::layout;
 use crate::read::reader::{ReadReq, ReaderMsg};
 use crate::read::regime;
+use crate::state::Shared;
 use crate::write::{Op, ReqRef};
 use crate::{Error, IoMode, Result};
 
@@ -31,6 +32,14 @@ impl Drop for InFlight<'_> {
 }
 
 impl Inner {
+    /// Drops an expired entry from the keydir and counts its record as dead.
+    pub(super) fn reclaim_expired(&self, key: &[u8], e: Entry) {
+        if self.keydir.remove_if_seq(key, e.seq).is_some() {
+            self.shared
+                .with_usage(|u| Shared::add_dead(u, e.file_id, u64::from(e.len)));
+        }
+    }
+
     /// Under [`crate::IoMode::Direct`] (whose reads bypass the page cache) the value cache is
     /// filled by writes too: the values `req` just appended, whose last record has seq `last`.
     /// Done after the append lock is released; a value whose key was overwritten meanwhile
@@ -133,14 +142,7 @@ impl Inner {
         len: usize,
         what: &str,
     ) -> Result<Vec<u8>> {
-        let file = || layout::data_path(&self.dir, file_id);
-        let failed = |err: std::io::Error| {
-            let what = format!(
-                "reading {len} bytes at offset {offset} of {}",
-                file().display()
-            );
-            Error::Io(crate::io::context(err, what))
-        };
+        let failed = |err| self.read_failed(err, file_id, offset, len, what);
         // Inline first unless this thread's recent attempts mostly missed: a miss starts the
         // disk read on this thread (see `read::regime`).
         // Direct mode reads sealed files around the page cache, and the active file too when
@@ -161,8 +163,20 @@ impl Inner {
                 return Ok(buf);
             }
         }
-        self.shared.reads_io_thread.add(1);
         let _in_flight = InFlight::new(&self.reads_in_flight);
+        if let Some(ring) = self.ring_reads.as_ref().filter(|_| direct) {
+            match ring.read(file_id, offset, len).await {
+                Ok(Some(buf)) => {
+                    self.shared.reads_ring.add(1);
+                    self.shared.reads_direct.add(1);
+                    return Ok(buf);
+                }
+                // The file system refuses `O_DIRECT` for this file: a read thread reads it.
+                Ok(None) => {}
+                Err(err) => return Err(self.read_failed(err, file_id, offset, len, what)),
+            }
+        }
+        self.shared.reads_io_thread.add(1);
         let n = self.readers.len();
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
         let (reply, rx) = oneshot::channel();
@@ -177,23 +191,42 @@ impl Inner {
             .send(ReaderMsg::Read(req))
             .await
             .map_err(|_| Error::Closed)?;
-        match rx.await.map_err(|_| Error::Closed)? {
-            Ok(read) => {
-                if read.direct {
-                    self.shared.reads_direct.add(1);
-                }
-                if read.registered {
-                    self.shared.reads_registered.add(1);
-                }
-                Ok(read.bytes)
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Corrupt {
-                file: file(),
+        let read = rx
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(|err| self.read_failed(err, file_id, offset, len, what))?;
+        if read.direct {
+            self.shared.reads_direct.add(1);
+        }
+        if read.registered {
+            self.shared.reads_registered.add(1);
+        }
+        Ok(read.bytes)
+    }
+
+    /// The error for a failed read of `len` bytes at `offset` of datafile `file_id`: a file
+    /// that ends before them is [`Error::Corrupt`] (`what` names what was expected there).
+    fn read_failed(
+        &self,
+        err: std::io::Error,
+        file_id: u32,
+        offset: u64,
+        len: usize,
+        what: &str,
+    ) -> Error {
+        let file = layout::data_path(&self.dir, file_id);
+        if err.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Error::Corrupt {
+                file,
                 offset,
                 reason: format!("datafile is shorter than the {what}"),
-            }),
-            Err(err) => Err(failed(err)),
+            };
         }
+        let what = format!(
+            "reading {len} bytes at offset {offset} of {}",
+            file.display()
+        );
+        Error::Io(crate::io::context(err, what))
     }
 
     /// Checks the record read for `e` (CRC, key, seq) and returns its value.

@@ -10,6 +10,7 @@
 pub(crate) mod fixed;
 pub(crate) mod fs;
 pub(crate) mod lock;
+pub(crate) mod ring;
 
 use std::fs::OpenOptions;
 use std::io;

@@ -40,6 +40,7 @@ use crate::layout::{data_path, hint_path, temp_path};
 use crate::options::IoBackendKind;
 use crate::read::filetable::FileTable;
 use crate::read::reader::ReaderMsg;
+use crate::read::ring::RingReads;
 use crate::state::Shared;
 use crate::stats::FileStats;
 use crate::write::{self, WriteMsg};
@@ -92,6 +93,8 @@ pub(crate) struct Merger {
     pub keydir: Arc<KeyDir>,
     pub shared: Arc<Shared>,
     pub readers: Vec<mpsc::Sender<ReaderMsg>>,
+    /// The `O_DIRECT` descriptors of callers' direct reads, if they read through the shared ring.
+    pub ring_reads: Option<Arc<RingReads>>,
     /// Read handles of the callers' fast path.
     pub files: Arc<FileTable>,
     /// The writer, asked for an `fdatasync` before the commit (see [`Merger::merge`]).
@@ -365,6 +368,9 @@ impl Merger {
     /// after every read thread has dropped its handles on them.
     pub(crate) async fn delete_inputs(&self, ids: &[u32]) -> std::io::Result<()> {
         self.files.retire(ids);
+        if let Some(r) = &self.ring_reads {
+            r.retire(ids);
+        }
         let mut acks = Vec::new();
         for r in &self.readers {
             let (ack, rx) = oneshot::channel();

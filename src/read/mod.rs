@@ -5,3 +5,4 @@ pub(crate) mod cache;
 pub(crate) mod filetable;
 pub(crate) mod reader;
 pub(crate) mod regime;
+pub(crate) mod ring;

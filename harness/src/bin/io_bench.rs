@@ -6,6 +6,7 @@
 //!     [--secs 4] [--dir DIR (kept: a later run reuses the store)] [--inline true|false]
 //!     [--warm true|false]
 //!     [--readers N (read threads)] [--io-mode buffered|direct] [--cache BYTES]
+//!     [--ring true|false (direct reads submitted by the caller to the shared ring)]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
 //!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
 //!     [--backend uring|pread]
@@ -53,6 +54,8 @@ struct Args {
     inline: bool,
     /// `Options::read_threads`, when given.
     readers: Option<usize>,
+    /// `Options::caller_submits_reads`.
+    ring: bool,
     /// `Options::io_mode(IoMode::Direct)`.
     direct: bool,
     /// `Options::value_cache_bytes`, when given (else the io mode's default).
@@ -76,6 +79,7 @@ fn parse() -> Args {
         value: VALUE,
         inline: true,
         readers: None,
+        ring: true,
         direct: false,
         cache: None,
         pread: false,
@@ -92,6 +96,7 @@ fn parse() -> Args {
             "--inline" => a.inline = v.parse().unwrap_or_else(|_| usage()),
             "--warm" => a.warm = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
+            "--ring" => a.ring = v.parse().unwrap_or_else(|_| usage()),
             "--dir" => a.dir = Some(PathBuf::from(v)),
             "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
             "--conc" => {
@@ -112,6 +117,7 @@ impl Args {
         if self.direct {
             opts = opts.io_mode(IoMode::Direct);
         }
+        opts = opts.caller_submits_reads(self.ring);
         if let Some(c) = self.cache {
             opts = opts.value_cache_bytes(c);
         }
@@ -126,7 +132,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
          [--inline true|false] [--warm true|false] [--readers N] [--io-mode buffered|direct]\n                     \
-         [--cache BYTES]\n       \
+         [--cache BYTES] [--ring true|false]\n       \
          io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
     );
     std::process::exit(2)
@@ -277,10 +283,10 @@ fn cold(a: &Args) {
         a.secs
     );
     println!(
-        "| C | ops/s | p50 µs | p99 µs | inline | io thread | O_DIRECT \
+        "| C | ops/s | p50 µs | p99 µs | inline | io thread | ring | O_DIRECT \
          | dev reads/s | KiB/read | dev µs/read | dev queue |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut round = 0u64;
     for &c in &a.conc {
         if a.warm {
@@ -311,12 +317,13 @@ fn cold(a: &Args) {
             _ => "- | - | - | -".to_string(),
         };
         println!(
-            "| {c} | {:.0} | {} | {} | {} | {} | {} | {device} |",
+            "| {c} | {:.0} | {} | {} | {} | {} | {} | {} | {device} |",
             ops as f64 / secs,
             lat.quantile(0.5),
             lat.quantile(0.99),
             after.reads_inline - before.reads_inline,
             after.reads_io_thread - before.reads_io_thread,
+            after.reads_ring - before.reads_ring,
             after.reads_direct - before.reads_direct,
         );
     }

@@ -1,0 +1,159 @@
+//! Direct reads submitted by the caller: under `IoMode::Direct` a `get` that misses the value
+//! cache reads its record's blocks with `O_DIRECT` through the shared ring ([`SharedRing`]),
+//! without a hop to a read thread.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::fault::{read_point, FaultInjector};
+use crate::io::ring::SharedRing;
+use crate::io::DIRECT_ALIGN;
+use crate::layout::data_path;
+use crate::options::{IoBackendKind, IoMode, Options};
+
+/// Reads in flight on the shared ring, from all callers together.
+const DEPTH: usize = 256;
+
+/// The shared ring and the `O_DIRECT` descriptors of the datafiles read through it.
+pub(crate) struct RingReads {
+    ring: SharedRing,
+    dir: PathBuf,
+    fault: Option<Arc<FaultInjector>>,
+    /// Datafile id → its `O_DIRECT` descriptor, or `None` where the file system refused
+    /// `O_DIRECT` (those reads go to a read thread, which reads them buffered). Replaced whole
+    /// when a file is first read or retired; a read only loads it.
+    files: ArcSwap<HashMap<u32, Option<Arc<File>>>>,
+}
+
+impl RingReads {
+    /// The shared ring for a store opened with `opts` on backend `kind`, when it reads through
+    /// one (`IoMode::Direct` on io_uring, `Options::caller_submits_reads`). If the ring cannot
+    /// be set up (the kernel's limits on rings or locked memory) reads go to the read threads.
+    pub(crate) fn for_store(
+        dir: &Path,
+        opts: &Options,
+        kind: IoBackendKind,
+    ) -> Option<Arc<RingReads>> {
+        if opts.io_mode != IoMode::Direct
+            || !opts.caller_submits_reads
+            || kind != IoBackendKind::IoUring
+        {
+            return None;
+        }
+        match RingReads::new(dir.to_path_buf(), opts.fault_injector.clone()) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot set up the shared read ring ({e}); reads go to the read threads"
+                );
+                None
+            }
+        }
+    }
+
+    /// The shared ring (and its reaper thread) for the store in `dir`.
+    pub(crate) fn new(dir: PathBuf, fault: Option<Arc<FaultInjector>>) -> io::Result<RingReads> {
+        Ok(RingReads {
+            ring: SharedRing::new(DEPTH, "ringcask-reap")?,
+            dir,
+            fault,
+            files: ArcSwap::from_pointee(HashMap::new()),
+        })
+    }
+
+    /// The `O_DIRECT` descriptor of datafile `id`, opened on first use (or the one a racing
+    /// caller opened); `None` if the file system refuses `O_DIRECT` for it.
+    fn file(&self, id: u32) -> io::Result<Option<Arc<File>>> {
+        if let Some(f) = self.files.load().get(&id) {
+            return Ok(f.clone());
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_path(&self.dir, id);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&path);
+        let f = match opened {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                tracing::debug!(
+                    "O_DIRECT refused for {} ({e}); reading it buffered",
+                    path.display()
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = f.clone();
+        self.files.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            out = m.entry(id).or_insert_with(|| f.clone()).clone();
+            m
+        });
+        Ok(out)
+    }
+
+    /// Exactly `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned
+    /// blocks that hold them (resubmitted for the rest after a short read), then the bytes
+    /// copied out. `None` if the file system refuses `O_DIRECT` for this file; a file that
+    /// ends before them is `UnexpectedEof`.
+    pub(crate) async fn read(
+        &self,
+        id: u32,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Option<Vec<u8>>> {
+        read_point(self.fault.as_deref())?;
+        let Some(file) = self.file(id)? else {
+            return Ok(None);
+        };
+        let align = DIRECT_ALIGN as usize;
+        let first = offset / DIRECT_ALIGN * DIRECT_ALIGN;
+        let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let span = (end - first) as usize;
+        let want = (offset - first) as usize + len;
+        let mut buf = vec![0u8; span + align];
+        let at = buf.as_ptr().align_offset(align);
+        let mut got = 0usize;
+        while got < want {
+            // Whole blocks from `got` on (a short read ends on a block boundary, or at the end
+            // of the file, where the next read returns 0).
+            let (res, b) = self
+                .ring
+                .read_at(file.clone(), buf, at + got, span - got, first + got as u64)
+                .await;
+            buf = b;
+            match res {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    got += n;
+                    // Short in the middle of a block: the file ends there.
+                    if got < want && !got.is_multiple_of(align) {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let from = at + (offset - first) as usize;
+        Ok(Some(buf[from..from + len].to_vec()))
+    }
+
+    /// Forgets the descriptors of files a merge is about to delete; reads in flight keep
+    /// theirs until they complete.
+    pub(crate) fn retire(&self, ids: &[u32]) {
+        self.files.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            for id in ids {
+                m.remove(id);
+            }
+            m
+        });
+    }
+}
