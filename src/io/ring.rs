@@ -37,6 +37,9 @@ enum Submit {
     Queued(io::Error),
 }
 
+/// `IORING_ENTER_GETEVENTS`: wait for completions.
+const ENTER_GETEVENTS: u32 = 1;
+
 /// `user_data` of the no-op that wakes the reaper to stop.
 const WAKE: u64 = u64::MAX;
 
@@ -206,20 +209,27 @@ impl Drop for SharedRing {
 impl Inner {
     /// Pushes `sqe` and enters the kernel with it.
     fn submit(&self, sqe: &squeue::Entry) -> Result<(), Submit> {
-        let _sq = lock(&self.sq);
+        let counted = sqe.get_user_data() != WAKE;
+        if counted {
+            // Before the push: the reaper may see the completion before this thread runs on.
+            self.in_kernel.fetch_add(1, Ordering::AcqRel);
+        }
         {
+            let _sq = lock(&self.sq);
             // SAFETY: `sq` serialises every use of the submission queue; the reaper never
             // touches it. What `sqe` points at is kept alive by its slot (a no-op points at
             // nothing).
             let mut q = unsafe { self.ring.submission_shared() };
             // SAFETY: as above; the entry's buffer and descriptor outlive the operation.
             if unsafe { q.push(sqe) }.is_err() {
+                if counted {
+                    self.in_kernel.fetch_sub(1, Ordering::AcqRel);
+                }
                 return Err(Submit::NotQueued);
             }
         }
-        if sqe.get_user_data() != WAKE {
-            self.in_kernel.fetch_add(1, Ordering::AcqRel);
-        }
+        // Entering the kernel outside the lock: each entry submits every entry queued by then
+        // (two callers entering side by side each submit what they find; none is lost).
         loop {
             match self.ring.submit() {
                 Ok(_) => return Ok(()),
@@ -249,9 +259,17 @@ impl Inner {
             if self.stop.load(Ordering::Acquire) && self.in_kernel.load(Ordering::Acquire) == 0 {
                 return;
             }
-            match self.ring.submit_and_wait(1) {
+            // SAFETY: no pointer is passed (a null argument of size 0): this only waits for at
+            // least one completion, and submits nothing (so it never contends with callers
+            // for the kernel's submission lock).
+            let waited = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<()>(0, 1, ENTER_GETEVENTS, None)
+            };
+            match waited {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(4) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!("the shared ring's reaper cannot wait: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(1));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -19,6 +19,10 @@ use crate::options::{IoBackendKind, IoMode, Options};
 /// Reads in flight on the shared ring, from all callers together.
 const DEPTH: usize = 256;
 
+/// Size of the buffers kept for reuse: the blocks of a record of a 4 KiB value wherever it
+/// lies, with room to spare, plus the alignment slack. Larger reads allocate their own.
+const POOLED: usize = (16 << 10) + DIRECT_ALIGN as usize;
+
 /// The shared ring and the `O_DIRECT` descriptors of the datafiles read through it.
 pub(crate) struct RingReads {
     ring: SharedRing,
@@ -28,6 +32,9 @@ pub(crate) struct RingReads {
     /// `O_DIRECT` (those reads go to a read thread, which reads them buffered). Replaced whole
     /// when a file is first read or retired; a read only loads it.
     files: ArcSwap<HashMap<u32, Option<Arc<File>>>>,
+    /// Buffers of [`POOLED`] bytes (initialised once) between reads, at most [`DEPTH`]: a read
+    /// neither allocates nor zeroes its buffer.
+    pool: Mutex<Vec<Vec<u8>>>,
 }
 
 impl RingReads {
@@ -63,6 +70,7 @@ impl RingReads {
             dir,
             fault,
             files: ArcSwap::from_pointee(HashMap::new()),
+            pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -117,7 +125,12 @@ impl RingReads {
         let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let span = (end - first) as usize;
         let want = (offset - first) as usize + len;
-        let mut buf = vec![0u8; span + align];
+        let pooled = span + align <= POOLED;
+        let mut buf = match pooled {
+            true => self.pool_lock().pop(),
+            false => None,
+        }
+        .unwrap_or_else(|| vec![0u8; (span + align).max(POOLED)]);
         let at = buf.as_ptr().align_offset(align);
         let mut got = 0usize;
         while got < want {
@@ -142,7 +155,19 @@ impl RingReads {
             }
         }
         let from = at + (offset - first) as usize;
-        Ok(Some(buf[from..from + len].to_vec()))
+        let out = buf[from..from + len].to_vec();
+        if pooled {
+            let mut pool = self.pool_lock();
+            if pool.len() < DEPTH {
+                pool.push(buf);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn pool_lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // Poisoned only by a panic between a pop and a push: the list is still whole.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets the descriptors of files a merge is about to delete; reads in flight keep
