@@ -122,6 +122,9 @@ pub struct Stats {
     /// `Options::caller_submits_reads`), rather than handing them to a read thread. All are
     /// direct reads, counted in `reads_direct` too.
     pub reads_ring: u64,
+    /// Of those, reads whose completion a task on the caller's tokio runtime took (see
+    /// `Options::reap_on_tokio`); the engine's reaper thread took the others.
+    pub reads_reaped_on_runtime: u64,
     /// Reads served (wholly or partly) from the direct-IO writer's in-memory tail of the
     /// active file: records appended but not yet written (see `IoMode::Direct`).
     pub reads_tail: u64,

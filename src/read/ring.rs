@@ -52,7 +52,7 @@ impl RingReads {
         {
             return None;
         }
-        match RingReads::new(dir.to_path_buf(), opts.fault_injector.clone()) {
+        match RingReads::new(dir.to_path_buf(), opts) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
                 tracing::warn!(
@@ -64,11 +64,11 @@ impl RingReads {
     }
 
     /// The shared ring (and its reaper thread) for the store in `dir`.
-    pub(crate) fn new(dir: PathBuf, fault: Option<Arc<FaultInjector>>) -> io::Result<RingReads> {
+    fn new(dir: PathBuf, opts: &Options) -> io::Result<RingReads> {
         Ok(RingReads {
-            ring: SharedRing::new(DEPTH, "ringcask-reap")?,
+            ring: SharedRing::new(DEPTH, "ringcask-reap", opts.reap_on_tokio)?,
             dir,
-            fault,
+            fault: opts.fault_injector.clone(),
             files: ArcSwap::from_pointee(HashMap::new()),
             pool: Mutex::new(Vec::new()),
         })
@@ -168,6 +168,11 @@ impl RingReads {
     fn pool_lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
         // Poisoned only by a panic between a pop and a push: the list is still whole.
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads whose completion a reaper task on a caller's runtime took.
+    pub(crate) fn task_reaped(&self) -> u64 {
+        self.ring.task_reaped()
     }
 
     /// Forgets the descriptors of files a merge is about to delete; reads in flight keep

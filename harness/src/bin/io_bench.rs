@@ -7,6 +7,7 @@
 //!     [--warm true|false]
 //!     [--readers N (read threads)] [--io-mode buffered|direct] [--cache BYTES]
 //!     [--ring true|false (direct reads submitted by the caller to the shared ring)]
+//!     [--reaper thread|tokio (who reaps that ring: `Options::reap_on_tokio`)]
 //! cargo run --release -p ringcask-bench --bin io_bench -- durable [--conc 1,8,32,128]
 //!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
 //!     [--backend uring|pread]
@@ -56,6 +57,8 @@ struct Args {
     readers: Option<usize>,
     /// `Options::caller_submits_reads`.
     ring: bool,
+    /// `Options::reap_on_tokio`.
+    tokio_reaper: bool,
     /// `Options::io_mode(IoMode::Direct)`.
     direct: bool,
     /// `Options::value_cache_bytes`, when given (else the io mode's default).
@@ -80,6 +83,7 @@ fn parse() -> Args {
         inline: true,
         readers: None,
         ring: true,
+        tokio_reaper: false,
         direct: false,
         cache: None,
         pread: false,
@@ -97,6 +101,7 @@ fn parse() -> Args {
             "--warm" => a.warm = v.parse().unwrap_or_else(|_| usage()),
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--ring" => a.ring = v.parse().unwrap_or_else(|_| usage()),
+            "--reaper" => a.tokio_reaper = v == "tokio",
             "--dir" => a.dir = Some(PathBuf::from(v)),
             "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
             "--conc" => {
@@ -117,7 +122,9 @@ impl Args {
         if self.direct {
             opts = opts.io_mode(IoMode::Direct);
         }
-        opts = opts.caller_submits_reads(self.ring);
+        opts = opts
+            .caller_submits_reads(self.ring)
+            .reap_on_tokio(self.tokio_reaper);
         if let Some(c) = self.cache {
             opts = opts.value_cache_bytes(c);
         }
@@ -132,7 +139,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
          [--inline true|false] [--warm true|false] [--readers N] [--io-mode buffered|direct]\n                     \
-         [--cache BYTES] [--ring true|false]\n       \
+         [--cache BYTES] [--ring true|false] [--reaper thread|tokio]\n       \
          io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
     );
     std::process::exit(2)

@@ -17,13 +17,15 @@
 // The only `unsafe` of the crate: handing buffers to the kernel through a ring shared by threads.
 #![allow(unsafe_code)]
 
+mod reap;
+
 use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -84,6 +86,19 @@ struct Inner {
     /// Reads the kernel has been given and not completed.
     in_kernel: AtomicUsize,
     stop: AtomicBool,
+    /// Who reaps: the reaper thread, or a task on a caller's tokio runtime (see [`reap`]).
+    reaper: AtomicU8,
+    /// The eventfd the ring signals on every completion, for a reaper task; `None` unless
+    /// asked for (or where it could not be set up).
+    efd: Option<OwnedFd>,
+    /// Set once starting a reaper task failed: the thread reaps from then on.
+    task_failed: AtomicBool,
+    /// The reaper thread, unparked when a reaper task ends.
+    thread: OnceLock<std::thread::Thread>,
+    /// Completions taken off the queue so far (the thread watches it while a task reaps).
+    reaped: AtomicU64,
+    /// Reads whose completion a reaper task took.
+    task_reaped: AtomicU64,
 }
 
 /// The shared ring and its reaper thread; the reaper stops when this is dropped (once the reads
@@ -100,7 +115,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SharedRing {
     /// A ring with room for `depth` reads in flight, and its reaper thread (named `name`).
-    pub(crate) fn new(depth: usize, name: &str) -> io::Result<SharedRing> {
+    /// With `on_tokio`, a caller on a multi-thread tokio runtime starts a reaper task on it
+    /// (see [`reap`]), and the thread only stands by.
+    pub(crate) fn new(depth: usize, name: &str, on_tokio: bool) -> io::Result<SharedRing> {
         let depth = depth.clamp(1, 4096);
         let entries = (depth + 1).next_power_of_two() as u32;
         // Twice as many completion entries as reads can be in flight: the queue cannot overflow.
@@ -108,7 +125,6 @@ impl SharedRing {
             .setup_cqsize(entries * 2)
             .build(entries)?;
         let inner = Arc::new(Inner {
-            ring,
             sq: Mutex::new(()),
             slots: Mutex::new(Slots {
                 slots: (0..depth).map(|_| Slot::Free).collect(),
@@ -118,12 +134,26 @@ impl SharedRing {
             permits: Arc::new(Semaphore::new(depth)),
             in_kernel: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            reaper: AtomicU8::new(reap::THREAD),
+            efd: if on_tokio { reap::eventfd(&ring) } else { None },
+            ring,
+            task_failed: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            reaped: AtomicU64::new(0),
+            task_reaped: AtomicU64::new(0),
         });
         let reaper = inner.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || reaper.reap())?;
+        let _ = inner.thread.set(thread.thread().clone());
         Ok(SharedRing { inner })
+    }
+
+    /// Reads whose completion a reaper task on a caller's runtime took (the reaper thread took
+    /// the others).
+    pub(crate) fn task_reaped(&self) -> u64 {
+        self.inner.task_reaped.load(Ordering::Relaxed)
     }
 
     /// Reads into `buf[at..at + len]` (`buf` fully initialised) at `pos` of `file`; returns the
@@ -139,6 +169,9 @@ impl SharedRing {
     ) -> (io::Result<usize>, Vec<u8>) {
         if at.checked_add(len).is_none_or(|end| end > buf.len()) || len > u32::MAX as usize {
             return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        if self.inner.efd.is_some() {
+            reap::start_task(&self.inner);
         }
         let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
             return (Err(io::ErrorKind::BrokenPipe.into()), buf);
@@ -251,66 +284,6 @@ impl Inner {
             }
         }
     }
-
-    /// The reaper thread: waits for completions and wakes the callers they belong to.
-    fn reap(self: Arc<Inner>) {
-        let mut wake: Vec<Waker> = Vec::new();
-        loop {
-            if self.stop.load(Ordering::Acquire) && self.in_kernel.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            // SAFETY: no pointer is passed (a null argument of size 0): this only waits for at
-            // least one completion, and submits nothing (so it never contends with callers
-            // for the kernel's submission lock).
-            let waited = unsafe {
-                self.ring
-                    .submitter()
-                    .enter::<()>(0, 1, ENTER_GETEVENTS, None)
-            };
-            match waited {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("the shared ring's reaper cannot wait: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                    continue;
-                }
-            }
-            {
-                let mut s = lock(&self.slots);
-                // SAFETY: only this thread reads the completion queue.
-                let cq = unsafe { self.ring.completion_shared() };
-                for cqe in cq {
-                    let idx = cqe.user_data();
-                    if idx == WAKE {
-                        continue;
-                    }
-                    self.in_kernel.fetch_sub(1, Ordering::AcqRel);
-                    let idx = idx as usize;
-                    let Some(slot) = s.slots.get_mut(idx) else {
-                        continue;
-                    };
-                    match std::mem::replace(slot, Slot::Free) {
-                        Slot::Pending { waker, keep } => {
-                            *slot = Slot::Done {
-                                res: cqe.result(),
-                                keep,
-                            };
-                            wake.extend(waker);
-                        }
-                        Slot::Abandoned => {
-                            s.orphans[idx] = None;
-                            s.free.push(idx);
-                        }
-                        other => *slot = other,
-                    }
-                }
-            }
-            for w in wake.drain(..) {
-                w.wake();
-            }
-        }
-    }
 }
 
 /// Waits for the read in slot `idx`.
@@ -394,7 +367,7 @@ mod tests {
     fn reads_land_in_place_short_at_the_end_and_errors_come_back() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let (_d, f) = file_with(&data);
-        let ring = SharedRing::new(4, "test-reaper").expect("ok");
+        let ring = SharedRing::new(4, "test-reaper", false).expect("ok");
         futures::executor::block_on(async {
             let (n, buf) = ring.read_at(f.clone(), vec![0; 200], 50, 100, 1234).await;
             assert_eq!(n.expect("ok"), 100);
@@ -424,7 +397,7 @@ mod tests {
     fn many_reads_in_flight_from_threads_and_dropped_ones_free_their_slots() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let (_d, f) = file_with(&data);
-        let ring = Arc::new(SharedRing::new(8, "test-reaper").expect("ok"));
+        let ring = Arc::new(SharedRing::new(8, "test-reaper", false).expect("ok"));
         // Futures dropped before completion (after their first poll submitted them) must give
         // their slots back, or the reads below would wait for permits forever.
         for i in 0..32u64 {
