@@ -210,13 +210,15 @@ impl Options {
         self
     }
 
-    /// Under [`IoMode::Direct`] on io_uring, whether a read the value cache misses is submitted
-    /// by the calling thread itself to a ring shared by all callers (`true`, the default), or
-    /// handed to a read thread that submits it to its own ring (`false`). Submitting on the
-    /// caller's thread saves a wake-up of the read thread per read; neither way does the
-    /// caller's thread wait on the disk (a reaper thread wakes the caller when the read
-    /// completes). Reads of files the file system will not open `O_DIRECT`, and every read
-    /// under [`IoMode::Buffered`], go to the read threads either way.
+    /// On io_uring, whether a read that neither the value cache nor (in
+    /// [`IoMode::Buffered`]) an attempt on the caller's thread could serve is submitted by the
+    /// calling thread itself to a ring shared by all callers (`true`, the default), or handed
+    /// to a read thread that submits it to its own ring (`false`). Submitting on the caller's
+    /// thread saves a wake-up of the read thread per read; neither way does the caller's
+    /// thread wait on the disk (io_uring issues the read and returns; the reaper, see
+    /// [`Options::reap_on_tokio`], wakes the caller when it completes). Reads of files the
+    /// file system will not open `O_DIRECT` (under [`IoMode::Direct`]), and every read on the
+    /// `pread` backend, go to the read threads either way.
     pub fn caller_submits_reads(mut self, yes: bool) -> Self {
         self.caller_submits_reads = yes;
         self
@@ -224,12 +226,13 @@ impl Options {
 
     /// With [`Options::caller_submits_reads`]: whether the completions of the shared ring are
     /// taken by a task on the caller's tokio runtime (`true`) rather than by the engine's
-    /// reaper thread (`false`, the default). The first direct read made from a multi-thread
-    /// tokio runtime starts the task; the ring signals it through an eventfd that the
+    /// reaper thread (`false`, the default). The first read through the ring made from a
+    /// multi-thread tokio runtime starts the task; the ring signals it through an eventfd that the
     /// runtime's own IO driver watches, so a read's completion wakes one runtime worker, which
     /// wakes the caller's task on its own queue, instead of waking the reaper thread, which
-    /// then wakes a worker (measured on 2 CPUs, cold 4 KiB direct gets: 13.2k against 8.4k/s
-    /// with one in flight, +14 % with 8, level with 32; DESIGN §3).
+    /// then wakes a worker (measured on 2 CPUs, cold 4 KiB direct gets: 11.4k against 7.8k/s
+    /// with one in flight, +13 % with 8, +6 % with 32; DESIGN §3). Off by default because
+    /// of the requirement below, which tokio gives no way to check beforehand.
     ///
     /// The runtime must have IO enabled (`enable_io` / `enable_all`, as `Runtime::new` and
     /// `#[tokio::main]` do); tokio panics where it has not, and that panic is caught: its

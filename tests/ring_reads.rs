@@ -287,3 +287,25 @@ fn a_failed_ring_read_is_an_io_error() {
         rt.block_on(db.close()).expect("close");
     });
 }
+
+/// Buffered mode: a read the caller's thread could not serve from the page cache (here every
+/// read: `inline_reads(false)`) goes through the same ring, buffered, under either reaper.
+#[test]
+fn buffered_reads_go_through_the_ring_too() {
+    within_a_minute(|| {
+        let tmp = store();
+        for reap in [false, true] {
+            let o = small_opts()
+                .max_file_bytes(256 * 1024)
+                .inline_reads(false)
+                .reap_on_tokio(reap);
+            let rt = multi_thread_rt(2);
+            let db = rt.block_on(Db::open(tmp.path(), o)).expect("open");
+            rt.block_on(check_concurrently(&db));
+            let s = db.stats();
+            assert_eq!((s.reads_ring, s.reads_direct), (u64::from(N), 0), "{s:?}");
+            assert_eq!(s.reads_reaped_on_runtime > 0, reap, "{s:?}");
+            rt.block_on(db.close()).expect("close");
+        }
+    });
+}

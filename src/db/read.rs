@@ -164,11 +164,13 @@ impl Inner {
             }
         }
         let _in_flight = InFlight::new(&self.reads_in_flight);
-        if let Some(ring) = self.ring_reads.as_ref().filter(|_| direct) {
-            match ring.read(file_id, offset, len).await {
+        if let Some(ring) = &self.ring_reads {
+            match ring.read(file_id, offset, len, direct).await {
                 Ok(Some(buf)) => {
                     self.shared.reads_ring.add(1);
-                    self.shared.reads_direct.add(1);
+                    if direct {
+                        self.shared.reads_direct.add(1);
+                    }
                     return Ok(buf);
                 }
                 // The file system refuses `O_DIRECT` for this file: a read thread reads it.

@@ -1,6 +1,8 @@
-//! Direct reads submitted by the caller: under `IoMode::Direct` a `get` that misses the value
-//! cache reads its record's blocks with `O_DIRECT` through the shared ring ([`SharedRing`]),
-//! without a hop to a read thread.
+//! Reads submitted by the caller to the shared ring ([`SharedRing`]), without a hop to a read
+//! thread: under `IoMode::Direct` a `get` that misses the value cache reads its record's
+//! blocks with `O_DIRECT`; under `IoMode::Buffered` one that the page cache could not serve on
+//! the caller's thread reads the record through the page cache (io_uring waits for the pages
+//! without blocking the submitting thread).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,8 +15,9 @@ use arc_swap::ArcSwap;
 use crate::fault::{read_point, FaultInjector};
 use crate::io::ring::SharedRing;
 use crate::io::DIRECT_ALIGN;
+use crate::io::{open_for_reading, Access};
 use crate::layout::data_path;
-use crate::options::{IoBackendKind, IoMode, Options};
+use crate::options::{IoBackendKind, Options};
 
 /// Reads in flight on the shared ring, from all callers together.
 const DEPTH: usize = 256;
@@ -23,7 +26,7 @@ const DEPTH: usize = 256;
 /// lies, with room to spare, plus the alignment slack. Larger reads allocate their own.
 const POOLED: usize = (16 << 10) + DIRECT_ALIGN as usize;
 
-/// The shared ring and the `O_DIRECT` descriptors of the datafiles read through it.
+/// The shared ring and the descriptors of the datafiles read through it.
 pub(crate) struct RingReads {
     ring: SharedRing,
     dir: PathBuf,
@@ -32,6 +35,8 @@ pub(crate) struct RingReads {
     /// `O_DIRECT` (those reads go to a read thread, which reads them buffered). Replaced whole
     /// when a file is first read or retired; a read only loads it.
     files: ArcSwap<HashMap<u32, Option<Arc<File>>>>,
+    /// Datafile id → its buffered descriptor (advised random access).
+    buffered: ArcSwap<HashMap<u32, Arc<File>>>,
     /// Buffers of [`POOLED`] bytes (initialised once) between reads, at most [`DEPTH`]: a read
     /// neither allocates nor zeroes its buffer.
     pool: Mutex<Vec<Vec<u8>>>,
@@ -39,17 +44,14 @@ pub(crate) struct RingReads {
 
 impl RingReads {
     /// The shared ring for a store opened with `opts` on backend `kind`, when it reads through
-    /// one (`IoMode::Direct` on io_uring, `Options::caller_submits_reads`). If the ring cannot
-    /// be set up (the kernel's limits on rings or locked memory) reads go to the read threads.
+    /// one (io_uring, `Options::caller_submits_reads`). If the ring cannot be set up (the
+    /// kernel's limits on rings) reads go to the read threads.
     pub(crate) fn for_store(
         dir: &Path,
         opts: &Options,
         kind: IoBackendKind,
     ) -> Option<Arc<RingReads>> {
-        if opts.io_mode != IoMode::Direct
-            || !opts.caller_submits_reads
-            || kind != IoBackendKind::IoUring
-        {
+        if !opts.caller_submits_reads || kind != IoBackendKind::IoUring {
             return None;
         }
         match RingReads::new(dir.to_path_buf(), opts) {
@@ -70,6 +72,7 @@ impl RingReads {
             dir,
             fault: opts.fault_injector.clone(),
             files: ArcSwap::from_pointee(HashMap::new()),
+            buffered: ArcSwap::from_pointee(HashMap::new()),
             pool: Mutex::new(Vec::new()),
         })
     }
@@ -106,16 +109,59 @@ impl RingReads {
         Ok(out)
     }
 
-    /// Exactly `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned
-    /// blocks that hold them (resubmitted for the rest after a short read), then the bytes
-    /// copied out. `None` if the file system refuses `O_DIRECT` for this file; a file that
-    /// ends before them is `UnexpectedEof`.
+    /// Exactly `len` bytes at `offset` of datafile `id`, read with `O_DIRECT` (`direct`) or
+    /// through the page cache. `None` if `direct` and the file system refuses `O_DIRECT` for
+    /// this file; a file that ends before them is `UnexpectedEof`.
     pub(crate) async fn read(
         &self,
         id: u32,
         offset: u64,
         len: usize,
+        direct: bool,
     ) -> io::Result<Option<Vec<u8>>> {
+        if direct {
+            return self.read_direct(id, offset, len).await;
+        }
+        read_point(self.fault.as_deref())?;
+        let file = self.buffered_file(id)?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0usize;
+        while got < len {
+            let (res, b) = self
+                .ring
+                .read_at(file.clone(), buf, got, len - got, offset + got as u64)
+                .await;
+            buf = b;
+            match res {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(buf))
+    }
+
+    /// The buffered descriptor of datafile `id`, opened on first use.
+    fn buffered_file(&self, id: u32) -> io::Result<Arc<File>> {
+        if let Some(f) = self.buffered.load().get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(open_for_reading(&data_path(&self.dir, id), Access::Random)?);
+        let mut out = f.clone();
+        self.buffered.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            out = m.entry(id).or_insert_with(|| f.clone()).clone();
+            m
+        });
+        Ok(out)
+    }
+
+    /// Exactly `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned
+    /// blocks that hold them (resubmitted for the rest after a short read), then the bytes
+    /// copied out. `None` if the file system refuses `O_DIRECT` for this file; a file that
+    /// ends before them is `UnexpectedEof`.
+    async fn read_direct(&self, id: u32, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
         read_point(self.fault.as_deref())?;
         let Some(file) = self.file(id)? else {
             return Ok(None);
@@ -178,12 +224,16 @@ impl RingReads {
     /// Forgets the descriptors of files a merge is about to delete; reads in flight keep
     /// theirs until they complete.
     pub(crate) fn retire(&self, ids: &[u32]) {
-        self.files.rcu(|m| {
-            let mut m = HashMap::clone(m);
-            for id in ids {
-                m.remove(id);
-            }
-            m
-        });
+        self.files.rcu(|m| without(m, ids));
+        self.buffered.rcu(|m| without(m, ids));
     }
+}
+
+/// `m` without the entries of `ids`.
+fn without<V: Clone>(m: &HashMap<u32, V>, ids: &[u32]) -> HashMap<u32, V> {
+    let mut m = m.clone();
+    for id in ids {
+        m.remove(id);
+    }
+    m
 }
