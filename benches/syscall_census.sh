@@ -4,7 +4,8 @@
 # io modes. Needs strace (apt-get install strace) and python3.
 #
 # usage: benches/syscall_census.sh [N (16000)] [VALUE (4096)]
-# MODES="buffered direct" (default) picks the io modes; DIR the store's parent (/var/tmp).
+# MODES="buffered direct" (default) picks the io modes; DIR the store's parent (/var/tmp);
+# REAPER=tokio reaps the shared ring on the workload's runtime (Options::reap_on_tokio).
 set -euo pipefail
 n=${1:-16000}
 value=${2:-4096}

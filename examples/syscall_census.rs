@@ -4,6 +4,7 @@
 //! `getppid()` and prints the phase's name, so the trace can be cut into phases.
 //!
 //! `cargo run --release --example syscall_census -- [buffered|direct] [N (16000)] [VALUE (4096)]`
+//! (`REAPER=tokio` in the environment: `Options::reap_on_tokio(true)`)
 
 use std::path::Path;
 
@@ -50,7 +51,8 @@ fn main() {
             .io_mode(mode)
             .sync(SyncPolicy::Always)
             // Small files, so that the cold keys lie in sealed files.
-            .max_file_bytes(16 << 20);
+            .max_file_bytes(16 << 20)
+            .reap_on_tokio(std::env::var("REAPER").is_ok_and(|r| r == "tokio"));
         let db = Db::open(tmp.path(), opts).await.expect("open");
         // Cold keys first (sealed files by the time they are read), then the hot ones.
         let all = 2 * n;
@@ -81,11 +83,12 @@ fn main() {
         let stats = db.stats();
         db.close().await.expect("close");
         eprintln!(
-            "stats: appends {} syncs {} reads inline {} io-thread {} direct {} cached {}",
+            "stats: appends {} syncs {} reads inline {} io-thread {} ring {} direct {} cached {}",
             stats.appends,
             stats.syncs,
             stats.reads_inline,
             stats.reads_io_thread,
+            stats.reads_ring,
             stats.reads_direct,
             stats.reads_cached
         );

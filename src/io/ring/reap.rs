@@ -140,10 +140,17 @@ async fn reap_task(guard: TaskGuard, efd: tokio::io::unix::AsyncFd<OwnedFd>) {
             return;
         };
         // Reset the counter before taking completions: one posted after this signals again.
+        // One read resets it; clearing the readiness then (rather than reading again until
+        // `EAGAIN`) saves a system call per wake-up, and cannot lose a signal: the runtime
+        // keeps a readiness that arrived after the one this guard saw.
         let mut count = [0u8; 8];
-        while let Ok(Ok(_)) =
-            ready.try_io(|fd| rustix::io::read(fd.get_ref(), &mut count).map_err(io::Error::from))
-        {
+        match rustix::io::read(efd.get_ref(), &mut count) {
+            Ok(_) => ready.clear_ready(),
+            Err(e) if e == rustix::io::Errno::AGAIN => ready.clear_ready(),
+            Err(e) => {
+                tracing::warn!("reading the shared ring's eventfd failed ({e}); the thread reaps");
+                return;
+            }
         }
         let reads = inner.drain(&mut wake);
         inner.task_reaped.fetch_add(reads, Ordering::Relaxed);
