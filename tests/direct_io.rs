@@ -10,25 +10,11 @@
 
 mod common;
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
-use common::{backends, data_files, run, small_opts};
+use common::{backends, data_files, run, small_opts, supports_direct};
 use ringcask::testing::FaultInjector;
 use ringcask::{Db, Error, IoBackend, IoMode, SyncPolicy};
-
-/// Whether the file system holding `dir` accepts `O_DIRECT` opens.
-fn supports_direct(dir: &Path) -> bool {
-    let probe = dir.join("direct-probe");
-    std::fs::write(&probe, [0u8; 4096]).expect("probe file");
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(&probe)
-        .is_ok();
-    std::fs::remove_file(&probe).expect("remove probe");
-    ok
-}
 
 /// Values of many sizes, so that records start and end anywhere within a 4 KiB block, span two
 /// or more blocks, and (at 70 KiB) take the large-value write path.

@@ -7,27 +7,13 @@
 
 mod common;
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{multi_thread_rt, run, small_opts};
+use common::{multi_thread_rt, run, small_opts, supports_direct};
 use ringcask::testing::FaultInjector;
 use ringcask::{Db, Error, IoMode, Options};
-
-fn supports_direct(dir: &Path) -> bool {
-    let probe = dir.join("direct-probe");
-    std::fs::write(&probe, [0u8; 4096]).expect("probe file");
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(&probe)
-        .is_ok();
-    std::fs::remove_file(&probe).expect("remove probe");
-    ok
-}
 
 fn value(i: u32) -> Vec<u8> {
     let len = [1usize, 100, 3000, 4096, 4097, 9000][i as usize % 6];

@@ -92,6 +92,20 @@ pub async fn open(dir: &Path, opts: Options) -> Db {
     Db::open(dir, opts).await.expect("open")
 }
 
+/// Whether the file system under `dir` lets files be opened `O_DIRECT` (tmpfs does not).
+pub fn supports_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-probe");
+    std::fs::write(&probe, [0u8; 4096]).expect("probe file");
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&probe)
+        .is_ok();
+    std::fs::remove_file(&probe).expect("remove probe");
+    ok
+}
+
 /// Paths of the datafiles in `dir`, sorted by id.
 pub fn data_files(dir: &Path) -> Vec<PathBuf> {
     files_with_ext(dir, "data")
