@@ -27,6 +27,10 @@ async fn increment(db: &Db, key: &str) -> u64 {
             })
             .unwrap_or(0);
         let next = (n + 1).to_string();
+        // Let the other tasks run between the read and the swap: inline gets and swaps complete
+        // without yielding, so on a busy machine the tasks could otherwise run one after
+        // another and never race (the test asserts that they did).
+        tokio::task::yield_now().await;
         match db
             .compare_and_swap(key, cur, Some(next))
             .await
