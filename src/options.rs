@@ -54,8 +54,9 @@ pub enum IoMode {
     /// (tmpfs, for one), that file is read and written buffered and `Stats::reads_direct` does
     /// not count its reads.
     ///
-    /// On io_uring the direct reads and writes go through buffers registered with the io
-    /// threads' rings (about 3 MiB pinned for the writer and 2.5 MiB per read thread); where
+    /// On io_uring the direct reads and writes go through buffers registered with the rings
+    /// (about 3 MiB pinned for the writer, 2 MiB for the shared ring the callers submit their
+    /// reads to, and 2.5 MiB per read thread once it reads); where
     /// the kernel refuses to pin them (`RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`) plain buffers
     /// are used, and `Stats::reads_registered` / `writes_registered` stay 0.
     Direct,

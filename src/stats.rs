@@ -115,8 +115,9 @@ pub struct Stats {
     pub reads_io_thread: u64,
     /// Of those, reads made with `O_DIRECT` (see `IoMode::Direct`).
     pub reads_direct: u64,
-    /// Of the direct reads, those made into a buffer registered with the read thread's ring
-    /// (io_uring fixed buffers; none where registering failed, e.g. under `RLIMIT_MEMLOCK`).
+    /// Of the direct reads, those made into a buffer registered with an io_uring ring (the
+    /// shared ring's or a read thread's: fixed buffers; none where registering failed, e.g.
+    /// under `RLIMIT_MEMLOCK`).
     pub reads_registered: u64,
     /// Direct reads the caller's thread submitted to the ring shared by all callers (see
     /// `Options::caller_submits_reads`), rather than handing them to a read thread. All are

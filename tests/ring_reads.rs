@@ -136,6 +136,9 @@ fn the_thread_reaps_by_default_and_reads_go_to_read_threads_when_callers_do_not_
             let s = db.stats();
             assert_eq!(s.reads_reaped_on_runtime, 0, "{s:?}");
             assert_eq!(s.reads_direct, u64::from(N), "{s:?}");
+            // Every record here spans at most 16 KiB of blocks: each read went into a buffer
+            // registered with the ring that carried it (the shared one or a read thread's).
+            assert_eq!(s.reads_registered, u64::from(N), "{s:?}");
             if submit {
                 assert_eq!(
                     (s.reads_ring, s.reads_io_thread),

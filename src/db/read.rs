@@ -166,12 +166,15 @@ impl Inner {
         let _in_flight = InFlight::new(&self.reads_in_flight);
         if let Some(ring) = &self.ring_reads {
             match ring.read(file_id, offset, len, direct).await {
-                Ok(Some(buf)) => {
+                Ok(Some(read)) => {
                     self.shared.reads_ring.add(1);
                     if direct {
                         self.shared.reads_direct.add(1);
                     }
-                    return Ok(buf);
+                    if read.registered {
+                        self.shared.reads_registered.add(1);
+                    }
+                    return Ok(read.bytes);
                 }
                 // The file system refuses `O_DIRECT` for this file: a read thread reads it.
                 Ok(None) => {}

@@ -17,7 +17,7 @@ use crate::io::ring::SharedRing;
 use crate::io::DIRECT_ALIGN;
 use crate::io::{open_for_reading, Access};
 use crate::layout::data_path;
-use crate::options::{IoBackendKind, Options};
+use crate::options::{IoBackendKind, IoMode, Options};
 
 /// Reads in flight on the shared ring, from all callers together.
 const DEPTH: usize = 256;
@@ -25,6 +25,19 @@ const DEPTH: usize = 256;
 /// Size of the buffers kept for reuse: the blocks of a record of a 4 KiB value wherever it
 /// lies, with room to spare, plus the alignment slack. Larger reads allocate their own.
 const POOLED: usize = (16 << 10) + DIRECT_ALIGN as usize;
+
+/// Registered buffers of the shared ring in direct mode: one per read in flight up to this
+/// many (more wait for none: they read into ordinary buffers)...
+const FIXED_COUNT: usize = 128;
+/// ... of this size: the blocks of a record of a 4 KiB value wherever it lies, with room to
+/// spare (2 MiB pinned in all). Larger reads use ordinary buffers.
+const FIXED_SIZE: usize = 16 << 10;
+
+/// The bytes of a read through the ring, and whether a registered buffer held them.
+pub(crate) struct RingRead {
+    pub bytes: Vec<u8>,
+    pub registered: bool,
+}
 
 /// The shared ring and the descriptors of the datafiles read through it.
 pub(crate) struct RingReads {
@@ -68,7 +81,12 @@ impl RingReads {
     /// The shared ring (and its reaper thread) for the store in `dir`.
     fn new(dir: PathBuf, opts: &Options) -> io::Result<RingReads> {
         Ok(RingReads {
-            ring: SharedRing::new(DEPTH, "ringcask-reap", opts.reap_on_tokio)?,
+            ring: SharedRing::new(
+                DEPTH,
+                "ringcask-reap",
+                opts.reap_on_tokio,
+                (opts.io_mode == IoMode::Direct).then_some((FIXED_COUNT, FIXED_SIZE)),
+            )?,
             dir,
             fault: opts.fault_injector.clone(),
             files: ArcSwap::from_pointee(HashMap::new()),
@@ -118,7 +136,7 @@ impl RingReads {
         offset: u64,
         len: usize,
         direct: bool,
-    ) -> io::Result<Option<Vec<u8>>> {
+    ) -> io::Result<Option<RingRead>> {
         if direct {
             return self.read_direct(id, offset, len).await;
         }
@@ -139,7 +157,10 @@ impl RingReads {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Some(buf))
+        Ok(Some(RingRead {
+            bytes: buf,
+            registered: false,
+        }))
     }
 
     /// The buffered descriptor of datafile `id`, opened on first use.
@@ -161,7 +182,7 @@ impl RingReads {
     /// blocks that hold them (resubmitted for the rest after a short read), then the bytes
     /// copied out. `None` if the file system refuses `O_DIRECT` for this file; a file that
     /// ends before them is `UnexpectedEof`.
-    async fn read_direct(&self, id: u32, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    async fn read_direct(&self, id: u32, offset: u64, len: usize) -> io::Result<Option<RingRead>> {
         read_point(self.fault.as_deref())?;
         let Some(file) = self.file(id)? else {
             return Ok(None);
@@ -171,6 +192,25 @@ impl RingReads {
         let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let span = (end - first) as usize;
         let want = (offset - first) as usize + len;
+        let skip = (offset - first) as usize;
+        // Into a registered buffer when one is free and large enough. A read that comes back
+        // short of the record (only where the file ends before it) is made again below.
+        if self.ring.fixed_size().is_some_and(|size| span <= size) {
+            if let Some((res, buf)) = self.ring.read_fixed(file.clone(), span, first).await {
+                match res {
+                    Ok(n) if n >= want => {
+                        let bytes = buf.with(|b| b[skip..skip + len].to_vec());
+                        return Ok(Some(RingRead {
+                            bytes,
+                            registered: true,
+                        }));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let pooled = span + align <= POOLED;
         let mut buf = match pooled {
             true => self.pool_lock().pop(),
@@ -200,7 +240,7 @@ impl RingReads {
                 Err(e) => return Err(e),
             }
         }
-        let from = at + (offset - first) as usize;
+        let from = at + skip;
         let out = buf[from..from + len].to_vec();
         if pooled {
             let mut pool = self.pool_lock();
@@ -208,7 +248,10 @@ impl RingReads {
                 pool.push(buf);
             }
         }
-        Ok(Some(out))
+        Ok(Some(RingRead {
+            bytes: out,
+            registered: false,
+        }))
     }
 
     fn pool_lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {

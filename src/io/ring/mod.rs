@@ -17,7 +17,10 @@
 // The only `unsafe` of the crate: handing buffers to the kernel through a ring shared by threads.
 #![allow(unsafe_code)]
 
+mod fixed;
 mod reap;
+
+pub(crate) use fixed::{FixedBuf, FixedPool};
 
 use std::fs::File;
 use std::future::Future;
@@ -42,12 +45,30 @@ enum Submit {
 /// `IORING_ENTER_GETEVENTS`: wait for completions.
 const ENTER_GETEVENTS: u32 = 1;
 
+/// Alignment of the registered buffers (that of `O_DIRECT` reads).
+const FIXED_ALIGN: usize = 4096;
+
 /// `user_data` of the no-op that wakes the reaper to stop.
 const WAKE: u64 = u64::MAX;
 
+/// A read's buffer: an ordinary allocation, or one registered with the ring.
+pub(crate) enum RingBuf {
+    Plain(Vec<u8>),
+    Fixed(FixedBuf),
+}
+
+impl RingBuf {
+    fn plain(self) -> Vec<u8> {
+        match self {
+            RingBuf::Plain(v) => v,
+            RingBuf::Fixed(_) => Vec::new(),
+        }
+    }
+}
+
 /// A read's buffer and descriptor, kept alive until its completion.
 struct Keep {
-    buf: Vec<u8>,
+    buf: RingBuf,
     _file: Arc<File>,
     _permit: OwnedSemaphorePermit,
 }
@@ -78,6 +99,8 @@ struct Slots {
 
 struct Inner {
     ring: IoUring,
+    /// Buffers registered with `ring` (declared after it: dropped after it).
+    fixed: Option<Arc<FixedPool>>,
     /// Serialises pushing to the submission queue (and entering the kernel with it).
     sq: Mutex<()>,
     slots: Mutex<Slots>,
@@ -116,8 +139,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SharedRing {
     /// A ring with room for `depth` reads in flight, and its reaper thread (named `name`).
     /// With `on_tokio`, a caller on a multi-thread tokio runtime starts a reaper task on it
-    /// (see [`reap`]), and the thread only stands by.
-    pub(crate) fn new(depth: usize, name: &str, on_tokio: bool) -> io::Result<SharedRing> {
+    /// (see [`reap`]), and the thread only stands by. `fixed: Some((n, size))` registers `n`
+    /// buffers of `size` bytes, aligned for `O_DIRECT` (none if the kernel refuses).
+    pub(crate) fn new(
+        depth: usize,
+        name: &str,
+        on_tokio: bool,
+        fixed: Option<(usize, usize)>,
+    ) -> io::Result<SharedRing> {
         let depth = depth.clamp(1, 4096);
         let entries = (depth + 1).next_power_of_two() as u32;
         // Twice as many completion entries as reads can be in flight: the queue cannot overflow.
@@ -136,6 +165,7 @@ impl SharedRing {
             stop: AtomicBool::new(false),
             reaper: AtomicU8::new(reap::THREAD),
             efd: if on_tokio { reap::eventfd(&ring) } else { None },
+            fixed: fixed.and_then(|(n, size)| FixedPool::register(&ring, n, size, FIXED_ALIGN)),
             ring,
             task_failed: AtomicBool::new(false),
             thread: OnceLock::new(),
@@ -156,18 +186,61 @@ impl SharedRing {
         self.inner.task_reaped.load(Ordering::Relaxed)
     }
 
+    /// The registered buffers' size, if the ring has registered buffers.
+    pub(crate) fn fixed_size(&self) -> Option<usize> {
+        self.inner.fixed.as_ref().map(|f| f.size())
+    }
+
+    /// Reads `len` bytes (at most [`SharedRing::fixed_size`]) at `pos` of `file` into a
+    /// registered buffer; `None` (nothing submitted) when none is free. Returns the bytes read
+    /// and the buffer, whose first bytes hold them.
+    pub(crate) async fn read_fixed(
+        &self,
+        file: Arc<File>,
+        len: usize,
+        pos: u64,
+    ) -> Option<(io::Result<usize>, FixedBuf)> {
+        let buf = self.inner.fixed.as_ref()?.take()?;
+        if len > buf.pool_size() {
+            return None;
+        }
+        let (res, buf) = self.read(file, RingBuf::Fixed(buf), 0, len, pos).await;
+        match buf {
+            RingBuf::Fixed(b) => Some((res, b)),
+            // Only when the submission failed before anything was queued.
+            RingBuf::Plain(_) => None,
+        }
+    }
+
     /// Reads into `buf[at..at + len]` (`buf` fully initialised) at `pos` of `file`; returns the
     /// bytes read (fewer at the end of the file) and the buffer. For `O_DIRECT` descriptors the
     /// caller aligns `at`'s address, `len` and `pos`.
     pub(crate) async fn read_at(
         &self,
         file: Arc<File>,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         at: usize,
         len: usize,
         pos: u64,
     ) -> (io::Result<usize>, Vec<u8>) {
-        if at.checked_add(len).is_none_or(|end| end > buf.len()) || len > u32::MAX as usize {
+        if at.checked_add(len).is_none_or(|end| end > buf.len()) {
+            return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        let (res, buf) = self.read(file, RingBuf::Plain(buf), at, len, pos).await;
+        (res, buf.plain())
+    }
+
+    /// Submits a read into `buf` (at `at`, `len` bytes, checked by the caller to lie within it)
+    /// and waits for it.
+    async fn read(
+        &self,
+        file: Arc<File>,
+        mut buf: RingBuf,
+        at: usize,
+        len: usize,
+        pos: u64,
+    ) -> (io::Result<usize>, RingBuf) {
+        if len > u32::MAX as usize {
             return (Err(io::ErrorKind::InvalidInput.into()), buf);
         }
         if self.inner.efd.is_some() {
@@ -176,14 +249,22 @@ impl SharedRing {
         let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
             return (Err(io::ErrorKind::BrokenPipe.into()), buf);
         };
-        // `at + len <= buf.len()` (checked above): the read lands in initialised bytes of `buf`'s
-        // heap allocation, which moves into the slot's `Keep` below and stays there (or in the
-        // orphan list, if the caller's future is dropped) until the reaper has seen the
-        // read's completion.
-        let ptr = buf[at..].as_mut_ptr();
-        let sqe = opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len as u32)
-            .offset(pos)
-            .build();
+        // The read lands in `buf`'s heap allocation (within its bounds: `at + len` is checked
+        // by the caller; a registered buffer is `fixed_size` long), which moves into the slot's
+        // `Keep` below and stays there (or in the orphan list, if the caller's future is
+        // dropped) until the reaper has seen the read's completion.
+        let fd = types::Fd(file.as_raw_fd());
+        let sqe = match &mut buf {
+            RingBuf::Plain(v) => opcode::Read::new(fd, v[at..].as_mut_ptr(), len as u32)
+                .offset(pos)
+                .build(),
+            RingBuf::Fixed(f) => {
+                let (index, ptr) = f.target();
+                opcode::ReadFixed::new(fd, ptr, len as u32, index)
+                    .offset(pos)
+                    .build()
+            }
+        };
         let keep = Keep {
             buf,
             _file: file,
@@ -204,7 +285,7 @@ impl SharedRing {
                 let mut s = lock(&self.inner.slots);
                 let buf = match std::mem::replace(&mut s.slots[idx], Slot::Free) {
                     Slot::Pending { keep, .. } => keep.buf,
-                    _ => Vec::new(),
+                    _ => RingBuf::Plain(Vec::new()),
                 };
                 s.free.push(idx);
                 return (Err(io::ErrorKind::WouldBlock.into()), buf);
@@ -216,7 +297,7 @@ impl SharedRing {
                     idx,
                     done: false,
                 });
-                return (Err(e), Vec::new());
+                return (Err(e), RingBuf::Plain(Vec::new()));
             }
         }
         Completion {
@@ -294,7 +375,7 @@ struct Completion<'a> {
 }
 
 impl Future for Completion<'_> {
-    type Output = (io::Result<usize>, Vec<u8>);
+    type Output = (io::Result<usize>, RingBuf);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let idx = self.idx;
@@ -324,7 +405,10 @@ impl Future for Completion<'_> {
             }
             Slot::Free | Slot::Abandoned => {
                 self.done = true;
-                Poll::Ready((Err(io::ErrorKind::BrokenPipe.into()), Vec::new()))
+                Poll::Ready((
+                    Err(io::ErrorKind::BrokenPipe.into()),
+                    RingBuf::Plain(Vec::new()),
+                ))
             }
         }
     }
@@ -367,7 +451,7 @@ mod tests {
     fn reads_land_in_place_short_at_the_end_and_errors_come_back() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let (_d, f) = file_with(&data);
-        let ring = SharedRing::new(4, "test-reaper", false).expect("ok");
+        let ring = SharedRing::new(4, "test-reaper", false, None).expect("ok");
         futures::executor::block_on(async {
             let (n, buf) = ring.read_at(f.clone(), vec![0; 200], 50, 100, 1234).await;
             assert_eq!(n.expect("ok"), 100);
@@ -397,7 +481,7 @@ mod tests {
     fn many_reads_in_flight_from_threads_and_dropped_ones_free_their_slots() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let (_d, f) = file_with(&data);
-        let ring = Arc::new(SharedRing::new(8, "test-reaper", false).expect("ok"));
+        let ring = Arc::new(SharedRing::new(8, "test-reaper", false, None).expect("ok"));
         // Futures dropped before completion (after their first poll submitted them) must give
         // their slots back, or the reads below would wait for permits forever.
         for i in 0..32u64 {
@@ -431,5 +515,58 @@ mod tests {
             t.join().expect("ok");
         }
         assert_eq!(ring.inner.permits.available_permits(), 8);
+    }
+
+    #[test]
+    fn registered_buffers_are_read_into_lent_once_and_given_back() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let (_d, f) = file_with(&data);
+        let ring = SharedRing::new(8, "test-reaper", false, Some((2, 8192))).expect("ring");
+        assert_eq!(
+            ring.fixed_size(),
+            Some(8192),
+            "registered (this test needs the memlock)"
+        );
+        futures::executor::block_on(async {
+            let (n, a) = ring
+                .read_fixed(f.clone(), 8192, 4096)
+                .await
+                .expect("a buffer");
+            assert_eq!(n.expect("read"), 8192);
+            a.with(|b| assert_eq!(b, &data[4096..4096 + 8192]));
+            let (n, b) = ring
+                .read_fixed(f.clone(), 100, 99_950)
+                .await
+                .expect("a buffer");
+            assert_eq!(n.expect("read"), 50, "short at the end of the file");
+            b.with(|x| assert_eq!(&x[..50], &data[99_950..]));
+            // Both lent: none for a third read, and none larger than the buffers.
+            assert!(ring.read_fixed(f.clone(), 10, 0).await.is_none());
+            drop(a);
+            assert!(ring.read_fixed(f.clone(), 8193, 0).await.is_none());
+            let (n, c) = ring
+                .read_fixed(f.clone(), 4096, 0)
+                .await
+                .expect("given back");
+            assert_eq!(n.expect("read"), 4096);
+            c.with(|x| assert_eq!(&x[..4096], &data[..4096]));
+        });
+        // A read whose future is dropped in flight gives its buffer back at completion.
+        for _ in 0..2 {
+            let mut fut = Box::pin(ring.read_fixed(f.clone(), 8192, 0));
+            let waker = futures::task::noop_waker();
+            let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
+        }
+        let mut back = false;
+        for _ in 0..1000 {
+            let got = futures::executor::block_on(ring.read_fixed(f.clone(), 10, 0));
+            if let Some((n, _)) = got {
+                assert_eq!(n.expect("read"), 10);
+                back = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(back, "the dropped reads' buffers came back");
     }
 }
