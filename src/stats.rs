@@ -119,9 +119,9 @@ pub struct Stats {
     /// shared ring's or a read thread's: fixed buffers; none where registering failed, e.g.
     /// under `RLIMIT_MEMLOCK`).
     pub reads_registered: u64,
-    /// Direct reads the caller's thread submitted to the ring shared by all callers (see
-    /// `Options::caller_submits_reads`), rather than handing them to a read thread. All are
-    /// direct reads, counted in `reads_direct` too.
+    /// Value reads the caller's thread submitted to the ring shared by all callers (see
+    /// `Options::caller_submits_reads`) rather than handing them to a read thread; those made
+    /// with `O_DIRECT` are counted in `reads_direct` too.
     pub reads_ring: u64,
     /// Of those, reads whose completion a task on the caller's tokio runtime took (see
     /// `Options::reap_on_tokio`); the engine's reaper thread took the others.
