@@ -1,7 +1,7 @@
 //! File names and paths of a store directory.
 //!
 //! A store directory holds `LOCK`, datafiles `NNNNNNNNNN.data`, their hint files
-//! `NNNNNNNNNN.hint`, at most one merge manifest `MERGE`, at most one keydir snapshot `KEYDIR`,
+//! `NNNNNNNNNN.hint`, the value files `NNNNNNNNNN.vals` of datafiles that keep values apart, at most one merge manifest `MERGE`, at most one keydir snapshot `KEYDIR`,
 //! markers `NNNNNNNNNN.retired` of merged-away datafiles a snapshot still reads, and, after a
 //! crash, files under a temporary name (`*.tmp`) that open removes.
 
@@ -17,6 +17,35 @@ pub(crate) const SNAPSHOT_NAME: &str = "KEYDIR";
 /// Path of datafile `id` in `dir`.
 pub(crate) fn data_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:010}.data"))
+}
+
+/// Datafile ids stay below this bit. The read path (keydir entries, file table, tails) names
+/// the value file of datafile `N` by the id `N | VALS_BIT`.
+pub(crate) const VALS_BIT: u32 = 1 << 31;
+
+/// Path of the value file of datafile `id` in `dir` (`id` without [`VALS_BIT`]).
+pub(crate) fn vals_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{:010}.vals", id & !VALS_BIT))
+}
+
+/// Length of the value file of datafile `id` in `dir` (0 when it has none).
+pub(crate) fn vals_len(dir: &Path, id: u32) -> u64 {
+    std::fs::metadata(vals_path(dir, id)).map_or(0, |m| m.len())
+}
+
+/// Path of the file the read path names `fid`: a value file when it has [`VALS_BIT`], else a
+/// datafile.
+pub(crate) fn read_path(dir: &Path, fid: u32) -> PathBuf {
+    if fid & VALS_BIT != 0 {
+        vals_path(dir, fid)
+    } else {
+        data_path(dir, fid)
+    }
+}
+
+/// The datafile a read-path id belongs to (itself, or the datafile of a value file).
+pub(crate) fn data_id(fid: u32) -> u32 {
+    fid & !VALS_BIT
 }
 
 /// Path of the hint file of datafile `id` in `dir`.
@@ -45,6 +74,7 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 pub(crate) enum DirEntry {
     Data(u32),
     Hint(u32),
+    Vals(u32),
     Retired(u32),
     Temp,
 }
@@ -58,10 +88,11 @@ pub(crate) fn parse_name(name: &str) -> Option<DirEntry> {
     if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let id: u32 = stem.parse().ok()?;
+    let id: u32 = stem.parse().ok().filter(|id| id & VALS_BIT == 0)?;
     match ext {
         "data" => Some(DirEntry::Data(id)),
         "hint" => Some(DirEntry::Hint(id)),
+        "vals" => Some(DirEntry::Vals(id)),
         "retired" => Some(DirEntry::Retired(id)),
         _ => None,
     }
@@ -84,5 +115,11 @@ mod tests {
         assert_eq!(parse_name("LOCK"), None);
         assert_eq!(parse_name("00000000x7.data"), None);
         assert_eq!(parse_name("9999999999.data"), None); // over u32
+        assert_eq!(parse_name("2147483648.data"), None); // the value-file bit
+        assert_eq!(parse_name("0000000007.vals"), Some(DirEntry::Vals(7)));
+        assert_eq!(vals_path(d, 7 | VALS_BIT), Path::new("/x/0000000007.vals"));
+        assert_eq!(read_path(d, 7 | VALS_BIT), vals_path(d, 7));
+        assert_eq!(read_path(d, 7), data_path(d, 7));
+        assert_eq!(data_id(7 | VALS_BIT), 7);
     }
 }

@@ -122,6 +122,7 @@ pub struct Options {
     pub(crate) keydir_snapshot: bool,
     pub(crate) caller_submits_reads: bool,
     pub(crate) reap_on_tokio: bool,
+    pub(crate) values_apart: bool,
 }
 
 impl Default for Options {
@@ -132,7 +133,7 @@ impl Default for Options {
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
     /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes` 0 (64 MiB under `IoMode::Direct`),
-    /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`.
+    /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`, `values_apart(true)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -142,6 +143,7 @@ impl Default for Options {
             read_threads: None,
             caller_submits_reads: true,
             reap_on_tokio: false,
+            values_apart: true,
             recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
@@ -222,6 +224,22 @@ impl Options {
     /// `pread` backend, go to the read threads either way.
     pub fn caller_submits_reads(mut self, yes: bool) -> Self {
         self.caller_submits_reads = yes;
+        self
+    }
+
+    /// Under the direct-IO writer ([`IoMode::Direct`] with [`SyncPolicy::Always`]): whether
+    /// values whose size is close to a whole number of 4 KiB blocks (at most an eighth of
+    /// padding: 3641 to 4096 bytes, 7282 to 8192, ...) are kept apart from their record, each
+    /// from a block boundary of the datafile's value file (`NNNNNNNNNN.vals`), with their CRC
+    /// in the record and in the keydir (`true`, the default), or kept in their record like
+    /// every other value (`false`). A value kept apart is read with one aligned read of its
+    /// own blocks (a 4096-byte value: one 4 KiB read, where its record would span two
+    /// blocks) and checked against the CRC the keydir holds; a group commit then writes two
+    /// files, in flight together. Stores written either way open either way (format
+    /// version 2; version 1 stores are read as they are). Merge writes the values it keeps
+    /// back into their records.
+    pub fn values_apart(mut self, yes: bool) -> Self {
+        self.values_apart = yes;
         self
     }
 

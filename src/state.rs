@@ -174,7 +174,7 @@ impl Shared {
     /// Allocates a new datafile id.
     pub(crate) fn allocate_file_id(&self) -> std::io::Result<u32> {
         let id = self.next_file_id.fetch_add(1, Ordering::SeqCst);
-        if id == u32::MAX {
+        if id >= crate::layout::VALS_BIT {
             return Err(std::io::Error::other("datafile ids are exhausted"));
         }
         Ok(id)

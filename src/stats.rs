@@ -40,7 +40,8 @@ pub struct RecoveryReport {
 pub struct FileStats {
     /// Datafile id.
     pub file_id: u32,
-    /// Length of the file (header and records).
+    /// Length of the file (header and records), plus that of its value file when it keeps
+    /// values apart (see [`crate::Options::values_apart`]).
     pub total_bytes: u64,
     /// Bytes of records that are superseded, deleted, or tombstones.
     pub dead_bytes: u64,
@@ -49,6 +50,8 @@ pub struct FileStats {
     /// Whether the writer has sealed the file and applied all its keydir updates, so that a
     /// merge may take it as input.
     pub(crate) sealed: bool,
+    /// Length of the value file (part of `total_bytes`; 0 without one).
+    pub(crate) vals_bytes: u64,
 }
 
 impl FileStats {
@@ -60,7 +63,13 @@ impl FileStats {
             dead_bytes: 0,
             min_seq: u64::MAX,
             sealed: false,
+            vals_bytes: 0,
         }
+    }
+
+    /// Length of the datafile alone (`total_bytes` without the value file).
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.total_bytes - self.vals_bytes
     }
 
     /// Share of the file's bytes that are dead (0 for an empty file).

@@ -82,7 +82,7 @@ fn unknown_version_is_reported_as_such() {
         } => {
             assert_eq!(&file, first);
             assert_eq!(found, 99);
-            assert_eq!(supported, 1);
+            assert_eq!(supported, 2);
         }
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }

@@ -324,6 +324,8 @@ fn registered_buffers_carry_small_direct_io_and_large_io_falls_back() {
             // Reads through the read threads, whose rings have the registered buffers.
             .caller_submits_reads(false)
             .value_cache_bytes(0)
+            // The 1.5 MiB values in their records: the datafile's group writes are large.
+            .values_apart(false)
     };
     let small = |i: u32| vec![i as u8; 3000 + i as usize];
     let large = |i: u32| vec![0x80 | i as u8; (3 << 19) + i as usize];

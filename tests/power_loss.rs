@@ -3,7 +3,8 @@
 //! dies (every later IO fails), the handle is dropped, the power is cut — unsynced data and
 //! directory changes are lost, the last unsynced write torn at sector granularity — and the
 //! store is reopened and compared with a model, round after round in one directory, under
-//! every sync policy, in both io modes (`IoMode::Buffered` and `IoMode::Direct`):
+//! every sync policy, in both io modes (`IoMode::Buffered` and `IoMode::Direct`, whose
+//! direct-IO writer keeps values of 3641..=4096 and 8192 bytes apart, in value files):
 //! - the store must open;
 //! - it must hold the model's state after some prefix of the operations: every operation
 //!   acknowledged before the last durable point (every acknowledged one under
@@ -55,6 +56,8 @@ struct Figures {
     /// Of those, writes of the direct-IO writer (`O_DIRECT | O_DSYNC` group writes, each
     /// rewriting the partly filled block the last group left).
     torn_direct: u64,
+    /// Of those, writes to a value file (values kept apart).
+    torn_in_value_files: u64,
     entries_lost: u64,
     entries_back: u64,
 }
@@ -66,7 +69,14 @@ async fn step(db: &Db, rng: &mut Rng, model: &mut Model) -> ringcask::Result<boo
     match rng.below(20) {
         0..=9 => {
             let k = key(rng);
-            let len = 1 + rng.below(300) as usize;
+            // A quarter of the values are of the sizes the direct-IO writer keeps apart, in
+            // the datafile's value file (format v2): its group writes then go to two files.
+            let len = match rng.below(12) {
+                0 => 4096,
+                1 => 3641 + rng.below(455) as usize,
+                2 => 8192,
+                _ => 1 + rng.below(300) as usize,
+            };
             let v = rng.bytes(len);
             model.insert(k.clone(), v.clone());
             db.put(&k, &v).await?;
@@ -296,6 +306,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         fig.torn_writes += u64::from(report.torn_write);
         if mode == IoMode::Direct && policy == SyncPolicy::Always {
             fig.torn_direct += u64::from(report.torn_write);
+            fig.torn_in_value_files += u64::from(report.torn_in_value_file);
         }
         fig.entries_lost += report.entries_lost;
         fig.entries_back += report.entries_back;

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::snapshot::FilePin;
 use super::Db;
 use crate::io::context;
-use crate::layout::{data_path, hint_path};
+use crate::layout::{data_path, hint_path, vals_path};
 use crate::{Error, Result};
 
 /// What [`Db::checkpoint`] wrote.
@@ -45,7 +45,9 @@ pub struct CheckpointReport {
 /// A datafile as the checkpoint found it.
 struct Source {
     id: u32,
+    /// Bytes of the datafile, and of its value file, to copy when it is not sealed.
     len: u64,
+    vals_len: u64,
     sealed: bool,
 }
 
@@ -95,7 +97,8 @@ impl Db {
                 u.values()
                     .map(|f| Source {
                         id: f.file_id,
-                        len: f.total_bytes,
+                        len: f.data_bytes(),
+                        vals_len: f.vals_bytes,
                         sealed: f.sealed,
                     })
                     .collect()
@@ -163,10 +166,20 @@ fn write_checkpoint(dir: &Path, sources: &[Source], dest: &Path) -> Result<Check
                 if hint_from.exists() {
                     link_or_copy(&hint_from, &hint_to, &mut report)?;
                 }
+                if s.vals_len > 0 {
+                    let (vals_from, vals_to) = (vals_path(dir, s.id), vals_path(&tmp, s.id));
+                    link_or_copy(&vals_from, &vals_to, &mut report)?;
+                }
             } else {
                 copy_prefix(&from, &to, s.len)?;
                 report.files_copied += 1;
                 report.bytes_copied += s.len;
+                if s.vals_len > 0 {
+                    let (vals_from, vals_to) = (vals_path(dir, s.id), vals_path(&tmp, s.id));
+                    copy_prefix(&vals_from, &vals_to, s.vals_len)?;
+                    report.files_copied += 1;
+                    report.bytes_copied += s.vals_len;
+                }
             }
         }
         crate::io::fs::sync_dir(None, &tmp)?;

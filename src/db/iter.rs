@@ -105,6 +105,7 @@ impl Iter {
             snap,
             walk,
             ready: VecDeque::new(),
+            vals_from: 0,
         };
         Iter {
             stream: Box::pin(futures::stream::unfold(state, State::next)),
@@ -115,10 +116,12 @@ impl Iter {
 /// Which entries a keydir walk takes.
 enum Filter {
     Prefix(Bytes),
-    /// Entries in datafile `file` at `offset` or after.
+    /// Entries in datafile `file` at `offset` or after, and those of its values kept apart
+    /// at `vals_from` or after in its value file (values lie there in record order).
     FileFrom {
         file: u32,
         offset: u64,
+        vals_from: u64,
     },
 }
 
@@ -126,8 +129,16 @@ impl Filter {
     fn takes(&self, key: &[u8], e: &Entry) -> bool {
         match self {
             Filter::Prefix(p) => key.starts_with(p),
-            Filter::FileFrom { file, offset } => {
-                e.file_id == *file && u64::from(e.offset) >= *offset
+            Filter::FileFrom {
+                file,
+                offset,
+                vals_from,
+            } => {
+                if e.is_apart() {
+                    e.data_id() == *file && u64::from(e.offset) >= *vals_from
+                } else {
+                    e.file_id == *file && u64::from(e.offset) >= *offset
+                }
             }
         }
     }
@@ -155,6 +166,9 @@ struct State {
     walk: Walk,
     /// Items read and not yet yielded.
     ready: VecDeque<Item>,
+    /// In the datafile being read: the value-file offset past the last value kept apart
+    /// whose record was read.
+    vals_from: u64,
 }
 
 impl State {
@@ -184,6 +198,9 @@ impl State {
             return Walk::Done;
         };
         let start = offset.max(FILE_HEADER_LEN as u64);
+        if start == FILE_HEADER_LEN as u64 {
+            self.vals_from = 0;
+        }
         if start >= len {
             return Walk::Files {
                 file: file + 1,
@@ -205,7 +222,7 @@ impl State {
                 Ok(b) => b,
                 Err(e) => {
                     self.ready.push_back(Err(e));
-                    return fallback(id, start, file);
+                    return fallback(id, start, self.vals_from, file);
                 }
             };
             // A first record larger than the chunk is read whole.
@@ -215,9 +232,17 @@ impl State {
                 _ => break buf,
             }
         };
-        let p = match self.take_records(&snap, id, start, &buf) {
+        let mut apart = Vec::new();
+        let taken = self.take_records(&snap, id, start, &buf, &mut apart);
+        // Values kept apart of the live records just read: read like a keydir group.
+        let reads = apart.iter().map(|(k, e)| inner.read_value(k, *e));
+        let values = futures::future::join_all(reads).await;
+        for ((k, _), v) in apart.into_iter().zip(values) {
+            self.ready.push_back(v.map(|v| (k, v)));
+        }
+        let p = match taken {
             Ok(p) => p,
-            Err(damaged_at) => return fallback(id, damaged_at, file),
+            Err(damaged_at) => return fallback(id, damaged_at, self.vals_from, file),
         };
         let next = start + p as u64;
         if next >= len {
@@ -230,14 +255,16 @@ impl State {
         }
     }
 
-    /// Queues the live records of `buf` (bytes of datafile `id` from `start`); returns how many
-    /// bytes of whole records it holds, or the offset of bytes that do not decode.
+    /// Queues the live records of `buf` (bytes of datafile `id` from `start`), those whose
+    /// value is kept apart into `apart` (key, entry) for reading; returns how many bytes of
+    /// whole records it holds, or the offset of bytes that do not decode.
     fn take_records(
         &mut self,
         snap: &Snapshot,
         id: u32,
         start: u64,
         buf: &[u8],
+        apart: &mut Vec<(Bytes, Entry)>,
     ) -> Result<usize, u64> {
         let (view, now) = (snap.view(), snap.now_ms());
         let mut p = 0usize;
@@ -249,7 +276,18 @@ impl State {
                 break; // the next chunk starts with it
             }
             let rec = format::decode_record(rest).map_err(|_| at)?;
-            if !rec.header.is_tombstone() {
+            if let Some(a) = rec.apart {
+                self.vals_from = a.offset + 1;
+                let live = view.get(rec.key).filter(|e| {
+                    e.file_id == id | crate::layout::VALS_BIT
+                        && u64::from(e.offset) == a.offset
+                        && e.seq == rec.header.seq
+                        && !e.is_expired(now)
+                });
+                if let Some(e) = live {
+                    apart.push((Bytes::copy_from_slice(rec.key), e));
+                }
+            } else if !rec.header.is_tombstone() {
                 let live = view.get(rec.key).is_some_and(|e| {
                     e.file_id == id
                         && u64::from(e.offset) == at
@@ -319,14 +357,18 @@ fn live(snap: &Snapshot) -> Result<&Inner> {
 
 /// The rest of datafile `id` from `offset` does not read sequentially: find its live records
 /// through the keydir, then go on with the datafile after number `file`.
-fn fallback(id: u32, offset: u64, file: usize) -> Walk {
+fn fallback(id: u32, offset: u64, vals_from: u64, file: usize) -> Walk {
     tracing::warn!(
         file_id = id,
         offset,
         "iteration: datafile does not decode from here; reading its live records one by one"
     );
     Walk::Keydir {
-        filter: Filter::FileFrom { file: id, offset },
+        filter: Filter::FileFrom {
+            file: id,
+            offset,
+            vals_from,
+        },
         at: Some(Position::default()),
         resume: Some(file + 1),
     }

@@ -36,7 +36,7 @@ impl Inner {
     pub(super) fn reclaim_expired(&self, key: &[u8], e: Entry) {
         if self.keydir.remove_if_seq(key, e.seq).is_some() {
             self.shared
-                .with_usage(|u| Shared::add_dead(u, e.file_id, u64::from(e.len)));
+                .with_usage(|u| Shared::add_dead(u, e.data_id(), e.footprint(key.len())));
         }
     }
 
@@ -109,7 +109,8 @@ impl Inner {
         len: usize,
         what: &str,
     ) -> Result<Vec<u8>> {
-        let Some((from, held)) = self.appender.tail().read(file_id, offset, len) else {
+        let tail = self.appender.tail_for(file_id);
+        let Some((from, held)) = tail.read(file_id, offset, len) else {
             return self.read_file(file_id, offset, len, what).await;
         };
         self.shared.reads_tail.add(1);
@@ -124,9 +125,9 @@ impl Inner {
         };
         if buf.len() < len {
             return Err(Error::Corrupt {
-                file: layout::data_path(&self.dir, file_id),
+                file: layout::read_path(&self.dir, file_id),
                 offset,
-                reason: format!("datafile is shorter than the {what}"),
+                reason: format!("file is shorter than the {what}"),
             });
         }
         buf.truncate(len);
@@ -149,8 +150,8 @@ impl Inner {
         // the direct-IO writer writes it; otherwise the active file stays buffered (its last
         // block is still being written through the page cache).
         let direct = self.opts.io_mode == IoMode::Direct
-            && (file_id != self.shared.active_file_id.load(Ordering::Relaxed)
-                || self.appender.tail().holds(file_id));
+            && (layout::data_id(file_id) != self.shared.active_file_id.load(Ordering::Relaxed)
+                || self.appender.tail_for(file_id).holds(file_id));
         let in_flight = self.reads_in_flight.load(Ordering::Relaxed);
         if self.opts.inline_reads && !direct && regime::try_inline(in_flight) {
             let got = self
@@ -219,12 +220,12 @@ impl Inner {
         len: usize,
         what: &str,
     ) -> Error {
-        let file = layout::data_path(&self.dir, file_id);
+        let file = layout::read_path(&self.dir, file_id);
         if err.kind() == std::io::ErrorKind::UnexpectedEof {
             return Error::Corrupt {
                 file,
                 offset,
-                reason: format!("datafile is shorter than the {what}"),
+                reason: format!("file is shorter than the {what}"),
             };
         }
         let what = format!(
@@ -234,14 +235,21 @@ impl Inner {
         Error::Io(crate::io::context(err, what))
     }
 
-    /// Checks the record read for `e` (CRC, key, seq) and returns its value.
+    /// Checks the record read for `e` (CRC, key, seq) and returns its value; a value kept
+    /// apart is checked against the CRC the keydir holds.
     fn verify(&self, key: &[u8], e: Entry, buf: Vec<u8>) -> Result<Bytes> {
-        let file = || layout::data_path(&self.dir, e.file_id);
+        let file = || layout::read_path(&self.dir, e.file_id);
         let corrupt = |reason: String| Error::Corrupt {
             file: file(),
             offset: u64::from(e.offset),
             reason,
         };
+        if e.is_apart() {
+            if format::value_crc(&buf) != e.crc {
+                return Err(corrupt("value kept apart fails its checksum".into()));
+            }
+            return Ok(Bytes::from(buf));
+        }
         let rec = format::decode_record(&buf).map_err(|d| corrupt(d.to_string()))?;
         if rec.key != key || rec.header.seq != e.seq || rec.header.is_tombstone() {
             return Err(corrupt("record does not match the keydir entry".into()));

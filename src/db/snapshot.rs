@@ -111,7 +111,7 @@ impl Snapshot {
         let (view, files) = inner.appender.quiesced(|| {
             let files = inner
                 .shared
-                .with_usage(|u| u.values().map(|f| (f.file_id, f.total_bytes)).collect());
+                .with_usage(|u| u.values().map(|f| (f.file_id, f.data_bytes())).collect());
             (inner.keydir.freeze(), files)
         });
         Snapshot {

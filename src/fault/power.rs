@@ -38,6 +38,8 @@ enum Pending {
 pub struct PowerCut {
     /// The last unsynced write was torn (some of its sectors kept, some lost).
     pub torn_write: bool,
+    /// That write was to a value file (`*.vals`, values kept apart).
+    pub torn_in_value_file: bool,
     /// Directory entries created or renamed since the last directory sync, lost.
     pub entries_lost: u64,
     /// Files unlinked since the last directory sync, back.
@@ -52,6 +54,13 @@ struct FileState {
     pending: Vec<Pending>,
     /// Sequence number of its last pending write (the most recent one overall is torn).
     last_write: u64,
+    /// A value file (`*.vals`).
+    vals: bool,
+}
+
+/// Whether `path` names a value file.
+fn is_vals(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "vals")
 }
 
 /// The durable image of one store directory.
@@ -91,6 +100,7 @@ impl PowerModel {
             let id = m.new_id(meta.ino());
             if let Some(f) = m.files.get_mut(&id) {
                 f.durable = std::fs::read(e.path())?;
+                f.vals = is_vals(&e.path());
             }
             m.durable_dir.insert(e.file_name(), id);
         }
@@ -118,6 +128,9 @@ impl PowerModel {
         }
         if let Ok(meta) = std::fs::metadata(path) {
             let id = self.new_id(meta.ino());
+            if let Some(f) = self.files.get_mut(&id) {
+                f.vals = is_vals(path);
+            }
             trace(format_args!("create {} -> id {id}", path.display()));
         }
     }
@@ -212,8 +225,10 @@ impl PowerModel {
     /// unsynced write torn to a random subset of its sectors.
     pub(crate) fn cut(&mut self) -> io::Result<PowerCut> {
         trace(format_args!("CUT durable dir {:?}", self.durable_dir));
+        let torn = self.tear_last_write();
         let mut report = PowerCut {
-            torn_write: self.tear_last_write(),
+            torn_write: torn.is_some(),
+            torn_in_value_file: torn == Some(true),
             ..PowerCut::default()
         };
         self.restore_dir(&mut report)?;
@@ -222,8 +237,8 @@ impl PowerModel {
     }
 
     /// Applies the surviving sectors of the most recent unsynced write to its file's durable
-    /// contents; whether any survived.
-    fn tear_last_write(&mut self) -> bool {
+    /// contents; when any survived, `Some(whether the file is a value file)`.
+    fn tear_last_write(&mut self) -> Option<bool> {
         let last = self
             .files
             .iter()
@@ -241,13 +256,9 @@ impl PowerModel {
                     _ => None,
                 })
         });
-        let Some((id, offset, data)) = write else {
-            return false;
-        };
+        let (id, offset, data) = write?;
         let kept = self.tear(offset, &data);
-        let Some(f) = self.files.get_mut(&id) else {
-            return false;
-        };
+        let f = self.files.get_mut(&id)?;
         for (at, bytes) in &kept {
             apply(
                 &mut f.durable,
@@ -257,7 +268,7 @@ impl PowerModel {
                 },
             );
         }
-        !kept.is_empty()
+        (!kept.is_empty()).then_some(f.vals)
     }
 
     /// Removes the entries the disk does not hold durably and writes every durable entry with

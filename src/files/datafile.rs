@@ -71,6 +71,11 @@ struct Window<'f> {
     file_len: u64,
     buf: Vec<u8>,
     start: u64,
+    /// The datafile's value file, when it has one: a record whose value is kept apart is
+    /// whole only when its value there verifies.
+    vals: Option<&'f File>,
+    /// Buffer for a value read from `vals`.
+    value: Vec<u8>,
 }
 
 impl<'f> Window<'f> {
@@ -81,6 +86,22 @@ impl<'f> Window<'f> {
             file_len,
             buf: Vec::new(),
             start: 0,
+            vals: None,
+            value: Vec::new(),
+        }
+    }
+
+    /// Whether the value kept apart at `a` is in the value file, whole (`Ok(false)` when it
+    /// is missing, short or fails its CRC: the write that carried it did not complete).
+    fn value_verifies(&mut self, a: format::Apart) -> io::Result<bool> {
+        let Some(vals) = self.vals else {
+            return Ok(false);
+        };
+        self.value.resize(a.len as usize, 0);
+        match crate::io::read_exact_at(self.fault, vals, &mut self.value, a.offset) {
+            Ok(()) => Ok(format::value_crc(&self.value) == a.crc),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -167,7 +188,26 @@ fn record_at(w: &mut Window<'_>, off: u64) -> io::Result<Result<u64, DecodeError
         }));
     }
     let bytes = w.at(off, len as usize)?;
-    Ok(format::decode_record(bytes).map(|_| len))
+    let apart = match format::decode_record(bytes) {
+        Ok(rec) => rec.apart,
+        Err(e) => return Ok(Err(e)),
+    };
+    match apart {
+        Some(a) if !w.value_verifies(a)? => Ok(Err(DecodeError::Invalid(
+            "the value kept apart is missing from the value file or damaged",
+        ))),
+        _ => Ok(Ok(len)),
+    }
+}
+
+/// The value file beside the datafile at `path`, if there is one.
+fn open_vals(path: &Path, id: u32) -> io::Result<Option<File>> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    match File::open(crate::layout::vals_path(dir, id)) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Scans datafile `id`, calling `apply` for every committed record in file order. Records of an
@@ -182,7 +222,9 @@ pub(crate) fn scan(
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     check_header(&file, file_len, id, fault)?;
+    let vals = open_vals(path, id)?;
     let mut w = Window::new(&file, file_len, fault);
+    w.vals = vals.as_ref();
     let mut s = Scanner {
         path,
         mode,
@@ -341,6 +383,7 @@ impl Scanner<'_> {
             record_len: len as u32,
             tombstone: rec.header.is_tombstone(),
             key: rec.key,
+            apart: rec.apart,
         };
         let flags = rec.header.flags;
         if flags & FLAG_BATCH != 0 {

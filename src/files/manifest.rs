@@ -72,6 +72,7 @@ pub(crate) fn finish_committed(
     for &id in &m.inputs {
         remove_if_exists(fault, &data_path(dir, id))?;
         remove_if_exists(fault, &hint_path(dir, id))?;
+        remove_if_exists(fault, &layout::vals_path(dir, id))?;
     }
     fs::sync_dir(fault, dir)?;
     fs::remove_file(fault, &path)?;
@@ -102,6 +103,7 @@ pub(crate) fn delete_retired(
     for &id in ids {
         remove_if_exists(fault, &data_path(dir, id))?;
         remove_if_exists(fault, &hint_path(dir, id))?;
+        remove_if_exists(fault, &layout::vals_path(dir, id))?;
     }
     fs::sync_dir(fault, dir)?;
     for &id in ids {

@@ -151,6 +151,7 @@ fn write_bodies(
                     file_id: e.file_id,
                     offset: e.offset,
                     len: e.len,
+                    crc: e.crc,
                 },
             );
             entries += 1;
@@ -179,9 +180,14 @@ fn list_dir(dir: &Path) -> std::result::Result<BTreeMap<u32, (u64, u64)>, String
             return Err("a merge manifest is present".into());
         }
         match layout::parse_name(name) {
-            Some(DirEntry::Data(id)) => {
-                let m = e.metadata().map_err(|e| format!("datafile {id}: {e}"))?;
-                out.insert(id, (m.len(), ctime_ns(&m)));
+            Some(DirEntry::Data(id)) | Some(DirEntry::Vals(id)) => {
+                // A datafile and its value file are listed as one: lengths summed, the
+                // later ctime.
+                let m = e.metadata().map_err(|e| format!("file {name}: {e}"))?;
+                let at = out.entry(id).or_insert((0, 0, false));
+                at.0 += m.len();
+                at.1 = at.1.max(ctime_ns(&m));
+                at.2 |= matches!(layout::parse_name(name), Some(DirEntry::Data(_)));
             }
             Some(DirEntry::Temp) if name != temp_name() => {
                 return Err(format!("temporary file {name} is present"));
@@ -189,7 +195,10 @@ fn list_dir(dir: &Path) -> std::result::Result<BTreeMap<u32, (u64, u64)>, String
             _ => {}
         }
     }
-    Ok(out)
+    if out.values().any(|f| !f.2) {
+        return Err("a value file without its datafile is present".into());
+    }
+    Ok(out.into_iter().map(|(id, f)| (id, (f.0, f.1))).collect())
 }
 
 /// Status-change time in ns: any write, truncation or metadata change moves it.
@@ -272,6 +281,7 @@ fn load_shard(
             file_id: e.file_id,
             offset: e.offset,
             len: e.len,
+            crc: e.crc,
         };
         check_entry(&head.files, e.key, &entry, &mut t)
             .and_then(|()| builder.add(e.key, entry))
@@ -295,20 +305,25 @@ fn check_entry(
     t: &mut ShardTally,
 ) -> std::result::Result<(), &'static str> {
     let at = files
-        .binary_search_by_key(&e.file_id, |f| f.id)
+        .binary_search_by_key(&e.data_id(), |f| f.id)
         .map_err(|_| "entry in a file the snapshot does not list")?;
     let (file, live, min_seq) = match (files.get(at), t.live.get_mut(at), t.min_seq.get_mut(at)) {
         (Some(f), Some(l), Some(m)) => (f, l, m),
         _ => return Err("entry in a file the snapshot does not list"),
     };
+    // A listed length counts the value file too: a bound for a value's end as well.
     let end = u64::from(e.offset) + u64::from(e.len);
     if u64::from(e.offset) < FILE_HEADER_LEN as u64 || end > file.len {
         return Err("entry outside its file");
     }
-    if (e.len as usize) < RECORD_HEADER_LEN + key.len() {
+    if e.is_apart() {
+        if e.len == 0 || !u64::from(e.offset).is_multiple_of(crate::format::VALS_ALIGN) {
+            return Err("value kept apart out of place");
+        }
+    } else if (e.len as usize) < RECORD_HEADER_LEN + key.len() {
         return Err("entry shorter than its key");
     }
-    *live += u64::from(e.len);
+    *live += e.footprint(key.len());
     *min_seq = (*min_seq).min(e.seq);
     t.max_seq = t.max_seq.max(e.seq);
     t.ttl |= e.expiry_ms != 0;
@@ -369,7 +384,7 @@ pub(crate) fn decode(
         if *min < l.min_seq {
             return Err(invalid("entry older than its file's first record"));
         }
-        if *live > l.len - FILE_HEADER_LEN as u64 {
+        if *live > l.len.saturating_sub(FILE_HEADER_LEN as u64) {
             return Err(invalid("more live bytes than a file holds"));
         }
     }
@@ -379,7 +394,7 @@ pub(crate) fn decode(
         for (id, len) in keydir.take_expired(now) {
             if let Ok(f) = head.files.binary_search_by_key(&id, |f| f.id) {
                 if let Some(l) = live.get_mut(f) {
-                    *l = l.saturating_sub(u64::from(len));
+                    *l = l.saturating_sub(len);
                 }
             }
         }
@@ -443,7 +458,8 @@ fn usage_of(files: &[Listed], live: &[u64]) -> BTreeMap<u32, FileStats> {
     for (l, live) in files.iter().zip(live) {
         let mut s = FileStats::new(l.id);
         s.total_bytes = l.len;
-        s.dead_bytes = l.len - FILE_HEADER_LEN as u64 - live;
+        // A value file's header block counts as dead, as it does when the writer creates it.
+        s.dead_bytes = l.len.saturating_sub(FILE_HEADER_LEN as u64 + live);
         s.min_seq = l.min_seq;
         s.sealed = true;
         usage.insert(l.id, s);
@@ -495,6 +511,9 @@ pub(crate) fn take(
     match loaded {
         Ok(mut d) => {
             d.recovered.report.duration = started.elapsed();
+            for f in d.recovered.usage.values_mut() {
+                f.vals_bytes = crate::layout::vals_len(dir, f.file_id);
+            }
             tracing::info!(
                 dir = %dir.display(),
                 keys = d.recovered.report.keys,

@@ -45,7 +45,7 @@ pub(crate) fn decode_manifest(buf: &[u8]) -> Result<Manifest, DecodeError> {
         return Err(DecodeError::BadMagic);
     }
     let version = u32_at(buf, MAN_VERSION_OFFSET)?;
-    if version != FORMAT_VERSION {
+    if !(super::MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let body_len = buf.len() - size_of::<u32>();

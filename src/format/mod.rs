@@ -1,5 +1,7 @@
 #![deny(clippy::indexing_slicing)]
-//! The on-disk format, version 1: every byte layout ringcask writes lives here.
+//! The on-disk format, version 2: every byte layout ringcask writes lives here. Version 2 added
+//! values kept apart (the record flag `APART`, value files, the hint record's value reference);
+//! a version 1 file is read as it is (it holds none of them).
 //!
 //! All integers are little-endian. No `usize` is ever written. Every structure carries a CRC-32
 //! (crc32fast, IEEE polynomial) that is XORed with [`CRC_MASK`] before it is stored, so that an
@@ -13,7 +15,8 @@
 //!  | 8 B    | u32      | u32      | u32     |
 //!  +--------+----------+----------+---------+
 //!  magic = "RCASKDAT" (datafile written by the writer), "RCASKMRG" (datafile written by a
-//!  merge) or "RCASKHNT" (hint file); crc covers bytes [0, 16).
+//!  merge), "RCASKHNT" (hint file) or "RCASKVAL" (value file); crc covers bytes [0, 16).
+//!  version: 1 or 2 (a later one is refused as such).
 //!
 //! Data record, RECORD_HEADER_LEN = 29, followed by key and value
 //!  0      4      12         20        24          28      29        29+k
@@ -23,8 +26,21 @@
 //!  +------+------+----------+---------+-----------+-------+---------+---------+
 //!  crc covers bytes [4, 29 + k + v). expiry: Unix time in milliseconds, 0 = never.
 //!  flags: bit 0 TOMBSTONE (v must be 0), bit 1 BATCH (member of an atomic batch),
-//!         bit 2 BATCH_END (last member of its batch; requires BATCH). Other bits: corrupt.
+//!         bit 2 BATCH_END (last member of its batch; requires BATCH), bit 3 APART (the value
+//!         is kept apart: see below). Other bits: corrupt.
 //!  key length is at least 1.
+//!
+//! Record whose value is kept apart (flag APART; v >= 1, never a tombstone): the value's
+//! reference replaces the value, and v is still the value's length
+//!  0 ... 29      29+k                 37+k        41+k
+//!  | header | key | value offset u64  | value crc u32 |
+//!  crc covers bytes [4, 41 + k) as for every record. The value lies at `value offset` (a
+//!  multiple of 4096, at least 4096) of the datafile's value file, `value crc` over its bytes.
+//!
+//! Value file (`NNNNNNNNNN.vals`, of datafile NNNNNNNNNN): a file header (kind "RCASKVAL"),
+//! zeros to 4096, then values, each from a multiple of 4096, zeros after each to the next.
+//! Nothing else: it is read only at the places records point to. Written by the direct-IO
+//! writer for values whose blocks waste at most an eighth of their size (`goes_apart`).
 //!
 //! Hint record (one per record of the datafile), HINT_RECORD_HEADER_LEN = 37, followed by the key
 //!  0      4      12         20             28           32        36      37
@@ -32,8 +48,10 @@
 //!  | crc  | seq  | expiry   | rec. offset  | rec. len   | key len | flags | key     |
 //!  | u32  | u64  | u64 (ms) | u64          | u32        | u32 (k) | u8    | k bytes |
 //!  +------+------+----------+--------------+------------+---------+-------+---------+
-//!  crc covers bytes [4, 37 + k). The offset and length locate the whole data record
-//!  (header included) in the datafile with the same file id. flags: TOMBSTONE only.
+//!  crc covers bytes [4, 37 + k [+ 16]). The offset and length locate the whole data record
+//!  (header included) in the datafile with the same file id. flags: TOMBSTONE, or APART
+//!  (bit 3: the record keeps its value apart), then after the key
+//!  | value offset u64 | value len u32 | value crc u32 |  (HINT_APART_LEN = 16)
 //!
 //! Hint footer (last bytes of a hint file), HINT_FOOTER_LEN = 28
 //!  0        8              16               24     28
@@ -56,8 +74,11 @@
 
 use std::mem::size_of;
 
-/// Format version written by this build.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format version written by this build: 2, which added values kept apart ([`FLAG_APART`],
+/// value files, the hint record's value reference). Version 1 files are read as they are.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads.
+pub(crate) const MIN_FORMAT_VERSION: u32 = 1;
 /// XOR mask applied to every stored CRC, so that all-zero bytes never verify.
 pub(crate) const CRC_MASK: u32 = 0xA282_EAD8;
 
@@ -69,6 +90,8 @@ pub(crate) const MERGED_MAGIC: [u8; 8] = *b"RCASKMRG";
 pub(crate) const MANIFEST_MAGIC: [u8; 8] = *b"RCASKMAN";
 /// Most input or output ids one manifest may list.
 pub(crate) const MANIFEST_MAX_IDS: u32 = 1 << 20;
+/// Magic of a value file header (`NNNNNNNNNN.vals`: the values kept apart from datafile `N`).
+pub(crate) const VALS_MAGIC: [u8; 8] = *b"RCASKVAL";
 /// Magic of a hint file header.
 pub(crate) const HINT_MAGIC: [u8; 8] = *b"RCASKHNT";
 /// Magic of a hint file footer.
@@ -118,7 +141,18 @@ pub(crate) const FLAG_TOMBSTONE: u8 = 1 << 0;
 pub(crate) const FLAG_BATCH: u8 = 1 << 1;
 /// The record is the last of its atomic batch.
 pub(crate) const FLAG_BATCH_END: u8 = 1 << 2;
-const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_BATCH | FLAG_BATCH_END;
+/// The record's value is kept apart, in the datafile's value file (format version 2): the
+/// record holds, after its key, a [`Apart`] instead of the value.
+pub(crate) const FLAG_APART: u8 = 1 << 3;
+const KNOWN_FLAGS: u8 = FLAG_TOMBSTONE | FLAG_BATCH | FLAG_BATCH_END | FLAG_APART;
+/// Bytes of the [`Apart`] a record with [`FLAG_APART`] holds after its key.
+pub(crate) const VALUE_REF_LEN: usize = 12;
+/// Bytes a hint record of a value kept apart holds after its key: the value's offset, length
+/// and CRC.
+pub(crate) const HINT_APART_LEN: usize = 16;
+/// Values in a value file start at multiples of this (the direct-IO block), and the first
+/// one at this offset (after the file header's block).
+pub(crate) const VALS_ALIGN: u64 = 4096;
 
 /// Largest key length the format accepts; a larger length read from disk is corruption.
 pub const KEY_LEN_LIMIT: u32 = 1 << 20;
@@ -226,6 +260,8 @@ pub(crate) enum FileKind {
     Merged,
     /// A hint file (`NNNNNNNNNN.hint`).
     Hint,
+    /// A value file (`NNNNNNNNNN.vals`).
+    Vals,
 }
 
 impl FileKind {
@@ -234,6 +270,7 @@ impl FileKind {
             FileKind::Data => DATA_MAGIC,
             FileKind::Merged => MERGED_MAGIC,
             FileKind::Hint => HINT_MAGIC,
+            FileKind::Vals => VALS_MAGIC,
         }
     }
 }
@@ -263,14 +300,19 @@ pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, Deco
 pub(crate) fn decode_any_file_header(buf: &[u8]) -> Result<(u32, FileKind), DecodeError> {
     need(buf, FILE_HEADER_LEN)?;
     let magic = range(buf, FH_MAGIC_OFFSET, FH_VERSION_OFFSET)?;
-    let kind = [FileKind::Data, FileKind::Merged, FileKind::Hint]
-        .into_iter()
-        .find(|k| k.magic() == magic)
-        .ok_or(DecodeError::BadMagic)?;
+    let kind = [
+        FileKind::Data,
+        FileKind::Merged,
+        FileKind::Hint,
+        FileKind::Vals,
+    ]
+    .into_iter()
+    .find(|k| k.magic() == magic)
+    .ok_or(DecodeError::BadMagic)?;
     // The version comes before the CRC: a later version may lay out (and check) its header
     // differently, and must be reported as such rather than as corruption.
     let version = u32_at(buf, FH_VERSION_OFFSET)?;
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     if u32_at(buf, FH_CRC_OFFSET)? != crc(range(buf, 0, FH_CRC_OFFSET)?) {
@@ -292,9 +334,20 @@ pub(crate) struct RecordHeader {
 }
 
 impl RecordHeader {
-    /// Whole record length: header, key and value.
+    /// Whole record length: header, key and value (or the value's reference when the value
+    /// is kept apart).
     pub(crate) fn record_len(&self) -> u64 {
-        RECORD_HEADER_LEN as u64 + u64::from(self.key_len) + u64::from(self.value_len)
+        let body = if self.is_apart() {
+            VALUE_REF_LEN as u64
+        } else {
+            u64::from(self.value_len)
+        };
+        RECORD_HEADER_LEN as u64 + u64::from(self.key_len) + body
+    }
+
+    /// Whether the value is kept apart, in the value file.
+    pub(crate) fn is_apart(&self) -> bool {
+        self.flags & FLAG_APART != 0
     }
 
     pub(crate) fn is_tombstone(&self) -> bool {
@@ -305,6 +358,62 @@ impl RecordHeader {
 /// Length of a record with the given key and value lengths.
 pub(crate) fn record_len(key_len: usize, value_len: usize) -> usize {
     RECORD_HEADER_LEN + key_len + value_len
+}
+
+/// Where a value kept apart lies in its value file, and its CRC (masked like every stored CRC).
+/// A record holds its offset and CRC after the key (the length is the header's value length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Apart {
+    /// Offset of the value in the value file: a multiple of [`VALS_ALIGN`], past the header.
+    pub offset: u64,
+    /// Length of the value.
+    pub len: u32,
+    /// CRC of the value's bytes, [`value_crc`].
+    pub crc: u32,
+}
+
+/// The CRC a [`Apart`] holds for `value`.
+pub(crate) fn value_crc(value: &[u8]) -> u32 {
+    crc(value)
+}
+
+/// Bytes a value of `len` bytes takes in a value file: whole blocks of [`VALS_ALIGN`].
+pub(crate) fn vals_span(len: u64) -> u64 {
+    len.div_ceil(VALS_ALIGN) * VALS_ALIGN
+}
+
+/// Whether a value of `len` bytes is kept apart by a writer that keeps values apart: when the
+/// blocks it fills waste at most an eighth of its size (4096 bytes: none; 3641 to 4095: one
+/// block; 5000: no). Smaller values stay in their record.
+pub(crate) fn goes_apart(len: usize) -> bool {
+    let len = len as u64;
+    len > 0 && len <= u64::from(VALUE_LEN_LIMIT) && (vals_span(len) - len) * 8 <= len
+}
+
+/// Appends a record whose value (`value_len` bytes) is kept apart at `at` to `out`.
+pub(crate) fn encode_record_apart(
+    out: &mut Vec<u8>,
+    seq: u64,
+    expiry_ms: u64,
+    flags: u8,
+    key: &[u8],
+    at: Apart,
+) {
+    assert!(!key.is_empty() && key.len() <= KEY_LEN_LIMIT as usize);
+    assert!(at.len > 0 && at.len <= VALUE_LEN_LIMIT);
+    assert!(at.offset >= VALS_ALIGN && at.offset.is_multiple_of(VALS_ALIGN));
+    assert_eq!(flags & !(KNOWN_FLAGS & !FLAG_TOMBSTONE), 0);
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&expiry_ms.to_le_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&at.len.to_le_bytes());
+    out.push(flags | FLAG_APART);
+    out.extend_from_slice(key);
+    out.extend_from_slice(&at.offset.to_le_bytes());
+    out.extend_from_slice(&at.crc.to_le_bytes());
+    seal_crc(out, start, REC_SEQ_OFFSET);
 }
 
 /// Appends one data record to `out`. The caller has checked the lengths against its limits;
@@ -381,6 +490,9 @@ pub(crate) fn decode_record_header(buf: &[u8]) -> Result<RecordHeader, DecodeErr
     if h.is_tombstone() && h.value_len != 0 {
         return Err(DecodeError::Invalid("tombstone with a value"));
     }
+    if h.is_apart() && (h.is_tombstone() || h.value_len == 0) {
+        return Err(DecodeError::Invalid("empty value kept apart"));
+    }
     Ok(h)
 }
 
@@ -389,7 +501,10 @@ pub(crate) fn decode_record_header(buf: &[u8]) -> Result<RecordHeader, DecodeErr
 pub(crate) struct Record<'a> {
     pub header: RecordHeader,
     pub key: &'a [u8],
+    /// The value; empty when it is kept apart (then `apart` says where).
     pub value: &'a [u8],
+    /// Where the value kept apart lies ([`FLAG_APART`]).
+    pub apart: Option<Apart>,
 }
 
 /// Decodes and CRC-checks the record at the start of `buf` (which may hold more bytes after it).
@@ -407,121 +522,42 @@ pub(crate) fn decode_record(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
         return Err(DecodeError::BadCrc);
     }
     let key_end = RECORD_HEADER_LEN + header.key_len as usize;
+    let key = range(buf, RECORD_HEADER_LEN, key_end)?;
+    if !header.is_apart() {
+        let value = range(buf, key_end, len)?;
+        return Ok(Record {
+            header,
+            key,
+            value,
+            apart: None,
+        });
+    }
+    let at = Apart {
+        offset: u64_at(buf, key_end)?,
+        len: header.value_len,
+        crc: u32_at(buf, key_end + size_of::<u64>())?,
+    };
+    if at.offset < VALS_ALIGN || !at.offset.is_multiple_of(VALS_ALIGN) {
+        return Err(DecodeError::Invalid(
+            "value kept apart at an unaligned offset",
+        ));
+    }
     Ok(Record {
         header,
-        key: range(buf, RECORD_HEADER_LEN, key_end)?,
-        value: range(buf, key_end, len)?,
+        key,
+        value: &[],
+        apart: Some(at),
     })
 }
 
-// ---- hint record -------------------------------------------------------------------------
+// ---- hint record and footer (drawn above; codec in hint.rs) ----------------------------
 
-/// One decoded hint record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HintRecord<'a> {
-    pub seq: u64,
-    pub expiry_ms: u64,
-    pub offset: u64,
-    pub record_len: u32,
-    pub tombstone: bool,
-    pub key: &'a [u8],
-}
-
-/// Appends one hint record to `out`.
-pub(crate) fn encode_hint(out: &mut Vec<u8>, h: &HintRecord<'_>) {
-    assert!(!h.key.is_empty() && h.key.len() <= KEY_LEN_LIMIT as usize);
-    let start = out.len();
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&h.seq.to_le_bytes());
-    out.extend_from_slice(&h.expiry_ms.to_le_bytes());
-    out.extend_from_slice(&h.offset.to_le_bytes());
-    out.extend_from_slice(&h.record_len.to_le_bytes());
-    out.extend_from_slice(&(h.key.len() as u32).to_le_bytes());
-    out.push(if h.tombstone { FLAG_TOMBSTONE } else { 0 });
-    out.extend_from_slice(h.key);
-    seal_crc(out, start, HINT_SEQ_OFFSET);
-}
-
-/// Decodes the hint record at the start of `buf`; returns it and its encoded length.
+mod hint;
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) fn decode_hint(buf: &[u8]) -> Result<(HintRecord<'_>, usize), DecodeError> {
-    decode_hint_with(buf, true)
-}
-
-/// [`decode_hint`], optionally without the CRC check: for a second pass over bytes whose every
-/// record was already verified.
-pub(crate) fn decode_hint_with(
-    buf: &[u8],
-    verify_crc: bool,
-) -> Result<(HintRecord<'_>, usize), DecodeError> {
-    need(buf, HINT_RECORD_HEADER_LEN)?;
-    let key_len = u32_at(buf, HINT_KEY_LEN_OFFSET)?;
-    if key_len == 0 || key_len > KEY_LEN_LIMIT {
-        return Err(DecodeError::Invalid("hint key length out of range"));
-    }
-    let flags = u8_at(buf, HINT_FLAGS_OFFSET)?;
-    if flags & !FLAG_TOMBSTONE != 0 {
-        return Err(DecodeError::Invalid("unknown hint flags"));
-    }
-    let len = HINT_RECORD_HEADER_LEN + key_len as usize;
-    need(buf, len)?;
-    if verify_crc && u32_at(buf, HINT_CRC_OFFSET)? != crc(range(buf, HINT_SEQ_OFFSET, len)?) {
-        return Err(DecodeError::BadCrc);
-    }
-    let h = HintRecord {
-        seq: u64_at(buf, HINT_SEQ_OFFSET)?,
-        expiry_ms: u64_at(buf, HINT_EXPIRY_OFFSET)?,
-        offset: u64_at(buf, HINT_REC_OFFSET_OFFSET)?,
-        record_len: u32_at(buf, HINT_REC_LEN_OFFSET)?,
-        tombstone: flags & FLAG_TOMBSTONE != 0,
-        key: range(buf, HINT_RECORD_HEADER_LEN, len)?,
-    };
-    let min_len = record_len(key_len as usize, 0) as u64;
-    let max_len = min_len + u64::from(VALUE_LEN_LIMIT);
-    let rl = u64::from(h.record_len);
-    if rl < min_len || rl > max_len || (h.tombstone && rl != min_len) {
-        return Err(DecodeError::Invalid("hint record length out of range"));
-    }
-    if h.offset < FILE_HEADER_LEN as u64 {
-        return Err(DecodeError::Invalid("hint offset inside the file header"));
-    }
-    Ok((h, len))
-}
-
-// ---- hint footer -------------------------------------------------------------------------
-
-/// The footer of a hint file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HintFooter {
-    pub record_count: u64,
-    pub data_len: u64,
-}
-
-/// Appends a hint footer to `out`.
-pub(crate) fn encode_hint_footer(out: &mut Vec<u8>, f: &HintFooter) {
-    let start = out.len();
-    out.extend_from_slice(&FOOTER_MAGIC);
-    out.extend_from_slice(&f.record_count.to_le_bytes());
-    out.extend_from_slice(&f.data_len.to_le_bytes());
-    let c = crc(out.get(start..).unwrap_or_default());
-    out.extend_from_slice(&c.to_le_bytes());
-    debug_assert_eq!(out.len() - start, HINT_FOOTER_LEN);
-}
-
-/// Decodes a hint footer (exactly [`HINT_FOOTER_LEN`] bytes are looked at).
-pub(crate) fn decode_hint_footer(buf: &[u8]) -> Result<HintFooter, DecodeError> {
-    need(buf, HINT_FOOTER_LEN)?;
-    if range(buf, FOOT_MAGIC_OFFSET, FOOT_COUNT_OFFSET)? != FOOTER_MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    if u32_at(buf, FOOT_CRC_OFFSET)? != crc(range(buf, 0, FOOT_CRC_OFFSET)?) {
-        return Err(DecodeError::BadCrc);
-    }
-    Ok(HintFooter {
-        record_count: u64_at(buf, FOOT_COUNT_OFFSET)?,
-        data_len: u64_at(buf, FOOT_DATA_LEN_OFFSET)?,
-    })
-}
+pub(crate) use hint::decode_hint;
+pub(crate) use hint::{
+    decode_hint_footer, decode_hint_with, encode_hint, encode_hint_footer, HintFooter, HintRecord,
+};
 
 // ---- merge manifest (drawn above; codec in manifest.rs) ---------------------------------
 

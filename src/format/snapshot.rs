@@ -1,4 +1,4 @@
-//! The keydir snapshot `KEYDIR`, format version 2: the live keydir entries of a cleanly closed
+//! The keydir snapshot `KEYDIR`, format version 3: the live keydir entries of a cleanly closed
 //! store, so that the next open loads them instead of the hint files.
 //!
 //! ```text
@@ -6,10 +6,11 @@
 //!  0        8          12         16          24          32          40           44
 //!  +--------+----------+----------+-----------+-----------+-----------+------------+
 //!  | magic  | version  | shards s | hash seed | hash probe| next seq  | files f    |
-//!  | 8 B    | u32 (2)  | u32      | u64       | u64       | u64       | u32        |
+//!  | 8 B    | u32 (3)  | u32      | u64       | u64       | u64       | u32        |
 //!  +--------+----------+----------+-----------+-----------+-----------+------------+
 //!  then f listed datafiles, LISTED_LEN = 28 each, ids ascending:
 //!  | id u32 | length u64 | first seq u64 | ctime ns u64 |
+//!  (length: the datafile's, plus its value file's when it has one; ctime: the later one)
 //!  then s shard index entries, SHARD_INDEX_LEN = 28 each, in shard order:
 //!  | body offset u64 | body length u64 | entries u64 | body crc u32 |
 //!  then | crc u32 | over every header byte before it.
@@ -18,14 +19,16 @@
 //!  not masked) is refused by its version; the open then loads the hint files.
 //!
 //! Shard body: its entries, one after another (no padding, nothing else)
-//!  +-----+------------+-------+-----+-------------+---------+--------+-----+
-//!  | tag | key len    | key   | seq | expiry      | file id | offset | len |
-//!  | u8  | u32, only  | k B   | u64 | u64 (ms),   | u32     | u32    | u32 |
-//!  |     | if long    |       |     | only if set |         |        |     |
-//!  +-----+------------+-------+-----+-------------+---------+--------+-----+
+//!  +-----+------------+-------+-----+-------------+---------+--------+-----+-----------+
+//!  | tag | key len    | key   | seq | expiry      | file id | offset | len | value crc |
+//!  | u8  | u32, only  | k B   | u64 | u64 (ms),   | u32     | u32    | u32 | u32, only |
+//!  |     | if long    |       |     | only if set |         |        |     | if apart  |
+//!  +-----+------------+-------+-----+-------------+---------+--------+-----+-----------+
 //!  tag bits 0-6: the key length k (1..=127), or 0 for a long key whose length (128 ..=
 //!  KEY_LEN_LIMIT) follows as a u32; tag bit 7: the entry has an expiry. offset and len locate
-//!  the key's record in datafile `file id`.
+//!  the key's record in datafile `file id`; when `file id` has bit 31 set, the value kept
+//!  apart in the value file of datafile `file id & 0x7FFF_FFFF`, and its CRC follows.
+//!  Version 2 is version 3 without values kept apart (read as such).
 //! ```
 //!
 //! Bytes per entry: 25 + k without an expiry (a 16-byte key: 37 B), 33 + k with one; a long
@@ -39,7 +42,12 @@ use super::{crc, DecodeError, KEY_LEN_LIMIT};
 /// Magic of a keydir snapshot.
 pub(crate) const SNAPSHOT_MAGIC: [u8; 8] = *b"RCKEYDIR";
 /// Snapshot format version written by this build.
-pub(crate) const SNAPSHOT_VERSION: u32 = 2;
+pub(crate) const SNAPSHOT_VERSION: u32 = 3;
+/// Oldest snapshot format version this build reads.
+pub(crate) const MIN_SNAPSHOT_VERSION: u32 = 2;
+/// File-id bit of an entry whose value is kept apart (see [`crate::layout::VALS_BIT`]).
+const APART_BIT: u32 = 1 << 31;
+const _: () = assert!(APART_BIT == crate::layout::VALS_BIT);
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + SNAPSHOT_MAGIC.len();
@@ -192,7 +200,7 @@ pub(crate) fn decode_snapshot_fixed(buf: &[u8]) -> Result<SnapshotFixed, DecodeE
         return Err(DecodeError::BadMagic);
     }
     let version = c.u32()?;
-    if version != SNAPSHOT_VERSION {
+    if !(MIN_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     Ok(SnapshotFixed {
@@ -263,6 +271,8 @@ pub(crate) struct SnapshotEntry<'a> {
     pub file_id: u32,
     pub offset: u32,
     pub len: u32,
+    /// The value's CRC when it is kept apart (`file_id` has bit 31), else not stored.
+    pub crc: u32,
 }
 
 /// Bytes [`encode_snapshot_entry`] writes for `e`.
@@ -277,7 +287,12 @@ pub(crate) fn snapshot_entry_len(e: &SnapshotEntry<'_>) -> usize {
     } else {
         0
     };
-    1 + long + e.key.len() + ENTRY_TAIL_LEN + expiry
+    let crc = if e.file_id & APART_BIT != 0 {
+        size_of::<u32>()
+    } else {
+        0
+    };
+    1 + long + e.key.len() + ENTRY_TAIL_LEN + expiry + crc
 }
 
 /// Appends one entry to `out`.
@@ -299,6 +314,9 @@ pub(crate) fn encode_snapshot_entry(out: &mut Vec<u8>, e: &SnapshotEntry<'_>) {
     out.extend_from_slice(&e.file_id.to_le_bytes());
     out.extend_from_slice(&e.offset.to_le_bytes());
     out.extend_from_slice(&e.len.to_le_bytes());
+    if e.file_id & APART_BIT != 0 {
+        out.extend_from_slice(&e.crc.to_le_bytes());
+    }
     debug_assert_eq!(out.len() - start, snapshot_entry_len(e));
 }
 
@@ -329,13 +347,17 @@ pub(crate) fn decode_snapshot_entry(buf: &[u8]) -> Result<(SnapshotEntry<'_>, us
     } else {
         0
     };
-    let e = SnapshotEntry {
+    let mut e = SnapshotEntry {
         key,
         seq,
         expiry_ms,
         file_id: c.u32()?,
         offset: c.u32()?,
         len: c.u32()?,
+        crc: 0,
     };
+    if e.file_id & APART_BIT != 0 {
+        e.crc = c.u32()?;
+    }
     Ok((e, c.at))
 }

@@ -29,11 +29,11 @@ fn file_header_round_trip_and_rejections() {
         Err(DecodeError::BadCrc)
     );
     // A header of a future version is reported as such, not as corruption.
-    let mut v2 = b.clone();
-    v2[FH_VERSION_OFFSET..FH_FILE_ID_OFFSET].copy_from_slice(&2u32.to_le_bytes());
+    let mut v3 = b.clone();
+    v3[FH_VERSION_OFFSET..FH_FILE_ID_OFFSET].copy_from_slice(&3u32.to_le_bytes());
     assert_eq!(
-        decode_file_header(&v2, FileKind::Data),
-        Err(DecodeError::UnsupportedVersion(2))
+        decode_file_header(&v3, FileKind::Data),
+        Err(DecodeError::UnsupportedVersion(3))
     );
 }
 
@@ -128,6 +128,7 @@ fn hint_round_trip_and_footer() {
         record_len: record_len(3, 10) as u32,
         tombstone: false,
         key: b"abc",
+        apart: None,
     };
     encode_hint(&mut b, &h);
     let (d, n) = decode_hint(&b).expect("hint");
@@ -192,6 +193,7 @@ fn hint_with_impossible_length_is_rejected() {
             record_len: 3, // shorter than a record header
             tombstone: false,
             key: b"abc",
+            apart: None,
         },
     );
     assert!(matches!(decode_hint(&b), Err(DecodeError::Invalid(_))));
@@ -217,6 +219,7 @@ fn snapshot_entries_round_trip_and_refuse_truncation() {
             file_id: 3,
             offset: 20,
             len: 29 + key.len() as u32,
+            crc: 0,
         };
         let mut out = Vec::new();
         encode_snapshot_entry(&mut out, &e);
@@ -234,9 +237,22 @@ fn snapshot_entries_round_trip_and_refuse_truncation() {
         file_id: 1,
         offset: 20,
         len: 60,
+        crc: 0,
     };
     assert_eq!(snapshot_entry_len(&e(b"sixteen-byte-key", 0)), 37);
     assert_eq!(snapshot_entry_len(&e(b"sixteen-byte-key", 5)), 45);
+    // An entry of a value kept apart carries its CRC: 4 bytes more, and they round-trip.
+    let apart = SnapshotEntry {
+        file_id: 1 | (1 << 31),
+        offset: 4096,
+        crc: 0xDEAD_BEEF,
+        ..e(b"sixteen-byte-key", 0)
+    };
+    assert_eq!(snapshot_entry_len(&apart), 41);
+    let mut out = Vec::new();
+    encode_snapshot_entry(&mut out, &apart);
+    assert_eq!(decode_snapshot_entry(&out).expect("decode"), (apart, 41));
+    assert!(decode_snapshot_entry(&out[..40]).is_err());
     // A long key written as if short (length field 0 then a length under 128) is refused.
     let mut bad = vec![0u8];
     bad.extend_from_slice(&5u32.to_le_bytes());
@@ -311,5 +327,115 @@ fn a_record_head_plus_its_value_is_the_whole_record() {
             let rec = decode_record(&split).expect("decodes");
             assert_eq!((rec.key, rec.value), (key, value));
         }
+    }
+}
+
+#[test]
+fn a_record_with_its_value_apart_round_trips_and_checks_its_fields() {
+    let value = vec![7u8; 4096];
+    let at = Apart {
+        offset: 8192,
+        len: 4096,
+        crc: value_crc(&value),
+    };
+    let mut b = Vec::new();
+    encode_record_apart(&mut b, 9, 0, FLAG_BATCH, b"key", at);
+    assert_eq!(b.len(), record_len(3, VALUE_REF_LEN));
+    let r = decode_record(&b).expect("decodes");
+    assert_eq!(r.apart, Some(at));
+    assert_eq!(
+        (r.key, r.value, r.header.value_len),
+        (&b"key"[..], &[][..], 4096)
+    );
+    assert_eq!(r.header.record_len(), b.len() as u64);
+    // The CRC covers the reference: a flipped offset byte fails it.
+    let mut bad = b.clone();
+    let n = bad.len();
+    bad[n - 12] ^= 1;
+    assert_eq!(decode_record(&bad).err(), Some(DecodeError::BadCrc));
+    // An unaligned reference is refused even with a valid CRC.
+    let mut odd = Vec::new();
+    encode_record_apart(&mut odd, 9, 0, 0, b"key", at);
+    odd[RECORD_HEADER_LEN + 3] = 1; // offset 8193
+    fix_crc(&mut odd);
+    assert!(matches!(decode_record(&odd), Err(DecodeError::Invalid(_))));
+    // A tombstone cannot keep a value apart.
+    let mut t = b.clone();
+    t[RECORD_HEADER_LEN - 1] |= FLAG_TOMBSTONE;
+    assert!(matches!(
+        decode_record_header(&t),
+        Err(DecodeError::Invalid(_))
+    ));
+}
+
+/// Recomputes a record's CRC after a test changed its bytes.
+fn fix_crc(rec: &mut [u8]) {
+    let c = crc32fast::hash(&rec[4..]) ^ CRC_MASK;
+    rec[..4].copy_from_slice(&c.to_le_bytes());
+}
+
+#[test]
+fn which_values_go_apart() {
+    for (len, apart) in [
+        (0, false),
+        (100, false),
+        (3640, false),
+        (3641, true),
+        (4096, true),
+        (4097, false),
+        (7282, true),
+        (8192, true),
+        (33_000, true),
+        (VALUE_LEN_LIMIT as usize + 1, false),
+    ] {
+        assert_eq!(goes_apart(len), apart, "{len}");
+    }
+}
+
+#[test]
+fn a_hint_of_a_value_apart_round_trips_and_is_checked() {
+    let h = HintRecord {
+        seq: 5,
+        expiry_ms: 0,
+        offset: 20,
+        record_len: record_len(3, VALUE_REF_LEN) as u32,
+        tombstone: false,
+        key: b"abc",
+        apart: Some(Apart {
+            offset: 4096,
+            len: 4000,
+            crc: 77,
+        }),
+    };
+    let mut b = Vec::new();
+    encode_hint(&mut b, &h);
+    assert_eq!(b.len(), HINT_RECORD_HEADER_LEN + 3 + HINT_APART_LEN);
+    assert_eq!(decode_hint(&b).expect("hint"), (h, b.len()));
+    for cut in 0..b.len() {
+        assert!(decode_hint(&b[..cut]).is_err(), "cut at {cut}");
+    }
+    // Its record length must be that of a record with a reference.
+    let mut wrong = Vec::new();
+    encode_hint(
+        &mut wrong,
+        &HintRecord {
+            record_len: record_len(3, 4000) as u32,
+            ..h
+        },
+    );
+    assert!(matches!(decode_hint(&wrong), Err(DecodeError::Invalid(_))));
+}
+
+#[test]
+fn version_1_files_are_read_and_later_ones_refused() {
+    let mut b = Vec::new();
+    encode_file_header(&mut b, FileKind::Vals, 4);
+    assert_eq!(decode_any_file_header(&b), Ok((4, FileKind::Vals)));
+    for (version, ok) in [(0u32, false), (1, true), (2, true), (3, false)] {
+        let mut h = b.clone();
+        h[8..12].copy_from_slice(&version.to_le_bytes());
+        let c = crc32fast::hash(&h[..16]) ^ CRC_MASK;
+        h[16..20].copy_from_slice(&c.to_le_bytes());
+        assert_eq!(decode_any_file_header(&h).is_ok(), ok, "version {version}");
     }
 }

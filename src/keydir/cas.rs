@@ -11,12 +11,16 @@ pub(crate) struct Entry {
     pub seq: u64,
     /// Absolute expiry in Unix milliseconds; 0 = never.
     pub expiry_ms: u64,
-    /// Datafile holding the record.
+    /// Datafile holding the record; or, with [`crate::layout::VALS_BIT`] set, the value file
+    /// holding its value kept apart (see [`Entry::is_apart`]).
     pub file_id: u32,
-    /// Offset of the record (its header) in that file.
+    /// Offset of the record (its header) in that file; of the value in a value file.
     pub offset: u32,
-    /// Length of the whole record. 0 marks a recovery-time tombstone (see [`Entry::marker`]).
+    /// Length of the whole record; of the value in a value file. 0 marks a recovery-time
+    /// tombstone (see [`Entry::marker`]).
     pub len: u32,
+    /// The value's CRC ([`crate::format::value_crc`]) when it is kept apart, else 0.
+    pub crc: u32,
 }
 
 impl Entry {
@@ -30,7 +34,31 @@ impl Entry {
             file_id: 0,
             offset: 0,
             len: 0,
+            crc: 0,
         }
+    }
+
+    /// Whether the entry points at a value kept apart, in a value file (a read of it returns
+    /// the value alone, checked against `crc`).
+    pub(crate) fn is_apart(&self) -> bool {
+        self.file_id & crate::layout::VALS_BIT != 0
+    }
+
+    /// Bytes the entry's record takes on disk, its key `key_len` bytes long: the record, and
+    /// for a value kept apart also the value's blocks in the value file.
+    pub(crate) fn footprint(&self, key_len: usize) -> u64 {
+        if self.is_apart() {
+            let head = crate::format::RECORD_HEADER_LEN + key_len + crate::format::VALUE_REF_LEN;
+            head as u64 + crate::format::vals_span(u64::from(self.len))
+        } else {
+            u64::from(self.len)
+        }
+    }
+
+    /// The datafile the entry's record belongs to (the value file's datafile for a value kept
+    /// apart): the file whose space accounting it counts in.
+    pub(crate) fn data_id(&self) -> u32 {
+        crate::layout::data_id(self.file_id)
     }
 
     /// Whether this is a recovery-time marker rather than a live value.

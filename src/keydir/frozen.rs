@@ -169,6 +169,7 @@ mod tests {
             file_id: 1,
             offset: 20,
             len: 40,
+            crc: 0,
         }
     }
 

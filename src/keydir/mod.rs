@@ -325,14 +325,14 @@ impl KeyDir {
     }
 
     /// Removes every entry expired at `now_ms`; returns (file id, record length) of each.
-    pub(crate) fn take_expired(&self, now_ms: u64) -> Vec<(u32, u32)> {
+    pub(crate) fn take_expired(&self, now_ms: u64) -> Vec<(u32, u64)> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
             Self::write(&s.0, |t| {
-                t.retain(|_, e| {
+                t.retain(|k, e| {
                     let expired = e.is_expired(now_ms);
                     if expired {
-                        out.push((e.file_id, e.len));
+                        out.push((e.data_id(), e.footprint(k.len())));
                     }
                     !expired
                 })
@@ -380,12 +380,13 @@ mod tests {
             file_id: 1,
             offset: 20,
             len: 40,
+            crc: 0,
         }
     }
 
     #[test]
     fn key_slots_stay_small() {
-        assert_eq!(table::SLOT, 45);
+        assert_eq!(table::SLOT, 49);
         let k = KeyDir::new();
         let long = vec![b'x'; 100];
         k.install(&long, e(1));

@@ -1,15 +1,15 @@
-//! One shard of the keydir: an open-addressing hash table of packed 45-byte slots.
+//! One shard of the keydir: an open-addressing hash table of packed 49-byte slots.
 //!
 //! Why not a general-purpose map: `DashMap<SmallVec<[u8; 16]>, Entry>` spends 57 bytes per
 //! bucket (24-byte key, 32-byte entry, 1 control byte) and, like every power-of-two table, runs
 //! between 44 % and 87.5 % full: at 1M keys it held 2M buckets, 114 MB. Here a slot packs the
-//! entry into 28 bytes and keys of up to 16 bytes inline (longer ones in a side arena), and the
-//! capacity is any number, so the table stays 60–85 % full: ~46 bytes per slot, ~63 bytes per
-//! key on average.
+//! entry into 32 bytes (the last 4, a kept-apart value's CRC, since format v2) and keys of up to 16 bytes inline (longer ones in a side arena), and the
+//! capacity is any number, so the table stays 60–85 % full: ~50 bytes per slot, ~68 bytes per
+//! key on average (~63 before the CRC).
 //!
 //! Layout: `ctrl[i]` is [`EMPTY`], [`DELETED`] or `0x80 | 7 fingerprint bits`; `slots[i]` is
 //! `key_len or LONG (1) | key inline or arena index (16) | seq (8) | expiry_ms (8) | file_id (4)
-//! | offset (4) | len (4)`. Linear probing from `home(hash)`; a fingerprint match is confirmed
+//! | offset (4) | len (4) | value crc (4)`. Linear probing from `home(hash)`; a fingerprint match is confirmed
 //! by comparing the key. Removing marks a slot [`DELETED`] unless the next slot is empty (then
 //! no probe runs past it, and it becomes [`EMPTY`]); tombstones count toward the load and are
 //! dropped when the table is rebuilt.
@@ -45,8 +45,9 @@ const EXPIRY_AT: usize = SEQ_AT + 8;
 const FILE_AT: usize = EXPIRY_AT + 8;
 const OFFSET_AT: usize = FILE_AT + 4;
 const LEN_AT: usize = OFFSET_AT + 4;
+const CRC_AT: usize = LEN_AT + 4;
 /// Bytes per slot.
-pub(crate) const SLOT: usize = LEN_AT + 4;
+pub(crate) const SLOT: usize = CRC_AT + 4;
 
 /// Rebuild when live + deleted slots would exceed this share of the capacity (in percent).
 const MAX_LOAD_PCT: usize = 85;
@@ -85,6 +86,7 @@ fn write_entry(slot: &mut [u8], e: &Entry) {
     slot[FILE_AT..FILE_AT + 4].copy_from_slice(&e.file_id.to_le_bytes());
     slot[OFFSET_AT..OFFSET_AT + 4].copy_from_slice(&e.offset.to_le_bytes());
     slot[LEN_AT..LEN_AT + 4].copy_from_slice(&e.len.to_le_bytes());
+    slot[CRC_AT..CRC_AT + 4].copy_from_slice(&e.crc.to_le_bytes());
 }
 
 fn read_entry(slot: &[u8]) -> Entry {
@@ -94,6 +96,7 @@ fn read_entry(slot: &[u8]) -> Entry {
         file_id: rd32(slot, FILE_AT),
         offset: rd32(slot, OFFSET_AT),
         len: rd32(slot, LEN_AT),
+        crc: rd32(slot, CRC_AT),
     }
 }
 

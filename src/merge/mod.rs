@@ -367,15 +367,21 @@ impl Merger {
     /// Deletes datafiles `ids` (merged away, and read by no snapshot) and their hint files,
     /// after every read thread has dropped its handles on them.
     pub(crate) async fn delete_inputs(&self, ids: &[u32]) -> std::io::Result<()> {
-        self.files.retire(ids);
+        // Their value files too (the read path's ids of them).
+        let read_ids: Vec<u32> = ids
+            .iter()
+            .flat_map(|&id| [id, id | crate::layout::VALS_BIT])
+            .collect();
+        let ids_all = read_ids.as_slice();
+        self.files.retire(ids_all);
         if let Some(r) = &self.ring_reads {
-            r.retire(ids);
+            r.retire(ids_all);
         }
         let mut acks = Vec::new();
         for r in &self.readers {
             let (ack, rx) = oneshot::channel();
             let msg = ReaderMsg::Retire {
-                file_ids: ids.to_vec(),
+                file_ids: ids_all.to_vec(),
                 ack,
             };
             if r.send(msg).await.is_ok() {
@@ -414,8 +420,8 @@ impl Merger {
             return;
         }
         self.shared.with_usage(|u| {
-            for (file_id, len) in &gone {
-                Shared::add_dead(u, *file_id, u64::from(*len));
+            for (file_id, bytes) in &gone {
+                Shared::add_dead(u, *file_id, *bytes);
             }
         });
         tracing::debug!(keys = gone.len(), "reclaimed expired keys");

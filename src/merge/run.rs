@@ -12,7 +12,7 @@ use crate::format::{
 use crate::io::fs::{self};
 use crate::io::{Access, IoFile};
 use crate::keydir::Entry;
-use crate::layout::{data_path, hint_path, temp_path};
+use crate::layout::{data_path, hint_path, temp_path, vals_path, VALS_BIT};
 use crate::options::IoBackendKind;
 use crate::{Error, Result};
 
@@ -95,6 +95,37 @@ struct Input {
     chunk: Vec<u8>,
     chunk_start: u64,
     off: u64,
+    /// The input's value file, if it has one: values kept apart are read from it (and
+    /// written back into their records in the output).
+    vals: Option<IoFile>,
+}
+
+impl Input {
+    /// The keydir's file id for records of this input: its value file's for a value kept
+    /// apart.
+    fn entry_file(&self, rec: &Record<'_>) -> (u32, u64) {
+        match rec.apart {
+            Some(a) => (self.id | VALS_BIT, a.offset),
+            None => (self.id, self.off),
+        }
+    }
+
+    /// The value kept apart at `a`, read from the value file and checked against its CRC.
+    async fn read_apart(&self, a: format::Apart) -> Result<Vec<u8>> {
+        let path = || vals_path(self.path.parent().unwrap_or(Path::new("")), self.id);
+        let Some(vals) = &self.vals else {
+            return Err(corrupt(&path(), a.offset, "value file missing"));
+        };
+        let v = vals.read_exact_at(a.len as usize, a.offset).await?;
+        if format::value_crc(&v) != a.crc {
+            return Err(corrupt(
+                &path(),
+                a.offset,
+                "value kept apart fails its checksum",
+            ));
+        }
+        Ok(v)
+    }
 }
 
 impl Merger {
@@ -143,6 +174,17 @@ impl Merger {
             offset: 0,
             reason: format!("merge input header: {e}"),
         })?;
+        let vals_file = vals_path(&self.dir, id);
+        let vals = if vals_file.exists() {
+            Some(IoFile::open_read(
+                self.kind,
+                &vals_file,
+                Access::Sequential,
+                None,
+            )?)
+        } else {
+            None
+        };
         let mut input = Input {
             id,
             path,
@@ -151,6 +193,7 @@ impl Merger {
             chunk: Vec::new(),
             chunk_start: FILE_HEADER_LEN as u64,
             off: FILE_HEADER_LEN as u64,
+            vals,
         };
         while input.off < input.file_len {
             if self.stopping() {
@@ -163,7 +206,13 @@ impl Merger {
             let rec = format::decode_record(&input.chunk[at..at + need])
                 .map_err(|e| corrupt(&input.path, input.off, e))?;
             let fate = self.fate(&input, &rec, run);
-            self.keep(fate, input.id, &rec, run).await?;
+            let apart = match (fate, rec.apart) {
+                (Fate::Copy, Some(a)) => Some(input.read_apart(a).await?),
+                _ => None,
+            };
+            let value = apart.as_deref().unwrap_or(rec.value);
+            let (from_file, _) = input.entry_file(&rec);
+            self.keep(fate, from_file, &rec, value, run).await?;
             input.off += need as u64;
             run.throttle.pace().await;
         }
@@ -209,7 +258,8 @@ impl Merger {
         let fate = match self.keydir.get(rec.key) {
             Some(e) if e.seq > h.seq => Fate::Drop,
             Some(e) if e.seq == h.seq => {
-                if e.file_id != input.id || u64::from(e.offset) != input.off {
+                let (file, offset) = input.entry_file(rec);
+                if e.file_id != file || u64::from(e.offset) != offset {
                     Fate::Drop // a duplicate; the keydir points at another copy
                 } else if h.is_tombstone() || is_expired {
                     run.expired.push((Box::from(rec.key), h.seq));
@@ -233,12 +283,14 @@ impl Merger {
         .counted(&h, fate, run)
     }
 
-    /// Writes what `fate` keeps of `rec` (from input `from_file`) to the outputs.
+    /// Writes what `fate` keeps of `rec` (whose keydir entry names file `from_file`), with
+    /// its `value` (read from the value file when it was kept apart), to the outputs.
     async fn keep(
         &self,
         fate: Fate,
         from_file: u32,
         rec: &Record<'_>,
+        value: &[u8],
         run: &mut MergeRun,
     ) -> Result<()> {
         let h = rec.header;
@@ -255,14 +307,15 @@ impl Merger {
                     record_len: len,
                     tombstone: true,
                     key: rec.key,
+                    apart: None,
                 });
                 out
             }
             Fate::Copy => {
                 let out = self
-                    .output_for(&mut run.outputs, rec.key.len(), rec.value.len())
+                    .output_for(&mut run.outputs, rec.key.len(), value.len())
                     .await?;
-                let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, rec.value);
+                let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, value);
                 run.report.live_bytes += u64::from(len);
                 out.hint.push(&HintRecord {
                     seq: h.seq,
@@ -271,6 +324,7 @@ impl Merger {
                     record_len: len,
                     tombstone: false,
                     key: rec.key,
+                    apart: None,
                 });
                 run.copied.push(Copied {
                     key: Box::from(rec.key),
@@ -282,6 +336,7 @@ impl Merger {
                         file_id: out.id,
                         offset: at as u32,
                         len,
+                        crc: 0,
                     },
                 });
                 out

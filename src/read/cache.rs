@@ -112,6 +112,7 @@ mod tests {
             file_id,
             offset,
             len: 100,
+            crc: 0,
         }
     }
 

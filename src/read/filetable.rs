@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::fault::{read_point, FaultInjector};
 use crate::io::{open_for_reading, Access};
-use crate::layout::data_path;
+use crate::layout::read_path;
 
 /// Most descriptors one datafile is read through.
 const MAX_FDS_PER_FILE: usize = 4;
@@ -86,7 +86,7 @@ impl FileTable {
     /// Opens datafile `id` and adds its handle (or the one a racing caller added).
     fn open(&self, id: u32) -> io::Result<Arc<Handles>> {
         let f = Arc::new(Handles {
-            first: open_for_reading(&data_path(&self.dir, id), Access::Random)?,
+            first: open_for_reading(&read_path(&self.dir, id), Access::Random)?,
             more: (1..self.fds_per_file).map(|_| OnceLock::new()).collect(),
         });
         let mut out = f.clone();
@@ -116,7 +116,7 @@ impl FileTable {
                 &opened
             }
         };
-        let file = handles.for_thread(|| data_path(&self.dir, id));
+        let file = handles.for_thread(|| read_path(&self.dir, id));
         let mut buf = vec![0u8; len];
         let res = rustix::io::preadv2(
             file,

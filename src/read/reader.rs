@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::fault::FaultInjector;
 use crate::io::{Access, IoFile, Registered, Runtime};
-use crate::layout::data_path;
+use crate::layout::read_path;
 use crate::options::IoBackendKind;
 
 /// Reads in flight per read thread (kept below the default submission queue size).
@@ -93,7 +93,7 @@ impl Handles {
     /// The handle `req` reads through, opened on first use, and whether it is `O_DIRECT`.
     fn get(&mut self, req: &ReadReq) -> std::io::Result<(Rc<IoFile>, bool)> {
         let (kind, fault) = (self.kind, &self.fault);
-        let path = || data_path(&self.dir, req.file_id);
+        let path = || read_path(&self.dir, req.file_id);
         if req.direct {
             let direct = self.direct_files.entry(req.file_id).or_insert_with(|| {
                 match IoFile::open_direct(kind, &path(), fault.clone()) {

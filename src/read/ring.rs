@@ -16,7 +16,7 @@ use crate::fault::{read_point, FaultInjector};
 use crate::io::ring::SharedRing;
 use crate::io::DIRECT_ALIGN;
 use crate::io::{open_for_reading, Access};
-use crate::layout::data_path;
+use crate::layout::read_path;
 use crate::options::{IoBackendKind, IoMode, Options};
 
 /// Reads in flight on the shared ring, from all callers together.
@@ -102,7 +102,7 @@ impl RingReads {
             return Ok(f.clone());
         }
         use std::os::unix::fs::OpenOptionsExt;
-        let path = data_path(&self.dir, id);
+        let path = read_path(&self.dir, id);
         let opened = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
@@ -168,7 +168,7 @@ impl RingReads {
         if let Some(f) = self.buffered.load().get(&id) {
             return Ok(f.clone());
         }
-        let f = Arc::new(open_for_reading(&data_path(&self.dir, id), Access::Random)?);
+        let f = Arc::new(open_for_reading(&read_path(&self.dir, id), Access::Random)?);
         let mut out = f.clone();
         self.buffered.rcu(|m| {
             let mut m = HashMap::clone(m);

@@ -63,6 +63,17 @@ impl Applied {
 pub(super) fn entry_for(file_id: u32, h: &HintRecord<'_>, now: u64) -> Entry {
     if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
         Entry::marker(h.seq)
+    } else if let Some(a) = h.apart {
+        Entry {
+            seq: h.seq,
+            expiry_ms: h.expiry_ms,
+            file_id: file_id | crate::layout::VALS_BIT,
+            // A value file holds only the values of its datafile, whose size limit (< 4 GiB)
+            // counts them: an offset past `u32` cannot point at a value there.
+            offset: u32::try_from(a.offset).unwrap_or(u32::MAX),
+            len: a.len,
+            crc: a.crc,
+        }
     } else {
         Entry {
             seq: h.seq,
@@ -72,12 +83,19 @@ pub(super) fn entry_for(file_id: u32, h: &HintRecord<'_>, now: u64) -> Entry {
             // checked against the datafile length.
             offset: h.offset as u32,
             len: h.record_len,
+            crc: 0,
         }
     }
 }
 
-/// Tallies what installing `entry` (of datafile `file_id`) did.
-pub(super) fn tally(seen: &mut Applied, file_id: u32, entry: &Entry, outcome: Installed) {
+/// Tallies what installing `entry` (of datafile `file_id`, its key `key_len` bytes) did.
+pub(super) fn tally(
+    seen: &mut Applied,
+    file_id: u32,
+    key_len: usize,
+    entry: &Entry,
+    outcome: Installed,
+) {
     seen.min_seq = seen.min_seq.min(entry.seq);
     seen.max_seq = seen.max_seq.max(entry.seq);
     let tally = &mut seen.tally;
@@ -89,14 +107,15 @@ pub(super) fn tally(seen: &mut Applied, file_id: u32, entry: &Entry, outcome: In
     if entry.is_marker() {
         tally.markers += 1;
     } else {
-        tally.own += i64::from(entry.len);
+        tally.own += entry.footprint(key_len) as i64;
         tally.ttl |= entry.expiry_ms != 0;
     }
     if let Some(old) = old.filter(|o| !o.is_marker()) {
-        if old.file_id == file_id {
-            tally.own -= i64::from(old.len);
+        let bytes = old.footprint(key_len) as i64;
+        if old.data_id() == file_id {
+            tally.own -= bytes;
         } else {
-            *tally.others.entry(old.file_id).or_default() -= i64::from(old.len);
+            *tally.others.entry(old.data_id()).or_default() -= bytes;
         }
     }
 }
@@ -137,7 +156,9 @@ impl Group {
             (key, e, false)
         });
         keydir.apply_many(writes, |i, outcome| {
-            tally(applied, file_id, &entries[i].1, outcome)
+            let start = i.checked_sub(1).map_or(0, |p| entries[p].0);
+            let key_len = entries[i].0 - start;
+            tally(applied, file_id, key_len, &entries[i].1, outcome)
         });
         keys.clear();
         entries.clear();

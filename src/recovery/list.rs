@@ -33,6 +33,7 @@ pub(super) fn list(
     let mut data_ids = BTreeSet::new();
     let mut hint_ids = BTreeSet::new();
     let mut retired = BTreeSet::new();
+    let mut vals_ids = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -46,6 +47,9 @@ pub(super) fn list(
             }
             Some(DirEntry::Retired(id)) => {
                 retired.insert(id);
+            }
+            Some(DirEntry::Vals(id)) => {
+                vals_ids.insert(id);
             }
             Some(DirEntry::Temp) => {
                 if let Some(fault) = fault {
@@ -63,6 +67,12 @@ pub(super) fn list(
         for &id in hint_ids.difference(&data_ids) {
             tracing::info!(id, "removing a hint file without its datafile");
             fs::remove_file(fault, &hint_path(dir, id))?;
+        }
+        for &id in vals_ids.difference(&data_ids) {
+            // Left by a crash while its (empty) datafile was removed, or by a merge's
+            // deletion of its inputs: nothing points into it.
+            tracing::info!(id, "removing a value file without its datafile");
+            fs::remove_file(fault, &layout::vals_path(dir, id))?;
         }
     }
     let data: Vec<u32> = data_ids.iter().copied().collect();

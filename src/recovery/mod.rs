@@ -447,7 +447,8 @@ fn account(
             hints_to_write.push((l.id, l.file_len, h));
         }
         let mut f = FileStats::new(l.id);
-        f.total_bytes = l.file_len;
+        f.vals_bytes = crate::layout::vals_len(cx.dir, l.id);
+        f.total_bytes = l.file_len + f.vals_bytes;
         f.min_seq = l.applied.min_seq;
         // Read-only: the last file may end in a torn tail kept on disk, so a checkpoint
         // copies its valid part rather than linking it.

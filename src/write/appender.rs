@@ -17,7 +17,18 @@ use crate::{Error, Options, Result, SyncPolicy};
 /// A keydir update for a record just written (its key is the request's op at the same index).
 struct Pending {
     entry: Entry,
+    key_len: usize,
     tombstone: bool,
+}
+
+/// The value file of the active datafile (format v2, direct-IO writer only): values of the
+/// sizes [`format::goes_apart`] takes, each from a block boundary, written by the writer
+/// thread from [`Appender::vals_tail`].
+pub(crate) struct ActiveVals {
+    /// A plain descriptor, for the trim at sealing.
+    pub(super) fd: std::fs::File,
+    /// Bytes of the file (its header block included): the offset of the next value.
+    pub(super) len: u64,
 }
 
 /// The active datafile as the append path sees it.
@@ -35,6 +46,15 @@ pub(crate) struct ActiveFile {
     /// Written by the direct-IO writer: appends go to the [`Tail`], the writer thread writes
     /// them (see [`crate::write::tail`]).
     pub(super) direct: bool,
+    /// The datafile's value file, when its values may be kept apart.
+    pub(super) vals: Option<ActiveVals>,
+}
+
+impl ActiveFile {
+    /// Bytes of the datafile and its value file.
+    pub(super) fn total_len(&self) -> u64 {
+        self.len + self.vals.as_ref().map_or(0, |v| v.len)
+    }
 }
 
 /// Under [`SyncPolicy::Never`], an append that leaves this many bytes written since the last
@@ -84,6 +104,8 @@ pub(crate) struct Appender {
     pub(super) synced_seq: AtomicU64,
     /// The active file's unwritten blocks when it is written directly.
     pub(super) tail: Arc<Tail>,
+    /// The unwritten blocks of the active file's value file.
+    pub(super) vals_tail: Arc<Tail>,
 }
 
 pub(super) fn clone_io_err(e: &std::io::Error) -> Error {
@@ -123,6 +145,7 @@ impl Appender {
             appended_seq: AtomicU64::new(next_seq.saturating_sub(1)),
             synced_seq: AtomicU64::new(next_seq.saturating_sub(1)),
             tail: Arc::new(Tail::default()),
+            vals_tail: Arc::new(Tail::default()),
         }
     }
 
@@ -160,9 +183,15 @@ impl Appender {
         self.appended_seq.load(Ordering::Acquire)
     }
 
-    /// The active file's unwritten blocks under the direct-IO writer, for readers.
-    pub(crate) fn tail(&self) -> &Tail {
-        &self.tail
+    /// The unwritten blocks of file `fid` (a read-path id, see [`crate::layout::VALS_BIT`])
+    /// under the direct-IO writer, for readers: the tail of the active datafile or of its
+    /// value file.
+    pub(crate) fn tail_for(&self, fid: u32) -> &Tail {
+        if fid & crate::layout::VALS_BIT != 0 {
+            &self.vals_tail
+        } else {
+            &self.tail
+        }
     }
 
     /// Whether every record up to `seq` is on stable storage.
@@ -220,34 +249,16 @@ impl Appender {
         let Some(active) = st.active.as_mut() else {
             return Ok(None);
         };
-        if active.len + len > self.max_file_bytes && active.len > FILE_HEADER_LEN as u64 {
+        // Values kept apart take whole blocks (up to an eighth more) and a reference each.
+        let need = match &active.vals {
+            Some(_) => len + len / 8 + (format::VALUE_REF_LEN as u64) * req.ops() as u64,
+            None => len,
+        };
+        let total = active.total_len();
+        if total + need > self.max_file_bytes && active.len > FILE_HEADER_LEN as u64 {
             return Ok(None);
         }
-        let mut seq = st.next_seq;
-        // A large value is written from the caller's buffer, after its header and key.
-        let mut tail: &[u8] = &[];
-        match req {
-            ReqRef::Single(op) | ReqRef::If(op, _) => {
-                if let Op::Put { value, .. } = op {
-                    if value.len() >= SPLIT_VALUE_BYTES {
-                        tail = value;
-                    }
-                }
-                let inline = tail.is_empty();
-                Self::encode(active, &mut st.buf, &mut st.pending, seq, op, 0, inline)
-            }
-            ReqRef::Batch(ops, _) => {
-                let n = ops.len();
-                for (i, op) in ops.iter().enumerate() {
-                    let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
-                    let flags = FLAG_BATCH | end;
-                    let seq = seq + i as u64;
-                    let (buf, pending) = (&mut st.buf, &mut st.pending);
-                    Self::encode(active, buf, pending, seq, op.view(), flags, true);
-                }
-                seq += n as u64 - 1;
-            }
-        }
+        let (seq, tail) = self.encode_req(active, &mut st.buf, &mut st.pending, st.next_seq, req);
         st.next_seq = seq + 1;
         let res = self.write_buf(active, &[&st.buf, tail]);
         st.buf.clear();
@@ -276,6 +287,46 @@ impl Appender {
         Ok(Some(Appended::Seq(seq)))
     }
 
+    /// Encodes the records of `req`, the first with seq `seq`, into `buf`; returns the seq of
+    /// the last one, and a large value to write from the caller's buffer after `buf` (empty
+    /// when there is none).
+    fn encode_req<'r>(
+        &self,
+        active: &mut ActiveFile,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<Pending>,
+        seq: u64,
+        req: ReqRef<'r>,
+    ) -> (u64, &'r [u8]) {
+        let vals = &self.vals_tail;
+        match req {
+            ReqRef::Single(op) | ReqRef::If(op, _) => {
+                // A large value is written from the caller's buffer, after its header and key
+                // (unless it goes to the value file).
+                let mut tail: &[u8] = &[];
+                if let Op::Put { value, .. } = op {
+                    let apart = active.vals.is_some() && format::goes_apart(value.len());
+                    if value.len() >= SPLIT_VALUE_BYTES && !apart {
+                        tail = value;
+                    }
+                }
+                let inline = tail.is_empty();
+                Self::encode(active, vals, buf, pending, seq, op, 0, inline);
+                (seq, tail)
+            }
+            ReqRef::Batch(ops, _) => {
+                let n = ops.len();
+                for (i, op) in ops.iter().enumerate() {
+                    let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
+                    let flags = FLAG_BATCH | end;
+                    let seq = seq + i as u64;
+                    Self::encode(active, vals, buf, pending, seq, op.view(), flags, true);
+                }
+                (seq + n as u64 - 1, &[])
+            }
+        }
+    }
+
     /// Whether `key`'s current entry meets `cond` (called under the append lock, which every
     /// write of the key takes: nothing can change it before the append that follows).
     fn holds(&self, key: &[u8], cond: Cond) -> bool {
@@ -289,8 +340,12 @@ impl Appender {
         }
     }
 
+    /// Encodes the record of `op` into `buf` (its value into the value file's tail when it
+    /// goes apart) and queues its keydir update and hint.
+    #[allow(clippy::too_many_arguments)]
     fn encode(
         active: &mut ActiveFile,
+        vals_tail: &Tail,
         buf: &mut Vec<u8>,
         pending: &mut Vec<Pending>,
         seq: u64,
@@ -300,6 +355,17 @@ impl Appender {
     ) {
         let offset = active.len + buf.len() as u64;
         let (key, expiry_ms, tombstone, len) = match op {
+            Op::Put {
+                key,
+                value,
+                expiry_ms,
+            } if active.vals.is_some() && format::goes_apart(value.len()) => {
+                let at = Self::put_apart(active, vals_tail, value);
+                format::encode_record_apart(buf, seq, expiry_ms, flags, key, at);
+                let len = format::record_len(key.len(), format::VALUE_REF_LEN);
+                let rec = (offset, len, false);
+                return Self::queue(active, pending, seq, expiry_ms, key, rec, Some(at));
+            }
             Op::Put {
                 key,
                 value,
@@ -323,6 +389,37 @@ impl Appender {
                 (key, 0, true, format::record_len(key.len(), 0))
             }
         };
+        let rec = (offset, len, tombstone);
+        Self::queue(active, pending, seq, expiry_ms, key, rec, None);
+    }
+
+    /// Appends `value` to the value file's tail, from a block boundary; returns where it lies.
+    fn put_apart(active: &mut ActiveFile, vals_tail: &Tail, value: &[u8]) -> format::Apart {
+        let Some(vals) = active.vals.as_mut() else {
+            unreachable!("only called with a value file");
+        };
+        let at = format::Apart {
+            offset: vals.len,
+            // `goes_apart` bounds it by the format's value limit.
+            len: value.len() as u32,
+            crc: format::value_crc(value),
+        };
+        vals_tail.push_block_aligned(value);
+        vals.len += format::vals_span(value.len() as u64);
+        at
+    }
+
+    /// Queues the hint and keydir update of the record `(offset, len, tombstone)` of the
+    /// active file.
+    fn queue(
+        active: &mut ActiveFile,
+        pending: &mut Vec<Pending>,
+        seq: u64,
+        expiry_ms: u64,
+        key: &[u8],
+        (offset, len, tombstone): (u64, usize, bool),
+        apart: Option<format::Apart>,
+    ) {
         // Bounded by `max_file_bytes` (< 4 GiB), checked by `Options::validate`.
         let len = len as u32;
         // A put whose TTL has already passed reads as absent: the keydir applies it as a delete
@@ -335,16 +432,31 @@ impl Appender {
             record_len: len,
             tombstone,
             key,
+            apart,
         });
-        pending.push(Pending {
-            entry: Entry {
+        // Offsets stay below `max_file_bytes` (at most 2 GiB): rotation happens first, and
+        // it counts the value file.
+        let entry = match apart {
+            Some(a) => Entry {
+                seq,
+                expiry_ms,
+                file_id: active.id | crate::layout::VALS_BIT,
+                offset: a.offset as u32,
+                len: a.len,
+                crc: a.crc,
+            },
+            None => Entry {
                 seq,
                 expiry_ms,
                 file_id: active.id,
-                // Offsets stay below `max_file_bytes` (at most 2 GiB): rotation happens first.
                 offset: offset as u32,
                 len,
+                crc: 0,
             },
+        };
+        pending.push(Pending {
+            entry,
+            key_len: key.len(),
             tombstone: tombstone || expired,
         });
     }
@@ -419,13 +531,13 @@ impl Appender {
             own_min_seq = own_min_seq.min(p.entry.seq);
             if p.tombstone || outcome == Installed::Stale {
                 // A tombstone is dead from the start; so is a put that lost to a newer entry.
-                own_dead += u64::from(p.entry.len);
+                own_dead += p.entry.footprint(p.key_len);
             }
             match outcome {
-                Installed::Replaced(old) if old.file_id == active.id => {
-                    own_dead += u64::from(old.len)
+                Installed::Replaced(old) if old.data_id() == active.id => {
+                    own_dead += old.footprint(p.key_len)
                 }
-                Installed::Replaced(old) => others.push((old.file_id, u64::from(old.len))),
+                Installed::Replaced(old) => others.push((old.data_id(), old.footprint(p.key_len))),
                 Installed::New | Installed::Stale => {}
             }
         };
@@ -450,7 +562,8 @@ impl Appender {
         pending.clear();
         self.shared.with_usage(|usage| {
             let own = Shared::usage_entry(usage, active.id);
-            own.total_bytes = active.len;
+            own.total_bytes = active.total_len();
+            own.vals_bytes = active.vals.as_ref().map_or(0, |v| v.len);
             own.dead_bytes += own_dead;
             own.min_seq = own.min_seq.min(own_min_seq);
             for (id, len) in others {

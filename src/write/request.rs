@@ -109,6 +109,14 @@ pub(crate) enum Appended {
 }
 
 impl ReqRef<'_> {
+    /// Records the request appends.
+    pub(crate) fn ops(&self) -> usize {
+        match self {
+            ReqRef::Single(_) | ReqRef::If(..) => 1,
+            ReqRef::Batch(ops, _) => ops.len(),
+        }
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             ReqRef::Single(op) | ReqRef::If(op, _) => op.encoded_len(),

@@ -64,9 +64,17 @@ impl Tail {
 
     /// The tail now holds datafile `file_id`, whose first bytes (its header) are `head`.
     pub(crate) fn start(&self, file_id: u32, head: &[u8]) {
+        self.start_at(file_id, 0, head);
+    }
+
+    /// The tail now holds file `file_id` (a read-path id: a value file has
+    /// [`crate::layout::VALS_BIT`]), whose bytes before `base` (a multiple of [`DIRECT_ALIGN`])
+    /// are on disk, and whose bytes from `base` on start with `head`.
+    pub(crate) fn start_at(&self, file_id: u32, base: u64, head: &[u8]) {
+        debug_assert_eq!(base % DIRECT_ALIGN, 0);
         let mut b = self.write_lock();
         b.file_id = Some(file_id);
-        b.base = 0;
+        b.base = base;
         b.bytes.clear();
         b.bytes.extend_from_slice(head);
         self.file_id.store(u64::from(file_id), Ordering::Release);
@@ -90,6 +98,17 @@ impl Tail {
         for p in parts {
             b.bytes.extend_from_slice(p);
         }
+    }
+
+    /// Appends `value` at the file's logical end, then zeros up to the next multiple of
+    /// [`DIRECT_ALIGN`] (a value file: each value starts a block).
+    pub(crate) fn push_block_aligned(&self, value: &[u8]) {
+        let mut b = self.write_lock();
+        b.bytes.extend_from_slice(value);
+        let end = b.base + b.bytes.len() as u64;
+        let pad = end.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN - end;
+        let n = b.bytes.len() + pad as usize;
+        b.bytes.resize(n, 0);
     }
 
     /// The bytes of `[offset, offset + len)` of `file_id` held here: `Some((from, bytes))` with

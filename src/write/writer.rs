@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::appender::{clone_io_err, ActiveFile, Appender};
+use super::appender::{clone_io_err, ActiveFile, ActiveVals, Appender};
 use super::direct::{register_writer_buffers, DirectFile};
 use super::request::{fan_out, Appended, ReqRef, Request, SyncResult, WriteMsg};
 use crate::fault::FaultInjector;
@@ -17,10 +17,14 @@ use crate::format::{self, FileKind, FILE_HEADER_LEN};
 use crate::io::lock::DirLock;
 use crate::io::{self, fs, IoFile, Registered};
 use crate::keydir::KeyDir;
-use crate::layout::data_path;
+use crate::layout::{data_path, vals_path, VALS_BIT};
 use crate::options::IoBackendKind;
 use crate::state::Shared;
 use crate::{Error, Options, Result, SyncPolicy};
+
+/// A new active file: the writer's handle, the direct-IO writers of the datafile and of its
+/// value file, and the file as the append path sees it.
+type Created = (IoFile, (Option<DirectFile>, Option<DirectFile>), ActiveFile);
 
 /// The writer thread's state.
 pub(crate) struct Writer {
@@ -33,6 +37,8 @@ pub(crate) struct Writer {
     io: IoFile,
     /// The active file's direct-IO writer, if it has one.
     direct: Option<DirectFile>,
+    /// The direct-IO writer of the active file's value file, if it has one.
+    vals: Option<DirectFile>,
     /// Buffers registered with this thread's ring for the direct-IO writer.
     regs: Option<Rc<Registered>>,
     last_sync: Instant,
@@ -68,7 +74,8 @@ impl Writer {
             IoBackendKind::IoUring if opts.direct_writes() => register_writer_buffers(),
             _ => None,
         };
-        let (io, direct, active) = Self::create_active(&dir, kind, &opts, id, &regs).await?;
+        let (io, (direct, vals), active) =
+            Self::create_active(&dir, kind, &opts, id, &regs).await?;
         let mut w = Writer {
             dir,
             kind,
@@ -77,6 +84,7 @@ impl Writer {
             appender,
             io,
             direct,
+            vals,
             regs,
             last_sync: Instant::now(),
             lock: Some(lock),
@@ -96,7 +104,7 @@ impl Writer {
         opts: &Options,
         id: u32,
         regs: &Option<Rc<Registered>>,
-    ) -> Result<(IoFile, Option<DirectFile>, ActiveFile)> {
+    ) -> Result<Created> {
         let path = data_path(dir, id);
         let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
         let file =
@@ -122,6 +130,22 @@ impl Writer {
         } else {
             None
         };
+        let (vals, active_vals) = match &direct {
+            Some(_) if opts.values_apart => {
+                match Self::create_vals(dir, kind, opts, id, regs).await {
+                    Ok((d, a)) => (Some(d), Some(a)),
+                    Err(e) => {
+                        tracing::warn!(
+                            file = %vals_path(dir, id).display(),
+                            "could not create the value file ({e}); keeping values in the datafile"
+                        );
+                        let _ = fs::remove_file(fault(opts), &vals_path(dir, id));
+                        (None, None)
+                    }
+                }
+            }
+            _ => (None, None),
+        };
         tracing::debug!(file = %path.display(), "started a new active datafile");
         let hint =
             HintBuilder::spilling(dir, id, opts.hint_spill_bytes, opts.fault_injector.clone());
@@ -134,8 +158,39 @@ impl Writer {
             writeback_from: FILE_HEADER_LEN as u64,
             hint,
             direct: direct.is_some(),
+            vals: active_vals,
         };
-        Ok((file, direct, active))
+        Ok((file, (direct, vals), active))
+    }
+
+    /// Creates the value file of datafile `id` (its header block written and synced) and
+    /// opens it for the direct-IO writer.
+    async fn create_vals(
+        dir: &std::path::Path,
+        kind: IoBackendKind,
+        opts: &Options,
+        id: u32,
+        regs: &Option<Rc<Registered>>,
+    ) -> std::io::Result<(DirectFile, ActiveVals)> {
+        let path = vals_path(dir, id);
+        let file = IoFile::create_new(kind, &path, opts.fault_injector.clone())?;
+        let mut header = Vec::with_capacity(format::VALS_ALIGN as usize);
+        format::encode_file_header(&mut header, FileKind::Vals, id);
+        header.resize(format::VALS_ALIGN as usize, 0);
+        let (r, _) = file.write_all_at(header, 0).await;
+        r?;
+        let fd = file.clone_std()?;
+        file.sync_all().await?;
+        fs::sync_dir(fault(opts), dir)?;
+        let direct = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
+        let d = DirectFile::new(direct, opts.max_file_bytes, regs.clone());
+        Ok((
+            d,
+            ActiveVals {
+                fd,
+                len: format::VALS_ALIGN,
+            },
+        ))
     }
 
     /// Makes `active` the file appends go to, appending `req` first thing (see
@@ -148,9 +203,18 @@ impl Writer {
             format::encode_file_header(&mut header, FileKind::Data, id);
             self.appender.tail.start(id, &header);
         }
+        if let Some(v) = &active.vals {
+            self.appender.vals_tail.start_at(id | VALS_BIT, v.len, &[]);
+        }
         self.shared.active_file_id.store(id, Ordering::Relaxed);
-        self.shared
-            .with_usage(|u| Shared::usage_entry(u, id).total_bytes = active.len);
+        // A value file's header block counts as dead, as recovery counts it.
+        let header_block = active.vals.as_ref().map_or(0, |v| v.len);
+        self.shared.with_usage(|u| {
+            let f = Shared::usage_entry(u, id);
+            f.total_bytes = active.total_len();
+            f.vals_bytes = header_block;
+            f.dead_bytes = header_block;
+        });
         self.appender.install(active, req)
     }
 
@@ -239,17 +303,26 @@ impl Writer {
         Ok(())
     }
 
-    /// The direct-IO writer's group write (see [`DirectFile::flush`]).
+    /// The direct-IO writer's group write (see [`DirectFile::flush`]): the datafile's and the
+    /// value file's, in flight together.
     async fn flush_tail(&mut self) -> std::io::Result<()> {
-        match &mut self.direct {
-            Some(d) => {
-                if d.flush(&self.appender.tail).await? {
-                    self.shared.writes_registered.add(1);
-                }
-                Ok(())
+        let Some(d) = &mut self.direct else {
+            return Ok(());
+        };
+        let data = d.flush(&self.appender.tail);
+        let (data, vals) = match &mut self.vals {
+            // `join` polls the datafile's flush first, and each copies its tail before its
+            // first await: every record the datafile's write carries had its value pushed to
+            // the value file's tail before, so the value file's write carries the value too.
+            Some(v) => futures::future::join(data, v.flush(&self.appender.vals_tail)).await,
+            None => (data.await, Ok(false)),
+        };
+        for registered in [data?, vals?] {
+            if registered {
+                self.shared.writes_registered.add(1);
             }
-            None => Ok(()),
         }
+        Ok(())
     }
 
     /// Serves one group of requests. Returns the reply of a `Close` found in the group.
@@ -316,9 +389,10 @@ impl Writer {
             return Ok(done != Appended::Refused);
         }
         let res = async {
-            let (io, direct, active) = self.rotate().await?;
+            let (io, (direct, vals), active) = self.rotate().await?;
             self.io = io;
             self.direct = direct;
+            self.vals = vals;
             Ok::<_, std::io::Error>(active)
         }
         .await;
@@ -339,7 +413,7 @@ impl Writer {
 
     /// Seals the active file (sync, trim, hint) and creates the next one, which the caller
     /// installs.
-    async fn rotate(&mut self) -> std::io::Result<(IoFile, Option<DirectFile>, ActiveFile)> {
+    async fn rotate(&mut self) -> std::io::Result<Created> {
         let Some(old) = self.appender.lock().active.take() else {
             return Err(std::io::Error::other("no active datafile to rotate"));
         };
@@ -365,15 +439,21 @@ impl Writer {
     async fn seal(&mut self, mut a: ActiveFile) -> std::io::Result<()> {
         let upto = self.appender.appended_seq.load(Ordering::Acquire);
         self.flush_tail().await?;
-        if let Some(d) = &mut self.direct {
+        for d in [&mut self.direct, &mut self.vals].into_iter().flatten() {
             // A zero write landing after the trim would extend the file again.
             d.finish_zeroing().await;
         }
         io::set_len(fault(&self.opts), &a.fd, a.len)?;
         self.io.sync_all().await?;
+        if let Some(v) = &a.vals {
+            io::set_len(fault(&self.opts), &v.fd, v.len)?;
+            io::sync_file(fault(&self.opts), &v.fd)?;
+        }
         // Every byte is on disk: reads of this file go there now.
         self.direct = None;
+        self.vals = None;
         self.appender.tail.clear();
+        self.appender.vals_tail.clear();
         // No append can land meanwhile: the file is out of the append path.
         self.appender.dirty.store(false, Ordering::Release);
         self.appender.synced_seq.fetch_max(upto, Ordering::AcqRel);
@@ -427,14 +507,19 @@ impl Writer {
     async fn close_active(&mut self, a: ActiveFile) -> std::io::Result<()> {
         if a.hint.count() == 0 {
             // Nothing was written: do not leave an empty file behind.
-            if let Some(d) = &mut self.direct {
+            for d in [&mut self.direct, &mut self.vals].into_iter().flatten() {
                 d.finish_zeroing().await;
+            }
+            if a.vals.is_some() {
+                fs::remove_file(fault(&self.opts), &vals_path(&self.dir, a.id))?;
             }
             let path = data_path(&self.dir, a.id);
             fs::remove_file(fault(&self.opts), &path)?;
             fs::sync_dir(fault(&self.opts), &self.dir)?;
             self.direct = None;
+            self.vals = None;
             self.appender.tail.clear();
+            self.appender.vals_tail.clear();
             let id = a.id;
             self.shared.with_usage(|u| u.remove(&id));
             return Ok(());

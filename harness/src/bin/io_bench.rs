@@ -68,6 +68,8 @@ struct Args {
     /// `cold --warm true`: the datafiles are read into the page cache before each run instead
     /// of evicted from it.
     warm: bool,
+    /// `Options::values_apart` (direct mode: how `cold` builds its store).
+    apart: bool,
 }
 
 fn parse() -> Args {
@@ -88,6 +90,7 @@ fn parse() -> Args {
         cache: None,
         pread: false,
         warm: false,
+        apart: true,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -102,6 +105,7 @@ fn parse() -> Args {
             "--readers" => a.readers = Some(v.parse().unwrap_or_else(|_| usage())),
             "--ring" => a.ring = v.parse().unwrap_or_else(|_| usage()),
             "--reaper" => a.tokio_reaper = v == "tokio",
+            "--apart" => a.apart = v.parse().unwrap_or_else(|_| usage()),
             "--dir" => a.dir = Some(PathBuf::from(v)),
             "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
             "--conc" => {
@@ -124,7 +128,8 @@ impl Args {
         }
         opts = opts
             .caller_submits_reads(self.ring)
-            .reap_on_tokio(self.tokio_reaper);
+            .reap_on_tokio(self.tokio_reaper)
+            .values_apart(self.apart);
         if let Some(c) = self.cache {
             opts = opts.value_cache_bytes(c);
         }
@@ -139,7 +144,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
          [--inline true|false] [--warm true|false] [--readers N] [--io-mode buffered|direct]\n                     \
-         [--cache BYTES] [--ring true|false] [--reaper thread|tokio]\n       \
+         [--cache BYTES] [--ring true|false] [--reaper thread|tokio] [--apart true|false]\n       \
          io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
     );
     std::process::exit(2)
@@ -227,11 +232,16 @@ where
     (lat, secs)
 }
 
-/// Drops every datafile of `dir` from the page cache.
+/// Whether `p` is a datafile or a value file.
+fn holds_values(p: &Path) -> bool {
+    p.extension().is_some_and(|x| x == "data" || x == "vals")
+}
+
+/// Drops every datafile (and value file) of `dir` from the page cache.
 fn evict(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "data") {
+        if holds_values(&p) {
             let f = std::fs::File::open(&p).expect("open datafile");
             f.sync_all().expect("sync");
             rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
@@ -239,11 +249,11 @@ fn evict(dir: &Path) {
     }
 }
 
-/// Reads every datafile in `dir` once, so that the page cache holds them.
+/// Reads every datafile (and value file) in `dir` once, so that the page cache holds them.
 fn warm(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("read dir").flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "data") {
+        if holds_values(&p) {
             let mut f = std::fs::File::open(&p).expect("open datafile");
             std::io::copy(&mut f, &mut std::io::sink()).expect("read datafile");
         }
@@ -261,9 +271,14 @@ fn cold(a: &Args) {
     };
     let n = (a.gib * (1u64 << 30) as f64 / VALUE as f64) as u64;
     let rt = runtime();
-    let mut opts = Options::default()
-        .sync(SyncPolicy::Never)
-        .inline_reads(a.inline);
+    // Direct mode builds its store through the direct-IO writer (durable puts, which keep
+    // 4 KiB values apart unless `--apart false`); buffered mode with plain appends.
+    let sync = if a.direct {
+        SyncPolicy::Always
+    } else {
+        SyncPolicy::Never
+    };
+    let mut opts = Options::default().sync(sync).inline_reads(a.inline);
     opts = a.mode_options(opts);
     if let Some(r) = a.readers {
         opts = opts.read_threads(r);
@@ -275,10 +290,26 @@ fn cold(a: &Args) {
             dir.display()
         );
         let started = Instant::now();
-        let v = vec![0xA5u8; VALUE];
+        let v = bytes::Bytes::from(vec![0xA5u8; VALUE]);
         rt.block_on(async {
-            for i in 0..n {
-                db.put(key(i), v.clone()).await.expect("put");
+            // 64 writers: durable puts are group-committed.
+            let next = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (db, v, next) = (db.clone(), v.clone(), next.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
+                            }
+                            db.put(key(i), v.clone()).await.expect("put");
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("writer");
             }
             db.sync().await.expect("sync");
         });

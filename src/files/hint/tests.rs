@@ -16,6 +16,7 @@ fn finished_hint_loads() {
             record_len: format::record_len(key.len(), value_len) as u32,
             tombstone,
             key: key.as_bytes(),
+            apart: None,
         });
     }
     let moved = b.finish(9, 5020);
@@ -42,6 +43,7 @@ fn sample(n: u64) -> (Vec<u8>, Vec<Seen>) {
             record_len: format::record_len(key.len(), value_len) as u32,
             tombstone,
             key: &key,
+            apart: None,
         };
         b.push(&h);
         recs.push((key.clone(), h.seq, h.offset, tombstone));

@@ -1,0 +1,314 @@
+//! Format v2, values kept apart (`Options::values_apart`, on by default under the direct-IO
+//! writer): values of 3641..=4096 bytes (and other near-whole numbers of blocks) go to the
+//! datafile's value file, each from a block boundary, and are read back with one aligned read
+//! of their own blocks, checked against the CRC the keydir holds. Every value comes back
+//! exact through every way a store opens (keydir snapshot, hint files, datafile scans), through
+//! merge, iteration, checkpoints and a buffered reopen; a value missing from the value file
+//! (a group write torn between the two files) cuts the last file's tail there, and a damaged
+//! one is reported, not returned.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::{run, supports_direct};
+use futures::StreamExt;
+use ringcask::{Db, Error, IoMode, Options, SyncPolicy};
+
+/// A value for key `i`, version `v`: sizes that go apart (3641, 4096, 8192) and sizes that do
+/// not (0, 100, 3000, 5000).
+fn value(i: u32, v: u32) -> Vec<u8> {
+    let len = [4096usize, 100, 3641, 4096, 3000, 8192, 5000, 0, 4096][(i + v) as usize % 9];
+    (0..len)
+        .map(|j| (i as usize * 31 + v as usize * 13 + j * 7) as u8)
+        .collect()
+}
+
+fn opts() -> Options {
+    Options::default()
+        .io_mode(IoMode::Direct)
+        .sync(SyncPolicy::Always)
+        .max_file_bytes(256 * 1024)
+        .preallocate_bytes(64 * 1024)
+        // The reads must reach the files.
+        .value_cache_bytes(0)
+}
+
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn needs_direct(dir: &Path) {
+    assert!(
+        supports_direct(dir),
+        "this test needs O_DIRECT under {}",
+        dir.display()
+    );
+}
+
+type Model = BTreeMap<String, Vec<u8>>;
+
+/// Writes `n` keys, overwrites every third, deletes every seventh, and an atomic batch.
+async fn fill(db: &Db, n: u32) -> Model {
+    let mut model = Model::new();
+    for i in 0..n {
+        let (k, v) = (format!("key{i:04}"), value(i, 0));
+        db.put(&k, v.clone()).await.expect("put");
+        model.insert(k, v);
+    }
+    for i in (0..n).step_by(3) {
+        let (k, v) = (format!("key{i:04}"), value(i, 1));
+        db.put(&k, v.clone()).await.expect("overwrite");
+        model.insert(k, v);
+    }
+    for i in (0..n).step_by(7) {
+        let k = format!("key{i:04}");
+        db.delete(&k).await.expect("delete");
+        model.remove(&k);
+    }
+    let mut batch = ringcask::WriteBatch::new();
+    for i in 0..5 {
+        let (k, v) = (format!("batch{i}"), value(i, 2));
+        batch = batch.put(k.clone(), v.clone());
+        model.insert(k, v);
+    }
+    db.write(batch).await.expect("batch");
+    model
+}
+
+async fn check(db: &Db, model: &Model, n: u32, what: &str) {
+    for i in 0..n {
+        let k = format!("key{i:04}");
+        let got = db
+            .get(&k)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: get {k}: {e}"));
+        assert_eq!(got.as_deref(), model.get(&k).map(|v| &v[..]), "{what}: {k}");
+    }
+    for (k, v) in model.iter().filter(|(k, _)| k.starts_with("batch")) {
+        let got = db.get(k).await.expect("get");
+        assert_eq!(got.as_deref(), Some(&v[..]), "{what}: {k}");
+    }
+}
+
+async fn check_iter(db: &Db, model: &Model, what: &str) {
+    let mut seen = Model::new();
+    let mut it = db.snapshot().iter();
+    while let Some(item) = it.next().await {
+        let (k, v) = item.expect("iter item");
+        let k = String::from_utf8(k.to_vec()).expect("utf8");
+        assert!(
+            seen.insert(k.clone(), v.to_vec()).is_none(),
+            "{what}: {k} twice"
+        );
+    }
+    assert_eq!(&seen, model, "{what}: iteration");
+}
+
+#[test]
+fn values_apart_come_back_through_every_open_path_merge_iteration_and_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    let n = 300;
+    run(async {
+        let db = Db::open(tmp.path(), opts()).await.expect("open");
+        let model = fill(&db, n).await;
+        let vals = files(tmp.path(), "vals");
+        assert!(
+            vals.len() > 1,
+            "the store rotated, each datafile with a value file"
+        );
+        // The value files hold the values apart: whole blocks after a header block.
+        for p in &vals {
+            let len = std::fs::metadata(p).expect("meta").len();
+            assert_eq!(len % 4096, 0, "{}", p.display());
+        }
+        // Sealed values apart are read with one aligned read of their blocks: the datafiles
+        // hold no value bytes for them.
+        let data: u64 = files(tmp.path(), "data")
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("meta").len())
+            .sum();
+        let vals_bytes: u64 = vals
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("meta").len())
+            .sum();
+        assert!(
+            vals_bytes > data,
+            "{vals_bytes} bytes apart, {data} in datafiles"
+        );
+        check(&db, &model, n, "live").await;
+        check_iter(&db, &model, "live").await;
+        let s = db.stats();
+        assert!(s.reads_direct > 0, "direct reads: {s:?}");
+        db.checkpoint(tmp.path().join("cp"))
+            .await
+            .expect("checkpoint");
+        db.close().await.expect("close");
+
+        // Keydir snapshot.
+        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        assert!(db.stats().recovery.from_snapshot, "from the snapshot");
+        check(&db, &model, n, "snapshot").await;
+        db.close().await.expect("close");
+
+        // Hint files.
+        let db = Db::open(tmp.path(), opts().keydir_snapshot(false))
+            .await
+            .expect("reopen");
+        assert!(db.stats().recovery.files_from_hints > 0);
+        check(&db, &model, n, "hints").await;
+        db.close().await.expect("close");
+
+        // Datafile scans (each value checked in its value file).
+        for h in files(tmp.path(), "hint") {
+            std::fs::remove_file(h).expect("remove hint");
+        }
+        let db = Db::open(tmp.path(), opts().keydir_snapshot(false))
+            .await
+            .expect("reopen");
+        let r = db.stats().recovery;
+        assert_eq!((r.files_from_hints, r.truncated_bytes), (0, 0), "{r:?}");
+        check(&db, &model, n, "scans").await;
+        check_iter(&db, &model, "scans").await;
+
+        // Merge writes the values back into their records; the value files go with inputs.
+        db.merge().await.expect("merge");
+        check(&db, &model, n, "merged").await;
+        check_iter(&db, &model, "merged").await;
+        db.close().await.expect("close");
+        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        check(&db, &model, n, "merged, reopened").await;
+        db.close().await.expect("close");
+        for v in files(tmp.path(), "vals") {
+            let stem = v.file_stem().expect("stem").to_owned();
+            let data = tmp.path().join(stem).with_extension("data");
+            assert!(data.exists(), "{} outlived its datafile", v.display());
+        }
+
+        // Buffered mode reads a store written with values apart.
+        let db = Db::open(tmp.path(), opts().io_mode(IoMode::Buffered))
+            .await
+            .expect("buffered reopen");
+        check(&db, &model, n, "buffered").await;
+        db.close().await.expect("close");
+
+        // The checkpoint opens as a store of its own.
+        let cp = Db::open(tmp.path().join("cp"), opts()).await.expect("cp");
+        check(&cp, &model, n, "checkpoint").await;
+        cp.close().await.expect("close");
+    });
+}
+
+#[test]
+fn without_values_apart_no_value_file_is_written() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    run(async {
+        let db = Db::open(tmp.path(), opts().values_apart(false))
+            .await
+            .expect("open");
+        let model = fill(&db, 60).await;
+        check(&db, &model, 60, "inline").await;
+        db.close().await.expect("close");
+        assert!(files(tmp.path(), "vals").is_empty());
+        // And a store written that way opens with values apart on, and takes them.
+        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        check(&db, &model, 60, "reopened").await;
+        db.put("new", vec![9u8; 4096]).await.expect("put");
+        assert_eq!(
+            db.get("new").await.expect("get"),
+            Some(vec![9u8; 4096].into())
+        );
+        db.close().await.expect("close");
+        assert!(!files(tmp.path(), "vals").is_empty());
+    });
+}
+
+/// Overwrites `len` bytes at `offset` of `path` with `byte`.
+fn smash(path: &Path, offset: u64, len: usize, byte: u8) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.write_all_at(&vec![byte; len], offset).expect("write");
+}
+
+#[test]
+fn a_value_missing_from_the_last_value_file_cuts_the_tail_there() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    run(async {
+        let o = || opts().max_file_bytes(64 << 20).keydir_snapshot(false);
+        let db = Db::open(tmp.path(), o()).await.expect("open");
+        for i in 0..20u32 {
+            db.put(format!("k{i:02}"), vec![i as u8; 4096])
+                .await
+                .expect("put");
+        }
+        db.close().await.expect("close");
+        let vals = files(tmp.path(), "vals");
+        assert_eq!(vals.len(), 1);
+        for h in files(tmp.path(), "hint") {
+            std::fs::remove_file(h).expect("remove hint");
+        }
+        // The value of k15 (the 16th value: block 16) never reached the disk: zeroes.
+        smash(&vals[0], 16 * 4096, 4096, 0);
+        let db = Db::open(tmp.path(), o()).await.expect("reopen");
+        let r = db.stats().recovery;
+        assert!(r.truncated_bytes > 0, "the tail was cut: {r:?}");
+        for i in 0..20u32 {
+            let got = db.get(format!("k{i:02}")).await.expect("get");
+            let want = (i < 15).then(|| vec![i as u8; 4096]);
+            assert_eq!(got.as_deref(), want.as_deref(), "k{i:02}");
+        }
+        db.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_damaged_value_apart_is_an_error_not_a_wrong_value() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    run(async {
+        let db = Db::open(tmp.path(), opts().max_file_bytes(64 << 20))
+            .await
+            .expect("open");
+        for i in 0..4u32 {
+            db.put(format!("k{i}"), vec![i as u8 + 1; 4096])
+                .await
+                .expect("put");
+        }
+        db.close().await.expect("close");
+        // The change to the value file makes the keydir snapshot stale (its ctime moved): the
+        // open loads the hint files, which do not read values. The damage is found at the read.
+        let vals = files(tmp.path(), "vals");
+        smash(&vals[0], 4096 + 2 * 4096 + 100, 1, 0xEE);
+        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        let r = db.stats().recovery;
+        assert!(!r.from_snapshot && r.files_from_hints == 1, "{r:?}");
+        match db.get("k2").await {
+            Err(Error::Corrupt { file, reason, .. }) => {
+                assert!(
+                    file.ends_with(vals[0].file_name().expect("name")),
+                    "{file:?}"
+                );
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        for i in [0u32, 1, 3] {
+            let got = db.get(format!("k{i}")).await.expect("get");
+            assert_eq!(got.as_deref(), Some(&vec![i as u8 + 1; 4096][..]));
+        }
+        db.close().await.expect("close");
+    });
+}
