@@ -236,8 +236,8 @@ impl Options {
     /// own blocks (a 4096-byte value: one 4 KiB read, where its record would span two
     /// blocks) and checked against the CRC the keydir holds; a group commit then writes two
     /// files, in flight together. Stores written either way open either way (format
-    /// version 2; version 1 stores are read as they are). Merge writes the values it keeps
-    /// back into their records.
+    /// version 2; version 1 stores are read as they are). A merge keeps them apart in its
+    /// outputs' value files under the same rule.
     pub fn values_apart(mut self, yes: bool) -> Self {
         self.values_apart = yes;
         self

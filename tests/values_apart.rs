@@ -180,8 +180,18 @@ fn values_apart_come_back_through_every_open_path_merge_iteration_and_checkpoint
         check(&db, &model, n, "scans").await;
         check_iter(&db, &model, "scans").await;
 
-        // Merge writes the values back into their records; the value files go with inputs.
-        db.merge().await.expect("merge");
+        // Merge keeps the values apart in its outputs' value files; the inputs' value files go
+        // with them.
+        let report = db.merge().await.expect("merge");
+        assert!(!report.outputs.is_empty(), "{report:?}");
+        for id in &report.outputs {
+            let v = tmp.path().join(format!("{id:010}.vals"));
+            assert!(v.exists(), "merge output {id} has a value file");
+        }
+        for id in &report.inputs {
+            let v = tmp.path().join(format!("{id:010}.vals"));
+            assert!(!v.exists(), "merge input {id}'s value file is gone");
+        }
         check(&db, &model, n, "merged").await;
         check_iter(&db, &model, "merged").await;
         db.close().await.expect("close");

@@ -54,7 +54,12 @@ pub(crate) fn finish_committed(
         return Ok(None);
     };
     for &id in &m.outputs {
-        for final_path in [data_path(dir, id), hint_path(dir, id)] {
+        let names = [
+            layout::vals_path(dir, id),
+            data_path(dir, id),
+            hint_path(dir, id),
+        ];
+        for final_path in names {
             let tmp = temp_path(&final_path);
             if tmp.exists() {
                 fs::rename(fault, &tmp, &final_path)?;

@@ -36,7 +36,7 @@ use crate::format::{self, FileKind, Manifest, FILE_HEADER_LEN};
 use crate::io::fs;
 use crate::io::IoFile;
 use crate::keydir::KeyDir;
-use crate::layout::{data_path, hint_path, temp_path};
+use crate::layout::{data_path, hint_path, temp_path, vals_path};
 use crate::options::IoBackendKind;
 use crate::read::filetable::FileTable;
 use crate::read::reader::ReaderMsg;
@@ -50,7 +50,7 @@ mod output;
 mod run;
 mod task;
 
-use output::{Output, OUT_BUF_BYTES};
+use output::{OutVals, Output, OUT_BUF_BYTES};
 use run::{Copied, MergeRun};
 pub(crate) use task::{spawn, MergeMsg};
 
@@ -62,9 +62,9 @@ pub struct MergeReport {
     pub inputs: Vec<u32>,
     /// Datafile ids written.
     pub outputs: Vec<u32>,
-    /// Total length of the inputs.
+    /// Total length of the inputs (their value files included).
     pub input_bytes: u64,
-    /// Total length of the outputs.
+    /// Total length of the outputs (their value files included).
     pub output_bytes: u64,
     /// Bytes of live records copied.
     pub live_bytes: u64,
@@ -195,7 +195,7 @@ impl Merger {
             return Err(e.into());
         }
         report.outputs = manifest.outputs;
-        report.output_bytes = outputs.iter().map(|o| o.len).sum();
+        report.output_bytes = outputs.iter().map(Output::total_len).sum();
         Ok(self.finished(report, started))
     }
 
@@ -244,9 +244,11 @@ impl Merger {
         key_len: usize,
         value_len: usize,
     ) -> Result<&'o mut Output> {
+        // A value kept apart takes up to an eighth more, and a reference.
         let len = format::record_len(key_len, value_len) as u64;
+        let len = len + len / 8 + format::VALUE_REF_LEN as u64;
         let full = outputs.last().is_none_or(|o| {
-            o.len + o.buf.len() as u64 + len > self.opts.max_file_bytes
+            o.total_len() + len > self.opts.max_file_bytes
                 && o.len + o.buf.len() as u64 > FILE_HEADER_LEN as u64
         });
         if full {
@@ -258,6 +260,17 @@ impl Merger {
             let file = IoFile::create_new(self.kind, &path, self.opts.fault_injector.clone())?;
             let mut buf = Vec::with_capacity(OUT_BUF_BYTES);
             format::encode_file_header(&mut buf, FileKind::Merged, id);
+            // The writer's rule: a store written by the direct-IO writer keeps values apart.
+            let vals = if self.opts.direct_writes() && self.opts.values_apart {
+                let path = temp_path(&vals_path(&self.dir, id));
+                let file = IoFile::create_new(self.kind, &path, self.opts.fault_injector.clone())?;
+                let mut buf = Vec::with_capacity(OUT_BUF_BYTES);
+                format::encode_file_header(&mut buf, FileKind::Vals, id);
+                buf.resize(format::VALS_ALIGN as usize, 0);
+                Some(OutVals { file, len: 0, buf })
+            } else {
+                None
+            };
             outputs.push(Output {
                 id,
                 file,
@@ -266,6 +279,7 @@ impl Merger {
                 hint: HintBuilder::default(),
                 min_seq: u64::MAX,
                 dead_bytes: 0,
+                vals,
             });
         }
         outputs
@@ -283,6 +297,9 @@ impl Merger {
         for o in outputs {
             let _ = fs::remove_file(self.fault(), &temp_path(&data_path(&self.dir, o.id)));
             let _ = fs::remove_file(self.fault(), &temp_path(&hint_path(&self.dir, o.id)));
+            if o.vals.is_some() {
+                let _ = fs::remove_file(self.fault(), &temp_path(&vals_path(&self.dir, o.id)));
+            }
         }
     }
 
@@ -313,7 +330,9 @@ impl Merger {
         expired: Vec<(Box<[u8]>, u64)>,
     ) -> std::io::Result<()> {
         for o in outputs {
-            for final_path in [data_path(&self.dir, o.id), hint_path(&self.dir, o.id)] {
+            let vals = o.vals.as_ref().map(|_| vals_path(&self.dir, o.id));
+            let names = [data_path(&self.dir, o.id), hint_path(&self.dir, o.id)];
+            for final_path in vals.into_iter().chain(names) {
                 fs::rename(self.fault(), &temp_path(&final_path), &final_path)?;
             }
         }
@@ -325,8 +344,10 @@ impl Merger {
         self.shared.with_usage(|u| {
             for o in outputs {
                 let mut f = FileStats::new(o.id);
-                f.total_bytes = o.len;
-                f.dead_bytes = o.dead_bytes;
+                f.vals_bytes = o.vals.as_ref().map_or(0, |v| v.len);
+                f.total_bytes = o.len + f.vals_bytes;
+                // A value file's header block counts as dead.
+                f.dead_bytes = o.dead_bytes + f.vals_bytes.min(format::VALS_ALIGN);
                 f.min_seq = o.min_seq;
                 f.sealed = true;
                 u.insert(o.id, f);

@@ -155,6 +155,9 @@ impl Merger {
             out.flush().await?;
             out.file.set_len(out.len)?;
             out.file.sync_all().await?;
+            if let Some(v) = &out.vals {
+                v.file.sync_all().await?;
+            }
             let bytes = out.hint.finish(out.id, out.len);
             let tmp = temp_path(&hint_path(&self.dir, out.id));
             fs::write_temp(self.kind, &tmp, bytes, self.opts.fault_injector.as_ref()).await?;
@@ -167,7 +170,7 @@ impl Merger {
         let path = data_path(&self.dir, id);
         let file = IoFile::open_read(self.kind, &path, Access::Sequential, None)?;
         let file_len = std::fs::metadata(&path)?.len();
-        run.report.input_bytes += file_len;
+        run.report.input_bytes += file_len + crate::layout::vals_len(&self.dir, id);
         let header = file.read_exact_at(FILE_HEADER_LEN, 0).await?;
         format::decode_file_header(&header, FileKind::Data).map_err(|e| Error::Corrupt {
             file: path.clone(),
@@ -315,29 +318,13 @@ impl Merger {
                 let out = self
                     .output_for(&mut run.outputs, rec.key.len(), value.len())
                     .await?;
-                let (at, len) = out.append(h.seq, h.expiry_ms, 0, rec.key, value);
-                run.report.live_bytes += u64::from(len);
-                out.hint.push(&HintRecord {
-                    seq: h.seq,
-                    expiry_ms: h.expiry_ms,
-                    offset: at,
-                    record_len: len,
-                    tombstone: false,
-                    key: rec.key,
-                    apart: None,
-                });
+                let to = out.append_copy(h.seq, h.expiry_ms, rec.key, value);
+                run.report.live_bytes += to.footprint(rec.key.len());
                 run.copied.push(Copied {
                     key: Box::from(rec.key),
                     seq: h.seq,
                     from_file,
-                    to: Entry {
-                        seq: h.seq,
-                        expiry_ms: h.expiry_ms,
-                        file_id: out.id,
-                        offset: at as u32,
-                        len,
-                        crc: 0,
-                    },
+                    to,
                 });
                 out
             }
