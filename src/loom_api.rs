@@ -46,6 +46,8 @@ impl From<Entry> for keydir::Entry {
             file_id: e.file_id,
             offset: e.offset,
             len: e.len,
+            // The models' entries locate records, never values kept apart.
+            crc: 0,
         }
     }
 }
