@@ -23,14 +23,14 @@ pub fn record(data: &[u8]) -> bool {
     };
     {
         let mut again = Vec::new();
-        format::encode_record(
-            &mut again,
-            r.header.seq,
-            r.header.expiry_ms,
-            r.header.flags,
-            r.key,
-            r.value,
-        );
+        let h = r.header;
+        match r.apart {
+            Some(a) => {
+                let flags = h.flags & !format::FLAG_APART;
+                format::encode_record_apart(&mut again, h.seq, h.expiry_ms, flags, r.key, a)
+            }
+            None => format::encode_record(&mut again, h.seq, h.expiry_ms, h.flags, r.key, r.value),
+        }
         assert_eq!(&again[..], &data[..again.len()], "record round trip");
         assert_eq!(again.len() as u64, r.header.record_len());
     }
@@ -56,7 +56,8 @@ pub fn file_header(data: &[u8]) -> bool {
         return false;
     };
     let mut again = Vec::new();
-    format::encode_file_header(&mut again, kind, id);
+    let version = format::file_header_version(data).unwrap_or(format::FORMAT_VERSION);
+    format::encode_file_header_version(&mut again, kind, id, version);
     assert_eq!(&again[..], &data[..again.len()], "header round trip");
     true
 }

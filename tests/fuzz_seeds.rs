@@ -217,3 +217,75 @@ fn write_seed_corpora_from_a_real_store() {
     }
     assert!(n >= 2);
 }
+
+/// Seeds of format v2's values kept apart, from a store written by the direct-IO writer:
+/// records with the `APART` flag, hint records carrying a value's location, a value file's
+/// header.
+#[test]
+fn write_seeds_of_values_kept_apart() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    assert!(
+        common::supports_direct(dir),
+        "this test needs O_DIRECT under {}",
+        dir.display()
+    );
+    let opts = Options::default()
+        .io_mode(ringcask::IoMode::Direct)
+        .sync(SyncPolicy::Always)
+        .max_file_bytes(32 * 1024)
+        .auto_merge(false);
+    run(async {
+        let db = Db::open(dir, opts).await.expect("open");
+        for i in 0..12u32 {
+            db.put(format!("k{i}"), vec![i as u8; 4096])
+                .await
+                .expect("put");
+        }
+        db.write(WriteBatch::new().put("b1", vec![1u8; 4000]).put("b2", "y"))
+            .await
+            .expect("batch");
+        db.close().await.expect("close");
+    });
+    let mut apart = 0;
+    for (fi, f) in files(dir, "data").iter().enumerate() {
+        let bytes = std::fs::read(f).expect("read");
+        for (ri, (off, len)) in fuzzing::record_spans(&bytes).iter().enumerate() {
+            // The flags byte: bit 3 is APART.
+            if bytes[off + 28] & 8 == 0 {
+                continue;
+            }
+            apart += 1;
+            flagged_seeds(
+                "record",
+                &format!("apart-f{fi}r{ri}"),
+                &bytes[*off..off + len],
+                0..4,
+                &fuzzing::record_input,
+            );
+        }
+    }
+    assert!(apart >= 4, "records keep their values apart: {apart}");
+    for (hi, h) in files(dir, "hint").iter().enumerate() {
+        let bytes = std::fs::read(h).expect("read");
+        flagged_seeds(
+            "hint_record",
+            &format!("apart-h{hi}"),
+            &bytes[20..bytes.len().min(20 + 80)],
+            0..4,
+            &fuzzing::hint_record_input,
+        );
+    }
+    let vals = files(dir, "vals");
+    assert!(!vals.is_empty());
+    for (vi, v) in vals.iter().enumerate() {
+        let bytes = std::fs::read(v).expect("read");
+        flagged_seeds(
+            "file_header",
+            &format!("vals{vi}"),
+            &bytes[..20],
+            16..20,
+            &fuzzing::file_header_input,
+        );
+    }
+}

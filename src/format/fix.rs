@@ -4,19 +4,23 @@
 use std::mem::size_of;
 
 use super::{
-    crc, seal_crc, u32_at, FILE_HEADER_LEN, HINT_FOOTER_LEN, HINT_KEY_LEN_OFFSET,
-    HINT_RECORD_HEADER_LEN, HINT_SEQ_OFFSET, RECORD_HEADER_LEN, REC_KEY_LEN_OFFSET, REC_SEQ_OFFSET,
-    REC_VALUE_LEN_OFFSET,
+    crc, seal_crc, u32_at, u8_at, FILE_HEADER_LEN, FLAG_APART, HINT_APART_LEN, HINT_FLAGS_OFFSET,
+    HINT_FOOTER_LEN, HINT_KEY_LEN_OFFSET, HINT_RECORD_HEADER_LEN, HINT_SEQ_OFFSET,
+    RECORD_HEADER_LEN, REC_FLAGS_OFFSET, REC_KEY_LEN_OFFSET, REC_SEQ_OFFSET, REC_VALUE_LEN_OFFSET,
+    VALUE_REF_LEN,
 };
 
-/// The length of the record (`header`-byte header, length fields at `key_at` and, for data
-/// records, `value_at`) at the start of `buf`, if it fits.
-fn fixable_len(buf: &[u8], header: usize, key_at: usize, value_at: Option<usize>) -> Option<usize> {
+/// The length of the record (`header`-byte header, key length at `key_at`, flags at
+/// `flags_at`; after the key `body(flags)` bytes) at the start of `buf`, if it fits.
+fn fixable_len(
+    buf: &[u8],
+    header: usize,
+    key_at: usize,
+    flags_at: usize,
+    body: impl FnOnce(u8) -> Option<usize>,
+) -> Option<usize> {
     let k = u32_at(buf, key_at).ok()? as usize;
-    let v = match value_at {
-        Some(at) => u32_at(buf, at).ok()? as usize,
-        None => 0,
-    };
+    let v = body(u8_at(buf, flags_at).ok()?)?;
     header
         .checked_add(k)?
         .checked_add(v)
@@ -25,11 +29,17 @@ fn fixable_len(buf: &[u8], header: usize, key_at: usize, value_at: Option<usize>
 
 /// Recomputes the CRC of the data record at the start of `buf`; returns its length.
 pub(crate) fn fix_record_crc(buf: &mut [u8]) -> Option<usize> {
+    // A record keeping its value apart holds the value's reference, not the value.
+    let body = |flags: u8| match flags & FLAG_APART {
+        0 => u32_at(buf, REC_VALUE_LEN_OFFSET).ok().map(|v| v as usize),
+        _ => Some(VALUE_REF_LEN),
+    };
     let len = fixable_len(
         buf,
         RECORD_HEADER_LEN,
         REC_KEY_LEN_OFFSET,
-        Some(REC_VALUE_LEN_OFFSET),
+        REC_FLAGS_OFFSET,
+        body,
     )?;
     seal_crc(buf.get_mut(..len)?, 0, REC_SEQ_OFFSET);
     Some(len)
@@ -45,7 +55,20 @@ pub(crate) fn fix_record_crcs(buf: &mut [u8]) {
 
 /// Recomputes the CRC of the hint record at the start of `buf`.
 pub(crate) fn fix_hint_crc(buf: &mut [u8]) -> Option<usize> {
-    let len = fixable_len(buf, HINT_RECORD_HEADER_LEN, HINT_KEY_LEN_OFFSET, None)?;
+    let body = |flags: u8| {
+        Some(if flags & FLAG_APART != 0 {
+            HINT_APART_LEN
+        } else {
+            0
+        })
+    };
+    let len = fixable_len(
+        buf,
+        HINT_RECORD_HEADER_LEN,
+        HINT_KEY_LEN_OFFSET,
+        HINT_FLAGS_OFFSET,
+        body,
+    )?;
     seal_crc(buf.get_mut(..len)?, 0, HINT_SEQ_OFFSET);
     Some(len)
 }

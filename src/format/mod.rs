@@ -277,9 +277,20 @@ impl FileKind {
 
 /// Appends a file header for `kind` and `file_id` to `out`.
 pub(crate) fn encode_file_header(out: &mut Vec<u8>, kind: FileKind, file_id: u32) {
+    encode_file_header_version(out, kind, file_id, FORMAT_VERSION);
+}
+
+/// [`encode_file_header`] with the format version given (the fuzz targets re-encode what they
+/// decoded, of either version).
+pub(crate) fn encode_file_header_version(
+    out: &mut Vec<u8>,
+    kind: FileKind,
+    file_id: u32,
+    version: u32,
+) {
     let start = out.len();
     out.extend_from_slice(&kind.magic());
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&file_id.to_le_bytes());
     let c = crc(out.get(start..start + FH_CRC_OFFSET).unwrap_or_default());
     out.extend_from_slice(&c.to_le_bytes());
@@ -294,6 +305,12 @@ pub(crate) fn decode_file_header(buf: &[u8], kind: FileKind) -> Result<u32, Deco
         (id, FileKind::Merged) if kind == FileKind::Data => Ok(id),
         _ => Err(DecodeError::BadMagic),
     }
+}
+
+/// The format version a file header names (not checked), if `buf` is long enough.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn file_header_version(buf: &[u8]) -> Option<u32> {
+    u32_at(buf, FH_VERSION_OFFSET).ok()
 }
 
 /// Decodes a file header of any kind; returns the file id and the kind.
