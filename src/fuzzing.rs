@@ -272,7 +272,8 @@ pub fn hint_header(id: u32) -> Vec<u8> {
 fn open_dir_name(sel: u8) -> String {
     let id = 1 + u32::from(sel >> 4) % 4;
     match sel % 8 {
-        0..=2 => format!("{id:010}.data"),
+        0 | 1 => format!("{id:010}.data"),
+        2 => format!("{id:010}.vals"),
         3 | 4 => format!("{id:010}.hint"),
         5 => "MERGE".into(),
         6 => format!("{id:010}.data.tmp"),
@@ -315,7 +316,8 @@ pub fn keydir_snapshot(data: &[u8]) -> bool {
 }
 
 /// Writes `data` as the files of a store directory `dir` (entries of selector byte, u16 LE
-/// length, bytes; the selector picks datafile, hint, manifest or temporary file and id 1..=4,
+/// length, bytes; the selector picks datafile, value file, hint, manifest or temporary file
+/// and id 1..=4,
 /// its bit 3 puts a valid header first), opens it, reads every key, writes, merges and closes.
 /// Open may refuse with an error; nothing may panic.
 pub fn open_dir(dir: &Path, data: &[u8]) {
@@ -334,6 +336,10 @@ pub fn open_dir(dir: &Path, data: &[u8]) {
                 bytes = hint_header(id);
             } else if name.contains(".data") {
                 bytes = datafile_header(id);
+            } else if name.contains(".vals") {
+                // A value file's header block: its values start at 4096.
+                format::encode_file_header(&mut bytes, FileKind::Vals, id);
+                bytes.resize(format::VALS_ALIGN as usize, 0);
             }
         }
         bytes.extend_from_slice(&data[i..i + len]);
