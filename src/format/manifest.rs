@@ -19,11 +19,17 @@ pub(crate) struct Manifest {
 
 /// Encodes a merge manifest.
 pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    encode_manifest_version(m, FORMAT_VERSION)
+}
+
+/// [`encode_manifest`] with the format version given (the fuzz targets re-encode what they
+/// decoded, of either version: the layout is the same).
+pub(crate) fn encode_manifest_version(m: &Manifest, version: u32) -> Vec<u8> {
     assert!(m.inputs.len() as u64 <= u64::from(MANIFEST_MAX_IDS));
     assert!(m.outputs.len() as u64 <= u64::from(MANIFEST_MAX_IDS));
     let mut out = Vec::with_capacity(24 + 4 * (m.inputs.len() + m.outputs.len()));
     out.extend_from_slice(&MANIFEST_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     for ids in [&m.inputs, &m.outputs] {
         out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
         for id in ids.iter() {

@@ -579,6 +579,8 @@ pub(crate) use hint::{
 // ---- merge manifest (drawn above; codec in manifest.rs) ---------------------------------
 
 mod manifest;
+#[cfg(feature = "fuzzing")]
+pub(crate) use manifest::encode_manifest_version;
 #[cfg(test)]
 use manifest::MAN_INPUTS_OFFSET;
 pub(crate) use manifest::{decode_manifest, encode_manifest, Manifest};
