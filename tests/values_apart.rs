@@ -37,13 +37,7 @@ fn opts() -> Options {
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    v.sort();
-    v
+    common::files_with_ext(dir, ext)
 }
 
 fn needs_direct(dir: &Path) {

@@ -61,6 +61,39 @@ impl Entry {
         crate::layout::data_id(self.file_id)
     }
 
+    /// The entry of a live record of `len` bytes at `offset` of datafile `file_id`; when its
+    /// value is kept apart (`apart`), the entry points at the value in the value file.
+    /// Offsets fit in `u32`: a datafile and its value file together stay under
+    /// `max_file_bytes` (< 4 GiB); an offset past that (only from damaged input) saturates and
+    /// fails the read that uses it.
+    pub(crate) fn located(
+        seq: u64,
+        expiry_ms: u64,
+        file_id: u32,
+        (offset, len): (u64, u32),
+        apart: Option<crate::format::Apart>,
+    ) -> Entry {
+        let at = |o: u64| u32::try_from(o).unwrap_or(u32::MAX);
+        match apart {
+            Some(a) => Entry {
+                seq,
+                expiry_ms,
+                file_id: file_id | crate::layout::VALS_BIT,
+                offset: at(a.offset),
+                len: a.len,
+                crc: a.crc,
+            },
+            None => Entry {
+                seq,
+                expiry_ms,
+                file_id,
+                offset: at(offset),
+                len,
+                crc: 0,
+            },
+        }
+    }
+
     /// Whether this is a recovery-time marker rather than a live value.
     pub(crate) fn is_marker(&self) -> bool {
         self.len == 0

@@ -5,7 +5,6 @@ use crate::files::hint::HintBuilder;
 use crate::format::{self, HintRecord};
 use crate::io::IoFile;
 use crate::keydir::Entry;
-use crate::layout::VALS_BIT;
 
 /// Output bytes buffered before one append.
 pub(super) const OUT_BUF_BYTES: usize = 1 << 20;
@@ -112,25 +111,7 @@ impl Output {
             key,
             apart,
         });
-        // Output offsets stay below `max_file_bytes`, which counts the value file.
-        match apart {
-            Some(a) => Entry {
-                seq,
-                expiry_ms,
-                file_id: self.id | VALS_BIT,
-                offset: a.offset as u32,
-                len: a.len,
-                crc: a.crc,
-            },
-            None => Entry {
-                seq,
-                expiry_ms,
-                file_id: self.id,
-                offset: at as u32,
-                len,
-                crc: 0,
-            },
-        }
+        Entry::located(seq, expiry_ms, self.id, (at, len), apart)
     }
 
     /// Bytes of the datafile and the value file once their buffers are written.

@@ -63,28 +63,11 @@ impl Applied {
 pub(super) fn entry_for(file_id: u32, h: &HintRecord<'_>, now: u64) -> Entry {
     if h.tombstone || (h.expiry_ms != 0 && h.expiry_ms <= now) {
         Entry::marker(h.seq)
-    } else if let Some(a) = h.apart {
-        Entry {
-            seq: h.seq,
-            expiry_ms: h.expiry_ms,
-            file_id: file_id | crate::layout::VALS_BIT,
-            // A value file holds only the values of its datafile, whose size limit (< 4 GiB)
-            // counts them: an offset past `u32` cannot point at a value there.
-            offset: u32::try_from(a.offset).unwrap_or(u32::MAX),
-            len: a.len,
-            crc: a.crc,
-        }
     } else {
-        Entry {
-            seq: h.seq,
-            expiry_ms: h.expiry_ms,
-            file_id,
-            // Both fit: `load_file` rejects datafiles of 4 GiB or more, and hint offsets are
-            // checked against the datafile length.
-            offset: h.offset as u32,
-            len: h.record_len,
-            crc: 0,
-        }
+        // Record offsets fit: `load_file` rejects datafiles of 4 GiB or more, and hint offsets
+        // are checked against the datafile length.
+        let record = (h.offset, h.record_len);
+        Entry::located(h.seq, h.expiry_ms, file_id, record, h.apart)
     }
 }
 

@@ -436,24 +436,7 @@ impl Appender {
         });
         // Offsets stay below `max_file_bytes` (at most 2 GiB): rotation happens first, and
         // it counts the value file.
-        let entry = match apart {
-            Some(a) => Entry {
-                seq,
-                expiry_ms,
-                file_id: active.id | crate::layout::VALS_BIT,
-                offset: a.offset as u32,
-                len: a.len,
-                crc: a.crc,
-            },
-            None => Entry {
-                seq,
-                expiry_ms,
-                file_id: active.id,
-                offset: offset as u32,
-                len,
-                crc: 0,
-            },
-        };
+        let entry = Entry::located(seq, expiry_ms, active.id, (offset, len), apart);
         pending.push(Pending {
             entry,
             key_len: key.len(),

@@ -116,7 +116,8 @@ pub fn hint_files(dir: &Path) -> Vec<PathBuf> {
     files_with_ext(dir, "hint")
 }
 
-fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+/// Paths of the files of `dir` with extension `ext`, sorted.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("read_dir")
         .map(|e| e.expect("entry").path())
