@@ -40,7 +40,8 @@ pub(crate) struct ActiveFile {
     pub(super) len: u64,
     /// End of the space reserved with `fallocate`.
     pub(super) allocated: u64,
-    /// `len` when a background writeback was last asked for (see [`WRITEBACK_BYTES`]).
+    /// [`ActiveFile::total_len`] when a background writeback was last asked for (see
+    /// [`WRITEBACK_BYTES`]).
     pub(super) writeback_from: u64,
     pub(super) hint: HintBuilder,
     /// Written by the direct-IO writer: appends go to the [`Tail`], the writer thread writes
@@ -273,8 +274,10 @@ impl Appender {
             return Err(clone_io_err(&e));
         }
         self.appended_seq.store(seq, Ordering::Release);
-        if self.writeback_bytes > 0 && active.len - active.writeback_from >= self.writeback_bytes {
-            active.writeback_from = active.len;
+        // Both files count: values kept apart grow the value file's tail, not the datafile's.
+        let written = active.total_len();
+        if self.writeback_bytes > 0 && written - active.writeback_from >= self.writeback_bytes {
+            active.writeback_from = written;
             self.writeback_due.store(true, Ordering::Relaxed);
         }
         match req {

@@ -155,7 +155,7 @@ impl Writer {
             len: FILE_HEADER_LEN as u64,
             // The first append preallocates (see `Appender::write_buf`).
             allocated: FILE_HEADER_LEN as u64,
-            writeback_from: FILE_HEADER_LEN as u64,
+            writeback_from: FILE_HEADER_LEN as u64 + active_vals.as_ref().map_or(0, |v| v.len),
             hint,
             direct: direct.is_some(),
             vals: active_vals,
