@@ -274,6 +274,56 @@ fn a_value_missing_from_the_last_value_file_cuts_the_tail_there() {
             let want = (i < 15).then(|| vec![i as u8; 4096]);
             assert_eq!(got.as_deref(), want.as_deref(), "k{i:02}");
         }
+        // The values of the records cut went with them: the header block and 15 values.
+        let len = std::fs::metadata(&vals[0]).expect("stat").len();
+        assert_eq!(len, 16 * 4096, "the value file was cut after k14's value");
+        db.close().await.expect("close");
+    });
+}
+
+/// A crash leaves the active file's value file with the zeroes written ahead of its last
+/// value (1 MiB at a time); the reopen cuts them, so they neither take space nor count as
+/// dead bytes until a merge, and every value stays readable.
+#[test]
+fn a_crash_leaves_zeroes_ahead_in_the_value_file_and_recovery_cuts_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    let fault = ringcask::testing::FaultInjector::new();
+    let o = || {
+        opts()
+            .max_file_bytes(64 << 20)
+            .keydir_snapshot(false)
+            .fault_injector(fault.clone())
+    };
+    run(async {
+        let db = Db::open(tmp.path(), o()).await.expect("open");
+        for i in 0..20u32 {
+            db.put(format!("k{i:02}"), vec![i as u8; 4096])
+                .await
+                .expect("put");
+        }
+        // Crash: nothing more reaches the disk, the close cannot seal (or cut) anything.
+        fault.crash_after(0);
+        assert!(db.close().await.is_err(), "the close fails after the crash");
+    });
+    fault.restart();
+    let vals = files(tmp.path(), "vals");
+    assert_eq!(vals.len(), 1, "the active file's value file");
+    let before = std::fs::metadata(&vals[0]).expect("stat").len();
+    assert!(
+        before > 21 * 4096,
+        "zeroes were written ahead of the 20 values: {before} bytes"
+    );
+    run(async {
+        let db = Db::open(tmp.path(), o()).await.expect("reopen");
+        let after = std::fs::metadata(&vals[0]).expect("stat").len();
+        assert_eq!(after, 21 * 4096, "the header block and 20 values");
+        for i in 0..20u32 {
+            let got = db.get(format!("k{i:02}")).await.expect("get");
+            assert_eq!(got.as_deref(), Some(&vec![i as u8; 4096][..]), "k{i:02}");
+        }
+        let dead: u64 = db.stats().files.iter().map(|f| f.dead_bytes).sum();
+        assert!(dead < 4 * 4096, "no zeroes counted as dead: {dead}");
         db.close().await.expect("close");
     });
 }

@@ -29,10 +29,10 @@ use crate::files::datafile::{self, ScanEnd, ScanError, ScanMode};
 use crate::files::hint::{self, HintBuilder};
 use crate::files::manifest;
 use crate::files::snapshot;
-use crate::format::{DecodeError, FILE_HEADER_LEN, FORMAT_VERSION};
+use crate::format::{self, DecodeError, FILE_HEADER_LEN, FORMAT_VERSION};
 use crate::io::{self, fs};
 use crate::keydir::KeyDir;
-use crate::layout::{data_path, hint_path};
+use crate::layout::{data_path, hint_path, vals_path};
 use crate::state::Recovered;
 use crate::stats::{FileStats, RecoveryReport};
 use crate::{Error, Options, Result};
@@ -231,7 +231,12 @@ impl Ctx<'_> {
         });
         let mut group = Group::default();
         let mut records = 0u64;
+        // The end of the last value in the value file that a record kept refers to.
+        let mut vals_end = 0u64;
         let scanned = datafile::scan(path, id, mode, self.fault(), |h| {
+            if let Some(a) = &h.apart {
+                vals_end = vals_end.max(a.offset + format::vals_span(u64::from(a.len)));
+            }
             group.push(keydir, id, h, now);
             records += 1;
             if let Some(hb) = &mut hb {
@@ -254,19 +259,8 @@ impl Ctx<'_> {
         };
         out.records = records;
         out.skipped_bytes = outcome.skipped_bytes;
-        if let ScanEnd::Damaged { offset, reason } = outcome.end {
-            if !is_last {
-                return Err(corrupt(path.to_path_buf(), offset, reason));
-            }
-            out.truncated_bytes = outcome.file_len - outcome.valid_end;
-            tracing::warn!(
-                file = %path.display(),
-                offset,
-                cut_bytes = out.truncated_bytes,
-                read_only = self.read_only,
-                "torn tail in the last datafile ({reason}); truncating (in memory only when \
-                 read-only)"
-            );
+        if let ScanEnd::Damaged { offset, reason } = &outcome.end {
+            out.truncated_bytes = self.torn(path, is_last, *offset, reason, &outcome)?;
         }
         if self.read_only {
             out.file_len = outcome.valid_end;
@@ -284,14 +278,79 @@ impl Ctx<'_> {
             // superseded by one of its records may be dropped. Make it durable first.
             io::sync_file(self.fault(), &fs::open_for_write(path)?)?;
         }
-        if is_last && out.records == 0 {
-            tracing::info!(file = %path.display(), "removing the empty last datafile");
-            fs::remove_file(self.fault(), path)?;
-            out.removed = true;
-            return Ok(out);
+        if is_last {
+            out.removed = self.finish_last(path, id, out.records, vals_end)?;
         }
-        out.hint = hb;
+        if !out.removed {
+            out.hint = hb;
+        }
         Ok(out)
+    }
+
+    /// Damage at `offset` of a scanned datafile: the last file's torn tail (the bytes to cut
+    /// are returned), `Corrupt` in any other.
+    fn torn(
+        &self,
+        path: &Path,
+        is_last: bool,
+        offset: u64,
+        reason: &str,
+        outcome: &datafile::ScanOutcome,
+    ) -> Result<u64> {
+        if !is_last {
+            return Err(corrupt(path.to_path_buf(), offset, reason.to_string()));
+        }
+        let cut = outcome.file_len - outcome.valid_end;
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            cut_bytes = cut,
+            read_only = self.read_only,
+            "torn tail in the last datafile ({reason}); truncating (in memory only when \
+             read-only)"
+        );
+        Ok(cut)
+    }
+
+    /// After the last datafile's scan: removes it if it holds no record (with its value
+    /// file), else cuts its value file after `vals_end` ([`Ctx::trim_vals`]). Returns whether
+    /// the file was removed.
+    fn finish_last(&self, path: &Path, id: u32, records: u64, vals_end: u64) -> Result<bool> {
+        if records > 0 {
+            self.trim_vals(id, vals_end)?;
+            return Ok(false);
+        }
+        tracing::info!(file = %path.display(), "removing the empty last datafile");
+        let vals = vals_path(self.dir, id);
+        if vals.exists() {
+            fs::remove_file(self.fault(), &vals)?;
+        }
+        fs::remove_file(self.fault(), path)?;
+        Ok(true)
+    }
+
+    /// Cuts the last datafile's value file after `end`, the end of the last value its records
+    /// refer to: what follows is the zeroes the direct-IO writer wrote ahead (up to 1 MiB), or
+    /// values of records cut with a torn tail. A sealed file's value file was cut at sealing.
+    fn trim_vals(&self, id: u32, end: u64) -> Result<()> {
+        let path = vals_path(self.dir, id);
+        let f = match fs::open_for_write(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let keep = end.max(format::VALS_ALIGN);
+        let len = f.metadata()?.len();
+        if len > keep {
+            tracing::info!(
+                file = %path.display(),
+                cut_bytes = len - keep,
+                "cutting the last value file after its last value"
+            );
+            io::set_len(self.fault(), &f, keep)?;
+            io::sync_file(self.fault(), &f)?;
+        }
+        Ok(())
     }
 }
 
