@@ -21,24 +21,52 @@ use crate::keydir::Entry;
 /// Measured: 200k cached 100-byte values took ~40 MB of RSS, ~200 bytes each.
 const OVERHEAD: u64 = 112;
 
-/// Values shorter than this are copied before they are cached (see [`ValueCache::insert`]).
+/// Values shorter than this are cached as copies of their own, and copied out on a hit (see
+/// [`Cached`]).
 const COPY_BELOW: usize = 1024;
+
+/// A cached value. A small one is copied out on a hit: a fresh allocation and a copy of its
+/// bytes, which the caller reads next anyway, instead of a shared reference count to increment
+/// — one cache line fewer to fetch per hit, and none that threads reading the same hot key
+/// pass back and forth. A large one is shared (copying it would cost more).
+#[derive(Clone)]
+enum Cached {
+    Small(Box<[u8]>),
+    Large(Bytes),
+}
+
+impl Cached {
+    fn len(&self) -> usize {
+        match self {
+            Cached::Small(b) => b.len(),
+            Cached::Large(b) => b.len(),
+        }
+    }
+
+    fn of(value: &[u8], shared: impl FnOnce() -> Bytes) -> Cached {
+        if value.len() < COPY_BELOW {
+            Cached::Small(Box::from(value))
+        } else {
+            Cached::Large(shared())
+        }
+    }
+}
 
 #[derive(Clone)]
 struct ByBytes;
 
-impl Weighter<u64, (u64, Bytes)> for ByBytes {
-    fn weight(&self, _key: &u64, val: &(u64, Bytes)) -> u64 {
+impl Weighter<u64, (u64, Cached)> for ByBytes {
+    fn weight(&self, _key: &u64, val: &(u64, Cached)) -> u64 {
         val.1.len() as u64 + OVERHEAD
     }
 }
 
 type Inner = Cache<
     u64,
-    (u64, Bytes),
+    (u64, Cached),
     ByBytes,
     foldhash::fast::RandomState,
-    DefaultLifecycle<u64, (u64, Bytes)>,
+    DefaultLifecycle<u64, (u64, Cached)>,
 >;
 
 /// A byte-bounded cache of values by record location.
@@ -71,7 +99,8 @@ impl ValueCache {
     /// The cached value of the record `e` points at.
     pub(crate) fn get(&self, e: &Entry) -> Option<Bytes> {
         match self.inner.get(&location(e)) {
-            Some((seq, v)) if seq == e.seq => Some(v),
+            Some((seq, Cached::Small(b))) if seq == e.seq => Some(Bytes::from(b)),
+            Some((seq, Cached::Large(v))) if seq == e.seq => Some(v),
             _ => None,
         }
     }
@@ -81,18 +110,14 @@ impl ValueCache {
     /// around it (header and key, a large share of a small record); a large one is kept as the
     /// slice it is, as copying it would cost more than the few bytes it pins.
     pub(crate) fn insert(&self, e: &Entry, value: &Bytes) {
-        let v = if value.len() < COPY_BELOW {
-            Bytes::copy_from_slice(value)
-        } else {
-            value.clone()
-        };
+        let v = Cached::of(value, || value.clone());
         self.inner.insert(location(e), (e.seq, v));
     }
 
     /// Remembers `value` (just written) as the value of the record `e` points at, copied.
     pub(crate) fn insert_slice(&self, e: &Entry, value: &[u8]) {
-        self.inner
-            .insert(location(e), (e.seq, Bytes::copy_from_slice(value)));
+        let v = Cached::of(value, || Bytes::copy_from_slice(value));
+        self.inner.insert(location(e), (e.seq, v));
     }
 
     /// Bytes held now (values plus overhead).
@@ -139,5 +164,23 @@ mod tests {
             "cache holds {} bytes over its bound",
             c.weight()
         );
+    }
+
+    /// A small value comes back as a copy of its own (no count shared between callers); a large
+    /// one as the same buffer, shared.
+    #[test]
+    fn small_values_are_copied_out_and_large_ones_shared() {
+        let c = ValueCache::new(1 << 20).expect("cache");
+        let (small, large) = (entry(1, 0, 1), entry(1, 4096, 2));
+        c.insert(&small, &Bytes::from(vec![3u8; 100]));
+        let big = Bytes::from(vec![4u8; 4096]);
+        c.insert(&large, &big);
+        let (a, b) = (c.get(&small).expect("hit"), c.get(&small).expect("hit"));
+        assert_eq!((&a[..], &b[..]), (&[3u8; 100][..], &[3u8; 100][..]));
+        assert_ne!(a.as_ptr(), b.as_ptr(), "each hit has its own copy");
+        let (x, y) = (c.get(&large).expect("hit"), c.get(&large).expect("hit"));
+        assert_eq!(x, big);
+        assert_eq!(x.as_ptr(), y.as_ptr(), "shared");
+        assert_eq!(x.as_ptr(), big.as_ptr(), "the buffer read, not a copy");
     }
 }
