@@ -35,12 +35,16 @@ pub enum IoMode {
     /// the blocks it needs.
     ///
     /// With [`SyncPolicy::Always`] writes bypass it too: appends copy their records into an
-    /// in-memory tail of the active file, and the writer thread writes each group commit's
-    /// blocks as one `O_DIRECT | O_DSYNC` write through its ring (the write is the sync); reads
-    /// of records not yet written are served from that tail, the rest of the active file is read
-    /// with `O_DIRECT` too. Under the other policies a write is acknowledged before any sync,
-    /// and must still survive a crash of the process, so appends stay buffered `pwrite`s (a copy
-    /// into the page cache) and the active file is read buffered.
+    /// in-memory tail of the active file, and each group commit's blocks are written as one
+    /// `O_DIRECT | O_DSYNC` write (the write is the sync) through io_uring: by the writer
+    /// thread, which forms the groups of concurrent durable writers, or, for a lone durable
+    /// writer, by the caller itself through the store's shared ring (no hop to the writer
+    /// thread; `Stats::syncs_led` counts these). Reads of records not yet written are served
+    /// from that tail, the rest of the active file is read with `O_DIRECT` too. On the `pread`
+    /// backend the writer thread makes these writes with `pwrite`. Under the other policies a
+    /// write is acknowledged before any sync, and must still survive a crash of the process,
+    /// so appends stay buffered `pwrite`s (a copy into the page cache) and the active file is
+    /// read buffered.
     ///
     /// Nothing is cached for these reads by the kernel: the store's own value cache is on by
     /// default in this mode ([`DIRECT_VALUE_CACHE_BYTES`]; [`Options::value_cache_bytes`] sets
@@ -55,8 +59,9 @@ pub enum IoMode {
     /// not count its reads.
     ///
     /// On io_uring the direct reads and writes go through buffers registered with the rings
-    /// (about 3 MiB pinned for the writer, 2 MiB for the shared ring the callers submit their
-    /// reads to, and 2.5 MiB per read thread once it reads); where
+    /// (2 MiB for the writer thread's group writes, groups up to 1 MiB; 2 MiB for the shared
+    /// ring the callers submit their reads and, as a lone durable writer, their group writes
+    /// to, groups up to 16 KiB; 2.5 MiB per read thread once it reads); where
     /// the kernel refuses to pin them (`RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`) plain buffers
     /// are used, and `Stats::reads_registered` / `writes_registered` stay 0.
     Direct,
@@ -221,7 +226,8 @@ impl Options {
     /// thread wait on the disk (io_uring issues the read and returns; the reaper, see
     /// [`Options::reap_on_tokio`], wakes the caller when it completes). Reads of files the
     /// file system will not open `O_DIRECT` (under [`IoMode::Direct`]), and every read on the
-    /// `pread` backend, go to the read threads either way.
+    /// `pread` backend, go to the read threads either way. (Under the direct-IO writer the
+    /// shared ring is set up either way: callers submit their group writes to it.)
     pub fn caller_submits_reads(mut self, yes: bool) -> Self {
         self.caller_submits_reads = yes;
         self

@@ -54,6 +54,7 @@ pub(crate) struct Shared {
     pub reads_cached: Counter,
     pub appends: Counter,
     pub syncs: Counter,
+    pub syncs_led: Counter,
     pub writes_registered: Counter,
     pub bytes_written: Counter,
     pub merges: Counter,

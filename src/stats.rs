@@ -147,8 +147,12 @@ pub struct Stats {
     /// `fdatasync` calls on the active datafile; under the direct-IO writer, its group writes
     /// (each an `O_DIRECT | O_DSYNC` write: the write is the sync).
     pub syncs: u64,
-    /// Of the direct-IO writer's group writes, those made from a buffer registered with the
-    /// writer's ring (io_uring fixed buffers; groups up to 1 MiB, where registering succeeded).
+    /// Of `syncs`, the group writes a durable caller made itself (the direct-IO writer with a
+    /// lone durable writer on io_uring: no hop to the writer thread; see `IoMode::Direct`).
+    pub syncs_led: u64,
+    /// Of the direct-IO writer's group writes, those made from a buffer registered with a ring
+    /// (io_uring fixed buffers, where registering succeeded: the writer thread's for groups up
+    /// to 1 MiB, the shared ring's for a lone writer's groups up to 16 KiB).
     pub writes_registered: u64,
     /// Bytes appended to datafiles since open.
     pub bytes_written: u64,

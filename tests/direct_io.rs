@@ -362,3 +362,102 @@ fn registered_buffers_carry_small_direct_io_and_large_io_falls_back() {
         db.close().await.expect("close");
     });
 }
+
+/// A lone durable writer under the direct-IO writer makes its group writes itself, through the
+/// shared ring (`Stats::syncs_led`), once it has been alone for a while; concurrent durable
+/// writers leave their groups to the writer thread. A leader whose future is dropped while
+/// its write is stalled leaves the records for the next writer: nothing is lost, nothing
+/// hangs. Every value is back after a reopen.
+#[test]
+fn a_lone_durable_writer_leads_its_own_group_writes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    assert!(
+        supports_direct(tmp.path()),
+        "this test needs O_DIRECT under {}",
+        tmp.path().display()
+    );
+    let fault = FaultInjector::new();
+    let opts = || {
+        small_opts()
+            .max_file_bytes(1 << 20)
+            .sync(SyncPolicy::Always)
+            .io_mode(IoMode::Direct)
+            .value_cache_bytes(0)
+            .fault_injector(fault.clone())
+    };
+    let rt = common::multi_thread_rt(2);
+    let db = rt.block_on(Db::open(tmp.path(), opts())).expect("open");
+    // One writer: after a run of lone syncs, every sync is led by the caller.
+    for i in 0..100u32 {
+        rt.block_on(db.put(format!("lone{i}"), value(i)))
+            .expect("put");
+    }
+    let s = db.stats();
+    assert!(s.syncs_led >= 60, "a lone writer leads: {s:?}");
+    assert!(s.syncs_led <= s.syncs, "{s:?}");
+    // Eight writers at once: the writer thread forms their groups.
+    let led_before = s.syncs_led;
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8u32)
+            .map(|t| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in 0..50u32 {
+                        let k = t * 1000 + i;
+                        db.put(format!("many{k}"), value(k)).await.expect("put");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    let s = db.stats();
+    let led = s.syncs_led - led_before;
+    assert!(led < 40, "8 writers lead {led} of 400 syncs: {s:?}");
+    // Alone again, then a leader's write stalled and its future dropped.
+    for i in 100..140u32 {
+        rt.block_on(db.put(format!("lone{i}"), value(i)))
+            .expect("put");
+    }
+    let led_before = db.stats().syncs_led;
+    fault.hold();
+    let mut put = Box::pin(db.put("dropped", "appended, its group write stalled"));
+    assert!(futures::FutureExt::now_or_never(&mut put).is_none());
+    drop(put);
+    assert!(db.stats().syncs_led > led_before, "the dropped put led");
+    let next = {
+        let db = db.clone();
+        std::thread::spawn(move || run(db.put("next", "after the dropped leader")))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fault.release();
+    next.join()
+        .expect("thread")
+        .expect("put after a dropped leader");
+    rt.block_on(db.close()).expect("close");
+    drop(db);
+    let db = rt.block_on(Db::open(tmp.path(), opts())).expect("reopen");
+    rt.block_on(async {
+        for i in 0..140u32 {
+            let got = db.get(format!("lone{i}")).await.expect("get");
+            assert_eq!(got.as_deref(), Some(&value(i)[..]), "lone{i}");
+        }
+        for t in 0..8u32 {
+            for i in 0..50u32 {
+                let k = t * 1000 + i;
+                let got = db.get(format!("many{k}")).await.expect("get");
+                assert_eq!(got.as_deref(), Some(&value(k)[..]), "many{k}");
+            }
+        }
+        for (k, v) in [
+            ("dropped", "appended, its group write stalled"),
+            ("next", "after the dropped leader"),
+        ] {
+            let got = db.get(k).await.expect("get");
+            assert_eq!(got.as_deref(), Some(v.as_bytes()), "{k}");
+        }
+        db.close().await.expect("close");
+    });
+}

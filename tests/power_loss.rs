@@ -58,6 +58,8 @@ struct Figures {
     torn_direct: u64,
     /// Of those, writes to a value file (values kept apart).
     torn_in_value_files: u64,
+    /// Group writes a lone durable writer made itself (`Stats::syncs_led`), in direct rounds.
+    led_syncs: u64,
     entries_lost: u64,
     entries_back: u64,
 }
@@ -300,6 +302,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         // left unsynced (a buffered crash point leaves the last `pwrite` unsynced anyway).
         fault.tear_writes(mode == IoMode::Direct);
         let r = run(round(&db, &mut rng, &model, policy == SyncPolicy::Always));
+        fig.led_syncs += db.stats().syncs_led;
         run(common::shut(db));
         let report = fault.cut_power().expect("cut");
         fig.cuts += 1;
@@ -350,6 +353,10 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
     assert_eq!(fig.cuts, cuts);
     if cuts >= 60 {
         assert!(fig.torn_direct > 0, "no direct write was torn: {fig:?}");
+        assert!(
+            fig.led_syncs > 0,
+            "no group write was led by its caller: {fig:?}"
+        );
     }
 }
 

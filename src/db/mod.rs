@@ -118,7 +118,11 @@ impl Db {
         let mut threads = Threads(vec![writer], shared.clone());
         let readers = threads.spawn_readers(&dir, &opts, kind)?;
         let files = Arc::new(FileTable::new(dir.clone(), opts.fault_injector.clone()));
-        let ring_reads = RingReads::for_store(&dir, &opts, kind);
+        let ring = RingReads::for_store(&dir, &opts, kind, opts.direct_writes());
+        if let Some(ring) = ring.as_ref().filter(|_| opts.direct_writes()) {
+            appender.group.attach_ring(ring.clone());
+        }
+        let ring_reads = ring.filter(|_| opts.caller_submits_reads);
         let (merge_tx, merge_rx) = mpsc::channel(16);
         let merger = Merger {
             files: files.clone(),
@@ -532,9 +536,15 @@ impl Inner {
         }
     }
 
-    /// Under [`crate::SyncPolicy::Always`], waits for a sync covering seq `seq`.
+    /// Under [`crate::SyncPolicy::Always`], waits for a sync covering seq `seq`: under the
+    /// direct-IO writer with a shared ring, a group write this caller leads or waits for
+    /// (see `write::group`); otherwise an `fdatasync` group of the writer thread.
     async fn await_durable(&self, seq: u64) -> Result<()> {
         if self.opts.sync != crate::SyncPolicy::Always || self.appender.is_synced(seq) {
+            return Ok(());
+        }
+        let alone = self.appender.waiting();
+        if self.opts.direct_writes() && self.appender.sync_led(seq, &alone).await? {
             return Ok(());
         }
         write::request_sync(&self.write_tx, seq).await

@@ -307,7 +307,7 @@ impl Db {
         let (write_tx, _) = mpsc::channel(1);
         let (merge_tx, _) = mpsc::channel(1);
         tracing::info!(dir = %dir.display(), keys = keydir.len(), "opened read-only");
-        let ring_reads = crate::read::ring::RingReads::for_store(&dir, &opts, kind);
+        let ring_reads = crate::read::ring::RingReads::for_store(&dir, &opts, kind, false);
         Ok(Db {
             inner: Arc::new(super::Inner {
                 cache: crate::read::cache::ValueCache::new(opts.value_cache_budget()),

@@ -46,6 +46,7 @@ impl Db {
             value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
             appends: load(&s.appends),
             syncs: load(&s.syncs),
+            syncs_led: load(&s.syncs_led),
             writes_registered: load(&s.writes_registered),
             bytes_written: load(&s.bytes_written),
             merges: load(&s.merges),

@@ -40,6 +40,9 @@ pub struct FaultInjector {
     /// While set, every state-changing operation waits (a disk that stalls).
     held: Mutex<bool>,
     released: std::sync::Condvar,
+    /// The same for operations that wait asynchronously (writes submitted to the shared ring,
+    /// which never block their thread).
+    released_async: tokio::sync::Notify,
 }
 
 impl FaultInjector {
@@ -59,6 +62,7 @@ impl FaultInjector {
             power,
             held: Mutex::new(false),
             released: std::sync::Condvar::new(),
+            released_async: tokio::sync::Notify::new(),
         }
     }
 
@@ -182,6 +186,7 @@ impl FaultInjector {
     pub fn release(&self) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
         self.released.notify_all();
+        self.released_async.notify_waiters();
     }
 
     /// Number of state-changing operations seen so far.
@@ -202,6 +207,25 @@ impl FaultInjector {
             held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
         }
         drop(held);
+        self.count(is_write)
+    }
+
+    /// [`FaultInjector::check`] for an operation that does not block its thread: while held,
+    /// it waits without blocking.
+    pub(crate) async fn check_async(&self, is_write: bool) -> io::Result<bool> {
+        loop {
+            let released = self.released_async.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !*self.held.lock().unwrap_or_else(|p| p.into_inner()) {
+                break;
+            }
+            released.await;
+        }
+        self.count(is_write)
+    }
+
+    fn count(&self, is_write: bool) -> io::Result<bool> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
         if n < self.limit.load(Ordering::SeqCst) {
             return Ok(false);

@@ -7,6 +7,7 @@
 //! single-threaded runtime; [`pwrite_all`] and [`fallocate`] are plain system calls that the
 //! append path also makes on callers' threads.
 
+pub(crate) mod direct;
 pub(crate) mod fixed;
 pub(crate) mod fs;
 pub(crate) mod lock;

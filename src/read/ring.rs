@@ -57,14 +57,16 @@ pub(crate) struct RingReads {
 
 impl RingReads {
     /// The shared ring for a store opened with `opts` on backend `kind`, when it reads through
-    /// one (io_uring, `Options::caller_submits_reads`). If the ring cannot be set up (the
-    /// kernel's limits on rings) reads go to the read threads.
+    /// one (io_uring, `Options::caller_submits_reads`) or, with `writes`, when the direct-IO
+    /// writer writes through one. If the ring cannot be set up (the kernel's limits on rings)
+    /// reads go to the read threads, and the writer thread writes with `pwrite`.
     pub(crate) fn for_store(
         dir: &Path,
         opts: &Options,
         kind: IoBackendKind,
+        writes: bool,
     ) -> Option<Arc<RingReads>> {
-        if !opts.caller_submits_reads || kind != IoBackendKind::IoUring {
+        if !(opts.caller_submits_reads || writes) || kind != IoBackendKind::IoUring {
             return None;
         }
         match RingReads::new(dir.to_path_buf(), opts) {
@@ -76,6 +78,11 @@ impl RingReads {
                 None
             }
         }
+    }
+
+    /// The shared ring itself (the direct-IO writer's group writes go through it too).
+    pub(crate) fn ring(&self) -> &SharedRing {
+        &self.ring
     }
 
     /// The shared ring (and its reaper thread) for the store in `dir`.

@@ -89,7 +89,7 @@ pub(super) struct AppendState {
 pub(crate) struct Appender {
     state: Mutex<AppendState>,
     pub(super) keydir: Arc<KeyDir>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     max_file_bytes: u64,
     preallocate_bytes: u64,
     /// [`WRITEBACK_BYTES`] under `SyncPolicy::Never`, else 0 (the other policies sync anyway).
@@ -107,6 +107,8 @@ pub(crate) struct Appender {
     pub(super) tail: Arc<Tail>,
     /// The unwritten blocks of the active file's value file.
     pub(super) vals_tail: Arc<Tail>,
+    /// The direct-IO writers of the active file, and who leads the next group write.
+    pub(crate) group: super::lead::GroupCommit,
 }
 
 pub(super) fn clone_io_err(e: &std::io::Error) -> Error {
@@ -147,6 +149,7 @@ impl Appender {
             synced_seq: AtomicU64::new(next_seq.saturating_sub(1)),
             tail: Arc::new(Tail::default()),
             vals_tail: Arc::new(Tail::default()),
+            group: Default::default(),
         }
     }
 

@@ -10,13 +10,15 @@
 //! wrote or will write while it is in flight: it starts past the end of the last group write,
 //! and a group write that would reach into it waits for it first.
 
+use std::future::poll_fn;
 use std::io;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
 
-use tokio::task::JoinHandle;
-
-use super::tail::Tail;
-use crate::io::{DirectBuf, IoFile, Registered, DIRECT_ALIGN};
+use super::tail::{aligned, pad_into, Flush, Tail};
+use crate::io::direct::{DirectWrite, DirectWriteFile, Slot};
+use crate::io::ring::{RingBuf, SharedRing};
+use crate::io::DIRECT_ALIGN;
 
 /// Bytes of zeroes per write ahead of the tail.
 pub(crate) const ZERO_CHUNK: u64 = 1 << 20;
@@ -27,70 +29,99 @@ const ZERO_LOW_WATER: u64 = 1 << 20;
 /// The group write's buffer is dropped rather than kept when a group grew it past this.
 const KEEP_WBUF_BYTES: usize = 4 << 20;
 
-/// Group writes of up to this many bytes go from a buffer registered with the writer's ring
-/// (larger ones from a plain allocation): at 4 KiB a record, 256 records.
-pub(crate) const REGISTERED_GROUP_SPAN: usize = 1 << 20;
-
-/// The writer thread's registered buffers: one for group writes (the writer has one in flight
-/// at a time) and one of zeroes, for the zero writes ahead. Must run on the writer's ring.
-pub(crate) fn register_writer_buffers() -> Option<Rc<Registered>> {
-    Registered::register(&[
-        (1, REGISTERED_GROUP_SPAN),
-        (1, ZERO_CHUNK as usize + DIRECT_ALIGN as usize),
-    ])
-    .map(Rc::new)
+/// A group write in flight: what it covers, and where it ends.
+struct GroupWrite {
+    op: DirectWrite,
+    done: Flush,
+    end: u64,
 }
 
-type ZeroTask = JoinHandle<(io::Result<()>, DirectBuf)>;
-
-/// The active file as the direct-IO writer writes it.
+/// The active file (or its value file) as the direct-IO writer writes it. Its writes in flight
+/// are kept here, not in the future of whoever started them: a leader whose future is dropped
+/// mid-write leaves the write to the next one, who waits for it before writing the same
+/// blocks again (two writes of one block in flight together could land in either order).
 pub(crate) struct DirectFile {
-    file: Rc<IoFile>,
-    /// The writer thread's registered buffers (`None` where registering failed).
-    regs: Option<Rc<Registered>>,
-    /// The plain buffer the tail is copied into when no registered one fits, reused.
+    file: Arc<DirectWriteFile>,
+    /// The plain buffer the tail is copied into, reused.
     wbuf: Vec<u8>,
+    /// The group write in flight, if its leader went away before it completed.
+    group: Option<GroupWrite>,
     /// Every block below this offset has been written and synced (zeroes or records).
     written_end: u64,
     /// The zero write in flight, and the end of its range.
-    zeroing: Option<(u64, ZeroTask)>,
-    /// An aligned buffer of zeroes, [`ZERO_CHUNK`] long past its aligned start (moved into the
-    /// zero write in flight and back).
-    zeroes: Option<DirectBuf>,
+    zeroing: Option<(u64, DirectWrite)>,
+    /// A buffer of zeroes, [`ZERO_CHUNK`] long past its aligned start (moved into the zero
+    /// write in flight and back).
+    zeroes: Option<Vec<u8>>,
     /// No zeroes past this offset (the file's size limit); 0 after a zero write failed.
     zero_limit: u64,
 }
 
+/// The buffer of a group write of `span` bytes starting with `bytes` (the rest zeroes): a
+/// registered buffer of `ring` if one is free and large enough, else `wbuf` (reused). Returns
+/// it with the offset the write starts at and the span.
+fn fill(
+    ring: Option<&SharedRing>,
+    wbuf: Vec<u8>,
+    span: usize,
+    bytes: &[u8],
+) -> (RingBuf, usize, usize) {
+    if let Some(mut f) = ring.and_then(|r| r.take_fixed(span)) {
+        f.with_mut(|out| pad_into(&mut out[..span], bytes));
+        return (RingBuf::Fixed(f), 0, span);
+    }
+    let (mut v, at) = aligned(wbuf, span);
+    pad_into(&mut v[at..at + span], bytes);
+    (RingBuf::Plain(v), at, span)
+}
+
+/// Polls the write kept in `slot` until it completes, then empties the slot.
+async fn settle<T>(
+    slot: &mut Option<T>,
+    op: fn(&mut T) -> &mut DirectWrite,
+) -> Option<(T, io::Result<()>, RingBuf)> {
+    let (res, buf) = poll_fn(|cx| match slot.as_mut() {
+        Some(t) => op(t).as_mut().poll(cx).map(Some),
+        None => Poll::Ready(None),
+    })
+    .await?;
+    let t = slot.take()?;
+    Some((t, res, buf))
+}
+
 impl DirectFile {
-    /// The direct-IO writer of a file just created; zeroes up to `limit` at most.
-    pub(crate) fn new(file: IoFile, limit: u64, regs: Option<Rc<Registered>>) -> DirectFile {
+    /// The direct-IO writer of a file just created whose first `written` bytes (its header
+    /// block) are on disk; zeroes up to `limit` at most.
+    pub(crate) fn new(file: DirectWriteFile, written: u64, limit: u64) -> DirectFile {
         DirectFile {
-            file: Rc::new(file),
-            regs,
+            file: Arc::new(file),
             wbuf: Vec::new(),
-            // The header's block, written and synced at creation.
-            written_end: DIRECT_ALIGN,
+            group: None,
+            written_end: written,
             zeroing: None,
             zeroes: None,
             zero_limit: limit.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
         }
     }
 
-    /// Writes the tail's unwritten blocks as one write (see [`crate::write::tail`]): covers
-    /// every record appended before it copied the tail. Then starts the next zero write if
-    /// the written space ahead runs low. Returns whether the write went from a registered
-    /// buffer (`false` also when there was nothing to write).
-    pub(crate) async fn flush(&mut self, tail: &Tail) -> io::Result<bool> {
-        let regs = self.regs.as_deref();
-        let wbuf = &mut self.wbuf;
-        let take = |span: usize| {
-            match regs.filter(|_| span <= REGISTERED_GROUP_SPAN) {
-                Some(r) => r.take(span),
-                None => None,
-            }
-            .unwrap_or_else(|| DirectBuf::plain(std::mem::take(wbuf), span))
-        };
-        let Some((buf, at, span, done)) = tail.copy_out(take) else {
+    /// Starts writing the tail's unwritten blocks as one write (see [`crate::write::tail`]), on
+    /// `ring` when there is one (from one of its registered buffers when the group fits in
+    /// one): it covers every record appended before this copied the tail. A group that
+    /// reaches into the zero write in flight waits for that first. The write is kept here
+    /// until [`DirectFile::settle`] (a group write still in flight is settled first). Returns
+    /// whether a write was started.
+    pub(crate) async fn start(
+        &mut self,
+        tail: &Tail,
+        ring: Option<&SharedRing>,
+    ) -> io::Result<bool> {
+        if let Some(Err(e)) = self.settle(tail, ring).await {
+            return Err(e);
+        }
+        let wbuf = std::mem::take(&mut self.wbuf);
+        let Some(((buf, at, span), done)) =
+            tail.copy_with(|span, bytes| fill(ring, wbuf, span, bytes))
+        else {
             return Ok(false);
         };
         let end = done.base + span as u64;
@@ -99,23 +130,80 @@ impl DirectFile {
             // must land first, or into space never written.
             self.finish_zeroing().await;
         }
-        let (res, buf) = self.file.write_direct(buf, at, span, done.base).await;
-        let registered = buf.is_fixed();
-        if let DirectBuf::Plain(v) = buf {
+        let op = self
+            .file
+            .write(ring, Slot::Wait, buf, (at, span), done.base)
+            .await;
+        self.group = Some(GroupWrite { op, done, end });
+        Ok(true)
+    }
+
+    /// For a group write made elsewhere (the writer thread's own ring): settles a group write
+    /// left in flight here first (see [`DirectFile::settle`]), then copies the tail's unwritten
+    /// blocks with `fill(span, bytes)`; returns its result, what the write covers and where it
+    /// ends. Then [`DirectFile::make_room`], the write, and [`DirectFile::wrote`].
+    pub(crate) fn copy_tail<B>(
+        &mut self,
+        tail: &Tail,
+        fill: impl FnOnce(usize, &[u8]) -> B,
+    ) -> Option<(B, Flush, u64)> {
+        let mut span = 0;
+        let (b, done) = tail.copy_with(|s, bytes| {
+            span = s;
+            fill(s, bytes)
+        })?;
+        Some((b, done, done.base + span as u64))
+    }
+
+    /// Before a group write ending at `end`: waits for the zero write in flight if the group
+    /// reaches past the written space.
+    pub(crate) async fn make_room(&mut self, end: u64) {
+        if end > self.written_end {
+            self.finish_zeroing().await;
+        }
+    }
+
+    /// After a group write covering `done` (ending at `end`) succeeded: the tail lets go of the
+    /// blocks it wrote whole, and the next zero write starts if the space ahead runs low.
+    pub(crate) async fn wrote(
+        &mut self,
+        tail: &Tail,
+        done: Flush,
+        end: u64,
+        ring: Option<&SharedRing>,
+    ) {
+        tail.written(done);
+        self.written_end = self.written_end.max(end);
+        self.zero_ahead(end, ring).await;
+    }
+
+    /// Waits for the group write in flight, if any (started by [`DirectFile::start`], possibly
+    /// by a leader that went away since): on success the tail lets go of the blocks it wrote
+    /// whole, and the next zero write starts if the written space ahead runs low. Returns its
+    /// result and whether it went from a registered buffer; `None` when none was in flight.
+    pub(crate) async fn settle(
+        &mut self,
+        tail: &Tail,
+        ring: Option<&SharedRing>,
+    ) -> Option<io::Result<bool>> {
+        let (g, res, buf) = settle(&mut self.group, |g| &mut g.op).await?;
+        let registered = matches!(buf, RingBuf::Fixed(_));
+        if let RingBuf::Plain(v) = buf {
             if v.capacity() <= KEEP_WBUF_BYTES {
                 self.wbuf = v;
             }
         }
-        res?;
-        tail.written(done);
-        self.written_end = self.written_end.max(end);
-        self.zero_ahead(end);
-        Ok(registered)
+        if let Err(e) = res {
+            return Some(Err(e));
+        }
+        self.wrote(tail, g.done, g.end, ring).await;
+        Some(Ok(registered))
     }
 
     /// Starts a zero write past `data_end` (the end of the last group write) when the written
-    /// space ahead of it is below [`ZERO_LOW_WATER`] and none is in flight.
-    fn zero_ahead(&mut self, data_end: u64) {
+    /// space ahead of it is below [`ZERO_LOW_WATER`] and none is in flight (none either when
+    /// every write slot of the ring is taken: the next group tries again).
+    async fn zero_ahead(&mut self, data_end: u64, ring: Option<&SharedRing>) {
         if self.zeroing.is_some() || self.written_end >= data_end + ZERO_LOW_WATER {
             return;
         }
@@ -125,38 +213,54 @@ impl DirectFile {
             return;
         }
         let chunk = ZERO_CHUNK as usize;
-        let zeroes = self
-            .zeroes
-            .take()
-            .or_else(|| self.regs.as_deref()?.take(chunk + DIRECT_ALIGN as usize))
-            .unwrap_or_else(|| DirectBuf::plain(Vec::new(), chunk));
-        let at = zeroes.aligned_at();
-        let file = self.file.clone();
-        let task = tokio::task::spawn_local(async move {
-            file.write_direct(zeroes, at, len as usize, start).await
-        });
-        self.zeroing = Some((start + len, task));
+        let zeroes = match self.zeroes.take() {
+            Some(z) => z,
+            None => aligned(Vec::new(), chunk).0,
+        };
+        let at = zeroes.as_ptr().align_offset(DIRECT_ALIGN as usize);
+        if zeroes.len() < at + len as usize {
+            return;
+        }
+        let op = self
+            .file
+            .write(
+                ring,
+                Slot::IfFree,
+                RingBuf::Plain(zeroes),
+                (at, len as usize),
+                start,
+            )
+            .await;
+        self.zeroing = Some((start + len, op));
     }
 
     /// Waits for the zero write in flight, if any. A failed one only stops the zeroes for this
     /// file (group writes into unwritten space are slower, not wrong).
     pub(crate) async fn finish_zeroing(&mut self) {
-        let Some((end, task)) = self.zeroing.take() else {
+        let Some(((end, _), res, zeroes)) = settle(&mut self.zeroing, |z| &mut z.1).await else {
             return;
         };
-        match task.await {
-            Ok((Ok(()), zeroes)) => {
+        let zeroes = zeroes.plain();
+        match res {
+            Ok(()) => {
                 self.written_end = self.written_end.max(end);
                 self.zeroes = Some(zeroes);
             }
-            Ok((Err(e), _)) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Every write slot was taken: nothing was written; a later group tries again.
+                self.zeroes = Some(zeroes);
+            }
+            Err(e) => {
                 tracing::debug!("writing zeroes ahead of the active file failed ({e}); stopped");
                 self.zero_limit = 0;
             }
-            Err(e) => {
-                tracing::debug!("the zero write task ended ({e}); zeroes stopped");
-                self.zero_limit = 0;
-            }
         }
+    }
+
+    /// Waits for every write in flight (before the file is trimmed and sealed: a write landing
+    /// after the trim would extend the file again).
+    pub(crate) async fn settle_all(&mut self) {
+        let _ = settle(&mut self.group, |g| &mut g.op).await;
+        self.finish_zeroing().await;
     }
 }

@@ -15,7 +15,25 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::io::{DirectBuf, DIRECT_ALIGN};
+use crate::io::DIRECT_ALIGN;
+
+/// `v`'s allocation (grown if needed) with `span` initialised bytes from the returned offset,
+/// whose address is a multiple of [`DIRECT_ALIGN`].
+pub(crate) fn aligned(mut v: Vec<u8>, span: usize) -> (Vec<u8>, usize) {
+    v.clear();
+    v.reserve(span + DIRECT_ALIGN as usize);
+    let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
+    v.resize(at + span, 0);
+    (v, at)
+}
+
+/// Copies `bytes` to the start of `out` and zeroes the rest.
+pub(crate) fn pad_into(out: &mut [u8], bytes: &[u8]) {
+    let n = bytes.len().min(out.len());
+    let (head, pad) = out.split_at_mut(n);
+    head.copy_from_slice(&bytes[..n]);
+    pad.fill(0);
+}
 
 /// `file_id` of a tail that holds no file.
 const NONE: u64 = u64::MAX;
@@ -129,33 +147,35 @@ impl Tail {
         Some((from, b.bytes.get(s..e).unwrap_or_default().to_vec()))
     }
 
-    /// Copies the unwritten blocks into a buffer from `take`, at its aligned offset, the last
-    /// block padded with zeros. `take(span)` gets the span (whole blocks) and returns a buffer
-    /// with at least `span` bytes from its [`DirectBuf::aligned_at`] offset on. Returns the
-    /// buffer, that offset, the span and what the write covers; `None` when the tail holds no
-    /// file.
-    pub(crate) fn copy_out(
-        &self,
-        take: impl FnOnce(usize) -> DirectBuf,
-    ) -> Option<(DirectBuf, usize, usize, Flush)> {
+    /// Copies the unwritten blocks into `buf` (its allocation reused when large enough), from
+    /// its first offset at an address aligned to [`DIRECT_ALIGN`], the last block padded with
+    /// zeros. Returns the buffer, that offset, the span (whole blocks) and what the write
+    /// covers; `None` when the tail holds no file.
+    #[cfg(test)]
+    pub(crate) fn copy_out(&self, buf: Vec<u8>) -> Option<(Vec<u8>, usize, usize, Flush)> {
+        let ((buf, at, span), flush) = self.copy_with(|span, bytes| {
+            let (mut buf, at) = aligned(buf, span);
+            pad_into(&mut buf[at..at + span], bytes);
+            (buf, at, span)
+        })?;
+        Some((buf, at, span, flush))
+    }
+
+    /// Calls `fill` with the span of the unwritten blocks (whole blocks) and their bytes (the
+    /// rest of the span is the last block's padding); returns its result and what the write
+    /// covers. `None` when the tail holds no file.
+    pub(crate) fn copy_with<R>(&self, fill: impl FnOnce(usize, &[u8]) -> R) -> Option<(R, Flush)> {
         let b = self.read_lock();
         let file_id = b.file_id?;
         let n = b.bytes.len();
         let span = n.div_ceil(DIRECT_ALIGN as usize) * DIRECT_ALIGN as usize;
-        let mut buf = take(span);
-        if buf.len() < buf.aligned_at() + span {
-            buf = DirectBuf::plain(Vec::new(), span);
-        }
-        let at = buf.aligned_at();
-        let (head, pad) = buf[at..at + span].split_at_mut(n);
-        head.copy_from_slice(&b.bytes);
-        pad.fill(0);
+        let r = fill(span, &b.bytes);
         let flush = Flush {
             file_id,
             base: b.base,
             end: b.base + n as u64,
         };
-        Some((buf, at, span, flush))
+        Some((r, flush))
     }
 
     /// `done` is written: drops the blocks it covered whole.
@@ -183,15 +203,13 @@ impl Tail {
 mod tests {
     use super::*;
 
-    fn aligned(out: &[u8], at: usize, span: usize) -> &[u8] {
+    fn written(out: &[u8], at: usize, span: usize) -> &[u8] {
         &out[at..at + span]
     }
 
-    /// A buffer as the writer takes one, dirty from an earlier group.
-    fn plain(span: usize) -> DirectBuf {
-        let mut b = DirectBuf::plain(Vec::new(), span);
-        b.fill(0xEE);
-        b
+    /// A buffer as the writer reuses one, dirty from an earlier group.
+    fn plain() -> Vec<u8> {
+        vec![0xEE; 20_000]
     }
 
     #[test]
@@ -199,7 +217,7 @@ mod tests {
         let t = Tail::default();
         t.start(7, &[1u8; 20]);
         t.push(&[&[2u8; 5000], &[3u8; 100]]);
-        let (out, at, span, f) = t.copy_out(plain).expect("held");
+        let (out, at, span, f) = t.copy_out(plain()).expect("held");
         assert_eq!((out.as_ptr() as usize + at) % 4096, 0);
         assert_eq!(span, 8192);
         assert_eq!(
@@ -210,7 +228,7 @@ mod tests {
                 end: 5120
             }
         );
-        let bytes = aligned(&out, at, span);
+        let bytes = written(&out, at, span);
         assert_eq!(bytes[19], 1);
         assert_eq!(bytes[20], 2);
         assert_eq!(bytes[5119], 3);
@@ -228,15 +246,16 @@ mod tests {
         assert_eq!(t.read(8, 4096, 20), None, "another file");
         let (from, got) = t.read(7, 5125, 20).expect("past the end");
         assert_eq!((from, got.len()), (5125, 5));
-        let (out, at, span, f) = t.copy_out(plain).expect("held");
+        let (out, at, span, f) = t.copy_out(plain()).expect("held");
         assert_eq!((span, f.base, f.end), (4096, 4096, 5130));
-        assert_eq!(aligned(&out, at, span)[0], 2);
-        // A buffer too small for the span is replaced, not written short.
-        let (small, at2, span2, f2) = t.copy_out(|_| DirectBuf::Plain(Vec::new())).expect("held");
+        assert_eq!(written(&out, at, span)[0], 2);
+        // A buffer too small for the span grows, and is not written short.
+        let (small, at2, span2, f2) = t.copy_out(Vec::new()).expect("held");
         assert_eq!((span2, f2), (span, f));
-        assert_eq!(aligned(&small, at2, span2), aligned(&out, at, span));
+        assert_eq!((small.as_ptr() as usize + at2) % 4096, 0);
+        assert_eq!(written(&small, at2, span2), written(&out, at, span));
         t.clear();
         assert!(!t.holds(7));
-        assert!(t.copy_out(plain).is_none());
+        assert!(t.copy_out(plain()).is_none());
     }
 }

@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::appender::{clone_io_err, ActiveFile, ActiveVals, Appender};
-use super::direct::{register_writer_buffers, DirectFile};
+use super::direct::DirectFile;
+use super::lead::Leads;
+use super::own::{register_writer_buffers, OwnFiles};
 use super::request::{fan_out, Appended, ReqRef, Request, SyncResult, WriteMsg};
 use crate::fault::FaultInjector;
 use crate::files::hint::HintBuilder;
 use crate::format::{self, FileKind, FILE_HEADER_LEN};
+use crate::io::direct::DirectWriteFile;
 use crate::io::lock::DirLock;
+use crate::io::DIRECT_ALIGN;
 use crate::io::{self, fs, IoFile, Registered};
 use crate::keydir::KeyDir;
 use crate::layout::{data_path, vals_path, VALS_BIT};
@@ -24,7 +28,7 @@ use crate::{Error, Options, Result, SyncPolicy};
 
 /// A new active file: the writer's handle, the direct-IO writers of the datafile and of its
 /// value file, and the file as the append path sees it.
-type Created = (IoFile, (Option<DirectFile>, Option<DirectFile>), ActiveFile);
+type Created = (IoFile, (Leads, Option<OwnFiles>), ActiveFile);
 
 /// The writer thread's state.
 pub(crate) struct Writer {
@@ -35,11 +39,10 @@ pub(crate) struct Writer {
     appender: Arc<Appender>,
     /// The writer's own handle of the active file (syncs and sealing go through io_uring).
     io: IoFile,
-    /// The active file's direct-IO writer, if it has one.
-    direct: Option<DirectFile>,
-    /// The direct-IO writer of the active file's value file, if it has one.
-    vals: Option<DirectFile>,
-    /// Buffers registered with this thread's ring for the direct-IO writer.
+    /// Its `O_DIRECT | O_DSYNC` handles of the active file and its value file, under the
+    /// direct-IO writer.
+    own: Option<OwnFiles>,
+    /// Buffers registered with this thread's ring for its group writes.
     regs: Option<Rc<Registered>>,
     last_sync: Instant,
     lock: Option<Arc<DirLock>>,
@@ -74,8 +77,7 @@ impl Writer {
             IoBackendKind::IoUring if opts.direct_writes() => register_writer_buffers(),
             _ => None,
         };
-        let (io, (direct, vals), active) =
-            Self::create_active(&dir, kind, &opts, id, &regs).await?;
+        let (io, (leads, own), active) = Self::create_active(&dir, kind, &opts, id).await?;
         let mut w = Writer {
             dir,
             kind,
@@ -83,12 +85,12 @@ impl Writer {
             shared,
             appender,
             io,
-            direct,
-            vals,
+            own,
             regs,
             last_sync: Instant::now(),
             lock: Some(lock),
         };
+        *w.appender.group.lock().await = leads;
         w.install(active, None)?;
         Ok(w)
     }
@@ -103,7 +105,6 @@ impl Writer {
         kind: IoBackendKind,
         opts: &Options,
         id: u32,
-        regs: &Option<Rc<Registered>>,
     ) -> Result<Created> {
         let path = data_path(dir, id);
         let creating = |e: std::io::Error| io::context(e, format!("creating {}", path.display()));
@@ -117,8 +118,13 @@ impl Writer {
         file.sync_all().await.map_err(creating)?;
         fs::sync_dir(fault(opts), dir).map_err(creating)?;
         let direct = if opts.direct_writes() {
-            match IoFile::open_direct_write(kind, &path, opts.fault_injector.clone()) {
-                Ok(f) => Some(DirectFile::new(f, opts.max_file_bytes, regs.clone())),
+            let opened = DirectWriteFile::open(&path, opts.fault_injector.clone()).and_then(|f| {
+                let own = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
+                Ok((f, own))
+            });
+            match opened {
+                // The header's block is on disk; the first group write rewrites it.
+                Ok((f, own)) => Some((DirectFile::new(f, DIRECT_ALIGN, opts.max_file_bytes), own)),
                 Err(e) => {
                     tracing::info!(
                         file = %path.display(),
@@ -131,19 +137,17 @@ impl Writer {
             None
         };
         let (vals, active_vals) = match &direct {
-            Some(_) if opts.values_apart => {
-                match Self::create_vals(dir, kind, opts, id, regs).await {
-                    Ok((d, a)) => (Some(d), Some(a)),
-                    Err(e) => {
-                        tracing::warn!(
-                            file = %vals_path(dir, id).display(),
-                            "could not create the value file ({e}); keeping values in the datafile"
-                        );
-                        let _ = fs::remove_file(fault(opts), &vals_path(dir, id));
-                        (None, None)
-                    }
+            Some(_) if opts.values_apart => match Self::create_vals(dir, kind, opts, id).await {
+                Ok((d, a)) => (Some(d), Some(a)),
+                Err(e) => {
+                    tracing::warn!(
+                        file = %vals_path(dir, id).display(),
+                        "could not create the value file ({e}); keeping values in the datafile"
+                    );
+                    let _ = fs::remove_file(fault(opts), &vals_path(dir, id));
+                    (None, None)
                 }
-            }
+            },
             _ => (None, None),
         };
         tracing::debug!(file = %path.display(), "started a new active datafile");
@@ -160,7 +164,17 @@ impl Writer {
             direct: direct.is_some(),
             vals: active_vals,
         };
-        Ok((file, (direct, vals), active))
+        let mut leads = Leads::none();
+        let own = direct.map(|(d, own)| {
+            leads.data = Some(d);
+            let (v, own_vals) = vals.unzip();
+            leads.vals = v;
+            OwnFiles {
+                data: own,
+                vals: own_vals,
+            }
+        });
+        Ok((file, (leads, own), active))
     }
 
     /// Creates the value file of datafile `id` (its header block written and synced) and
@@ -170,8 +184,7 @@ impl Writer {
         kind: IoBackendKind,
         opts: &Options,
         id: u32,
-        regs: &Option<Rc<Registered>>,
-    ) -> std::io::Result<(DirectFile, ActiveVals)> {
+    ) -> std::io::Result<((DirectFile, IoFile), ActiveVals)> {
         let path = vals_path(dir, id);
         let file = IoFile::create_new(kind, &path, opts.fault_injector.clone())?;
         let mut header = Vec::with_capacity(format::VALS_ALIGN as usize);
@@ -182,10 +195,11 @@ impl Writer {
         let fd = file.clone_std()?;
         file.sync_all().await?;
         fs::sync_dir(fault(opts), dir)?;
-        let direct = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
-        let d = DirectFile::new(direct, opts.max_file_bytes, regs.clone());
+        let direct = DirectWriteFile::open(&path, opts.fault_injector.clone())?;
+        let own = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
+        let d = DirectFile::new(direct, format::VALS_ALIGN, opts.max_file_bytes);
         Ok((
-            d,
+            (d, own),
             ActiveVals {
                 fd,
                 len: format::VALS_ALIGN,
@@ -283,14 +297,18 @@ impl Writer {
             return Err(Error::Poisoned(p));
         }
         let a = self.appender.clone();
+        {
+            let mut leads = a.group.lock().await;
+            if let (Some(_), Some(own)) = (&leads.data, &self.own) {
+                return a
+                    .sync_group_own(&mut leads, own, self.regs.as_deref())
+                    .await
+                    .map_err(Error::Io);
+            }
+        }
         let upto = a.appended_seq.load(Ordering::Acquire);
         if a.dirty.swap(false, Ordering::AcqRel) {
-            let res = if self.direct.is_some() {
-                self.flush_tail().await
-            } else {
-                self.io.sync_data_now()
-            };
-            if let Err(e) = res {
+            if let Err(e) = self.io.sync_data_now() {
                 let id = self.shared.active_file_id.load(Ordering::Relaxed);
                 let file = data_path(&self.dir, id);
                 let e = io::context(e, format!("syncing {}", file.display()));
@@ -300,28 +318,6 @@ impl Writer {
             self.shared.syncs.add(1);
         }
         a.synced_seq.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// The direct-IO writer's group write (see [`DirectFile::flush`]): the datafile's and the
-    /// value file's, in flight together.
-    async fn flush_tail(&mut self) -> std::io::Result<()> {
-        let Some(d) = &mut self.direct else {
-            return Ok(());
-        };
-        let data = d.flush(&self.appender.tail);
-        let (data, vals) = match &mut self.vals {
-            // `join` polls the datafile's flush first, and each copies its tail before its
-            // first await: every record the datafile's write carries had its value pushed to
-            // the value file's tail before, so the value file's write carries the value too.
-            Some(v) => futures::future::join(data, v.flush(&self.appender.vals_tail)).await,
-            None => (data.await, Ok(false)),
-        };
-        for registered in [data?, vals?] {
-            if registered {
-                self.shared.writes_registered.add(1);
-            }
-        }
         Ok(())
     }
 
@@ -389,10 +385,10 @@ impl Writer {
             return Ok(done != Appended::Refused);
         }
         let res = async {
-            let (io, (direct, vals), active) = self.rotate().await?;
+            let (io, (leads, own), active) = self.rotate().await?;
             self.io = io;
-            self.direct = direct;
-            self.vals = vals;
+            self.own = own;
+            *self.appender.group.lock().await = leads;
             Ok::<_, std::io::Error>(active)
         }
         .await;
@@ -427,7 +423,7 @@ impl Writer {
             }
         });
         let id = self.shared.allocate_file_id()?;
-        let created = Self::create_active(&self.dir, self.kind, &self.opts, id, &self.regs)
+        let created = Self::create_active(&self.dir, self.kind, &self.opts, id)
             .await
             .map_err(to_io)?;
         tracing::debug!(file_id = id, "rotated to a new datafile");
@@ -437,12 +433,18 @@ impl Writer {
     /// Syncs and trims a file taken from the append path and writes its hint file. A failed hint
     /// is only logged: recovery scans a datafile that has none.
     async fn seal(&mut self, mut a: ActiveFile) -> std::io::Result<()> {
-        let upto = self.appender.appended_seq.load(Ordering::Acquire);
-        self.flush_tail().await?;
-        for d in [&mut self.direct, &mut self.vals].into_iter().flatten() {
-            // A zero write landing after the trim would extend the file again.
-            d.finish_zeroing().await;
+        let appender = self.appender.clone();
+        let upto = appender.appended_seq.load(Ordering::Acquire);
+        // Held to the end of the seal: no caller leads a group meanwhile (waiters wake when
+        // it is released, and find their records synced).
+        let mut leads = appender.group.lock().await;
+        if let (Some(_), Some(own)) = (&leads.data, &self.own) {
+            appender
+                .sync_group_own(&mut leads, own, self.regs.as_deref())
+                .await?;
         }
+        // A write landing after the trim would extend the file again.
+        leads.settle_all().await;
         io::set_len(fault(&self.opts), &a.fd, a.len)?;
         self.io.sync_all().await?;
         if let Some(v) = &a.vals {
@@ -450,13 +452,14 @@ impl Writer {
             io::sync_file(fault(&self.opts), &v.fd)?;
         }
         // Every byte is on disk: reads of this file go there now.
-        self.direct = None;
-        self.vals = None;
-        self.appender.tail.clear();
-        self.appender.vals_tail.clear();
+        *leads = Leads::default();
+        self.own = None;
+        appender.tail.clear();
+        appender.vals_tail.clear();
         // No append can land meanwhile: the file is out of the append path.
-        self.appender.dirty.store(false, Ordering::Release);
-        self.appender.synced_seq.fetch_max(upto, Ordering::AcqRel);
+        appender.dirty.store(false, Ordering::Release);
+        appender.synced_seq.fetch_max(upto, Ordering::AcqRel);
+        drop(leads);
         let fault = self.opts.fault_injector.as_ref();
         if let Err(e) = a.hint.write(self.kind, &self.dir, a.id, a.len, fault).await {
             tracing::warn!(file_id = a.id, "could not write a hint file: {e}");
@@ -507,17 +510,17 @@ impl Writer {
     async fn close_active(&mut self, a: ActiveFile) -> std::io::Result<()> {
         if a.hint.count() == 0 {
             // Nothing was written: do not leave an empty file behind.
-            for d in [&mut self.direct, &mut self.vals].into_iter().flatten() {
-                d.finish_zeroing().await;
-            }
+            let appender = self.appender.clone();
+            let mut leads = appender.group.lock().await;
+            leads.settle_all().await;
+            *leads = Leads::default();
+            drop(leads);
             if a.vals.is_some() {
                 fs::remove_file(fault(&self.opts), &vals_path(&self.dir, a.id))?;
             }
             let path = data_path(&self.dir, a.id);
             fs::remove_file(fault(&self.opts), &path)?;
             fs::sync_dir(fault(&self.opts), &self.dir)?;
-            self.direct = None;
-            self.vals = None;
             self.appender.tail.clear();
             self.appender.vals_tail.clear();
             let id = a.id;

@@ -107,6 +107,17 @@ impl FixedBuf {
     }
 }
 
+impl FixedBuf {
+    /// Calls `f` with the buffer's bytes to fill (no operation on it may be in flight, as for
+    /// [`FixedBuf::with`]).
+    pub(crate) fn with_mut<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let i = usize::from(self.index);
+        let mut b = lock(&self.pool.bufs[i]);
+        let at = self.pool.starts[i];
+        f(&mut b[at..at + self.pool.size])
+    }
+}
+
 impl Drop for FixedBuf {
     fn drop(&mut self) {
         lock(&self.pool.free).push(self.index);

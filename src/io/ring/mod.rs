@@ -13,6 +13,10 @@
 //! them: a caller's future that is dropped early leaves its slot to the reaper, which frees it
 //! when the completion arrives, and the reaper thread (which owns the ring too) ends only when
 //! nothing is in flight any more.
+//!
+//! The direct-IO writer's `O_DIRECT | O_DSYNC` writes go through the same ring (see
+//! `crate::write::group`), submitted by whoever leads a group commit, on slots of their own
+//! ([`WRITE_SLOTS`]) so that reads in flight never hold a durable write back.
 
 // The only `unsafe` of the crate: handing buffers to the kernel through a ring shared by threads.
 #![allow(unsafe_code)]
@@ -51,6 +55,10 @@ const FIXED_ALIGN: usize = 4096;
 /// `user_data` of the no-op that wakes the reaper to stop.
 const WAKE: u64 = u64::MAX;
 
+/// Slots kept for writes, beyond the reads': a group write and a zero write ahead of it, for
+/// a datafile and for its value file.
+pub(crate) const WRITE_SLOTS: usize = 4;
+
 /// A read's buffer: an ordinary allocation, or one registered with the ring.
 pub(crate) enum RingBuf {
     Plain(Vec<u8>),
@@ -58,7 +66,8 @@ pub(crate) enum RingBuf {
 }
 
 impl RingBuf {
-    fn plain(self) -> Vec<u8> {
+    /// The plain allocation (empty for a registered buffer).
+    pub(crate) fn plain(self) -> Vec<u8> {
         match self {
             RingBuf::Plain(v) => v,
             RingBuf::Fixed(_) => Vec::new(),
@@ -104,8 +113,10 @@ struct Inner {
     /// Serialises pushing to the submission queue (and entering the kernel with it).
     sq: Mutex<()>,
     slots: Mutex<Slots>,
-    /// One permit per slot: a read waits for one before it takes a slot.
+    /// One permit per read slot: a read waits for one before it takes a slot.
     permits: Arc<Semaphore>,
+    /// One permit per write slot ([`WRITE_SLOTS`]).
+    write_permits: Arc<Semaphore>,
     /// Reads the kernel has been given and not completed.
     in_kernel: AtomicUsize,
     stop: AtomicBool,
@@ -148,7 +159,8 @@ impl SharedRing {
         fixed: Option<(usize, usize)>,
     ) -> io::Result<SharedRing> {
         let depth = depth.clamp(1, 4096);
-        let entries = (depth + 1).next_power_of_two() as u32;
+        let slots = depth + WRITE_SLOTS;
+        let entries = (slots + 1).next_power_of_two() as u32;
         // Twice as many completion entries as reads can be in flight: the queue cannot overflow.
         let ring = IoUring::builder()
             .setup_cqsize(entries * 2)
@@ -156,11 +168,12 @@ impl SharedRing {
         let inner = Arc::new(Inner {
             sq: Mutex::new(()),
             slots: Mutex::new(Slots {
-                slots: (0..depth).map(|_| Slot::Free).collect(),
-                free: (0..depth).rev().collect(),
-                orphans: (0..depth).map(|_| None).collect(),
+                slots: (0..slots).map(|_| Slot::Free).collect(),
+                free: (0..slots).rev().collect(),
+                orphans: (0..slots).map(|_| None).collect(),
             }),
             permits: Arc::new(Semaphore::new(depth)),
+            write_permits: Arc::new(Semaphore::new(WRITE_SLOTS)),
             in_kernel: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             reaper: AtomicU8::new(reap::THREAD),
@@ -270,42 +283,149 @@ impl SharedRing {
             _file: file,
             _permit: permit,
         };
+        match self.submit_op(sqe, keep) {
+            Ok(op) => op.await,
+            Err((e, buf)) => (Err(e), buf),
+        }
+    }
+
+    /// Takes a slot for `sqe` (whose buffer and descriptor `keep` holds; a permit for the slot
+    /// is in it) and submits it. The returned completion owns the slot: dropped early, it
+    /// leaves the slot (and `keep`) to the reaper until the kernel is done with them.
+    fn submit_op(
+        &self,
+        sqe: squeue::Entry,
+        keep: Keep,
+    ) -> Result<Completion, (io::Error, RingBuf)> {
         let idx = {
             let mut s = lock(&self.inner.slots);
             let Some(idx) = s.free.pop() else {
                 // Unreachable: a permit is held for every slot taken.
-                return (Err(io::ErrorKind::WouldBlock.into()), keep.buf);
+                return Err((io::ErrorKind::WouldBlock.into(), keep.buf));
             };
             s.slots[idx] = Slot::Pending { waker: None, keep };
             idx
         };
+        let op = Completion {
+            inner: self.inner.clone(),
+            idx,
+            done: false,
+        };
         match self.inner.submit(&sqe.user_data(idx as u64)) {
-            Ok(()) => {}
+            Ok(()) => Ok(op),
             Err(Submit::NotQueued) => {
+                let mut op = op;
+                op.done = true;
                 let mut s = lock(&self.inner.slots);
                 let buf = match std::mem::replace(&mut s.slots[idx], Slot::Free) {
                     Slot::Pending { keep, .. } => keep.buf,
                     _ => RingBuf::Plain(Vec::new()),
                 };
                 s.free.push(idx);
-                return (Err(io::ErrorKind::WouldBlock.into()), buf);
+                Err((io::ErrorKind::WouldBlock.into(), buf))
             }
-            Err(Submit::Queued(e)) => {
-                // The kernel may still read into the buffer: it stays with the slot.
-                drop(Completion {
-                    inner: &self.inner,
-                    idx,
-                    done: false,
-                });
-                return (Err(e), RingBuf::Plain(Vec::new()));
+            // The kernel may still use the buffer: it stays with the slot (dropping `op`
+            // leaves it to the reaper).
+            Err(Submit::Queued(e)) => Err((e, RingBuf::Plain(Vec::new()))),
+        }
+    }
+
+    /// A registered buffer for a write of `len` bytes, if one is free and large enough.
+    pub(crate) fn take_fixed(&self, len: usize) -> Option<FixedBuf> {
+        let pool = self.inner.fixed.as_ref()?;
+        if len > pool.size() {
+            return None;
+        }
+        pool.take()
+    }
+
+    /// Starts writing `len` bytes of `buf` at `pos` of `file`: of a plain buffer from `at`
+    /// (for an `O_DIRECT` descriptor the caller aligns `at`'s address, `len` and `pos`), of a
+    /// registered one from its start (`at` must be 0), as a fixed-buffer write. Takes one of
+    /// the [`WRITE_SLOTS`], waiting for a free one. The write is submitted when this returns;
+    /// the [`RingWrite`] yields the bytes written (fewer on a short write) and the buffer.
+    /// Dropping it does not cancel the write: its buffer stays with the ring until the kernel
+    /// completes it.
+    pub(crate) async fn start_write(
+        &self,
+        file: Arc<File>,
+        buf: RingBuf,
+        at: usize,
+        len: usize,
+        pos: u64,
+    ) -> Result<RingWrite, (io::Error, RingBuf)> {
+        if self.inner.efd.is_some() {
+            reap::start_task(&self.inner);
+        }
+        let Ok(permit) = self.inner.write_permits.clone().acquire_owned().await else {
+            return Err((io::ErrorKind::BrokenPipe.into(), buf));
+        };
+        self.write_with(permit, file, buf, at, len, pos)
+    }
+
+    /// [`SharedRing::start_write`] if a write slot is free now; `WouldBlock` otherwise.
+    pub(crate) fn try_start_write(
+        &self,
+        file: Arc<File>,
+        buf: RingBuf,
+        at: usize,
+        len: usize,
+        pos: u64,
+    ) -> Result<RingWrite, (io::Error, RingBuf)> {
+        let Ok(permit) = self.inner.write_permits.clone().try_acquire_owned() else {
+            return Err((io::ErrorKind::WouldBlock.into(), buf));
+        };
+        self.write_with(permit, file, buf, at, len, pos)
+    }
+
+    fn write_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        file: Arc<File>,
+        buf: RingBuf,
+        at: usize,
+        len: usize,
+        pos: u64,
+    ) -> Result<RingWrite, (io::Error, RingBuf)> {
+        let fits = match &buf {
+            RingBuf::Plain(v) => at.checked_add(len).is_some_and(|end| end <= v.len()),
+            RingBuf::Fixed(f) => at == 0 && len <= f.pool_size(),
+        };
+        if len > u32::MAX as usize || !fits {
+            return Err((io::ErrorKind::InvalidInput.into(), buf));
+        }
+        // The write reads `len` bytes (in bounds, checked above) from `buf`'s heap allocation
+        // (a registered buffer: from its registered address), which moves into the slot's
+        // `Keep` and stays there until the reaper has seen the completion.
+        let fd = types::Fd(file.as_raw_fd());
+        let sqe = match &buf {
+            RingBuf::Plain(v) => opcode::Write::new(fd, v[at..].as_ptr(), len as u32)
+                .offset(pos)
+                .build(),
+            RingBuf::Fixed(f) => {
+                let (index, ptr) = f.target();
+                opcode::WriteFixed::new(fd, ptr.cast_const(), len as u32, index)
+                    .offset(pos)
+                    .build()
             }
-        }
-        Completion {
-            inner: &self.inner,
-            idx,
-            done: false,
-        }
-        .await
+        };
+        let keep = Keep {
+            buf,
+            _file: file,
+            _permit: permit,
+        };
+        self.submit_op(sqe, keep).map(RingWrite)
+    }
+}
+
+/// A write submitted to the shared ring (see [`SharedRing::start_write`]).
+pub(crate) struct RingWrite(Completion);
+
+impl Future for RingWrite {
+    type Output = (io::Result<usize>, RingBuf);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -367,19 +487,20 @@ impl Inner {
     }
 }
 
-/// Waits for the read in slot `idx`.
-struct Completion<'a> {
-    inner: &'a Inner,
+/// Waits for the operation in slot `idx`.
+struct Completion {
+    inner: Arc<Inner>,
     idx: usize,
     done: bool,
 }
 
-impl Future for Completion<'_> {
+impl Future for Completion {
     type Output = (io::Result<usize>, RingBuf);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let idx = self.idx;
-        let mut s = lock(&self.inner.slots);
+        let this = &mut *self;
+        let idx = this.idx;
+        let mut s = lock(&this.inner.slots);
         match &mut s.slots[idx] {
             Slot::Pending { waker, .. } => {
                 match waker {
@@ -395,7 +516,7 @@ impl Future for Completion<'_> {
                 };
                 s.free.push(idx);
                 drop(s);
-                self.done = true;
+                this.done = true;
                 let res = if res < 0 {
                     Err(io::Error::from_raw_os_error(-res))
                 } else {
@@ -404,7 +525,7 @@ impl Future for Completion<'_> {
                 Poll::Ready((res, keep.buf))
             }
             Slot::Free | Slot::Abandoned => {
-                self.done = true;
+                this.done = true;
                 Poll::Ready((
                     Err(io::ErrorKind::BrokenPipe.into()),
                     RingBuf::Plain(Vec::new()),
@@ -414,7 +535,7 @@ impl Future for Completion<'_> {
     }
 }
 
-impl Drop for Completion<'_> {
+impl Drop for Completion {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -433,140 +554,4 @@ impl Drop for Completion<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, Arc<File>) {
-        let dir = tempfile::tempdir().expect("ok");
-        let path = dir.path().join("f");
-        std::fs::File::create(&path)
-            .expect("ok")
-            .write_all(bytes)
-            .expect("ok");
-        (dir, Arc::new(File::open(&path).expect("ok")))
-    }
-
-    #[test]
-    fn reads_land_in_place_short_at_the_end_and_errors_come_back() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let (_d, f) = file_with(&data);
-        let ring = SharedRing::new(4, "test-reaper", false, None).expect("ok");
-        futures::executor::block_on(async {
-            let (n, buf) = ring.read_at(f.clone(), vec![0; 200], 50, 100, 1234).await;
-            assert_eq!(n.expect("ok"), 100);
-            assert_eq!(&buf[50..150], &data[1234..1334]);
-            assert!(buf[..50].iter().all(|&b| b == 0));
-            // Past the end: short, then zero.
-            let (n, _) = ring.read_at(f.clone(), vec![0; 100], 0, 100, 9950).await;
-            assert_eq!(n.expect("ok"), 50);
-            let (n, _) = ring.read_at(f.clone(), vec![0; 100], 0, 100, 20_000).await;
-            assert_eq!(n.expect("ok"), 0);
-            // Out of the buffer's bounds: refused before anything is submitted.
-            let (n, _) = ring.read_at(f.clone(), vec![0; 10], 5, 10, 0).await;
-            assert_eq!(n.expect_err("an error").kind(), io::ErrorKind::InvalidInput);
-            // A descriptor not open for reading: the kernel's error comes back.
-            let w = Arc::new(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(_d.path().join("f"))
-                    .expect("ok"),
-            );
-            let (n, _) = ring.read_at(w, vec![0; 10], 0, 10, 0).await;
-            assert_eq!(n.expect_err("an error").raw_os_error(), Some(9));
-        });
-    }
-
-    #[test]
-    fn many_reads_in_flight_from_threads_and_dropped_ones_free_their_slots() {
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (_d, f) = file_with(&data);
-        let ring = Arc::new(SharedRing::new(8, "test-reaper", false, None).expect("ok"));
-        // Futures dropped before completion (after their first poll submitted them) must give
-        // their slots back, or the reads below would wait for permits forever.
-        for i in 0..32u64 {
-            let mut fut = Box::pin(ring.read_at(f.clone(), vec![0; 4096], 0, 4096, i * 4096));
-            let waker = futures::task::noop_waker();
-            let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
-        }
-        let threads: Vec<_> = (0..4u64)
-            .map(|t| {
-                let (ring, f, data) = (ring.clone(), f.clone(), data.clone());
-                std::thread::spawn(move || {
-                    futures::executor::block_on(async {
-                        let reads = (0..200u64).map(|i| {
-                            let pos = (t * 200 + i) * 997 % 990_000;
-                            let ring = &ring;
-                            let f = f.clone();
-                            async move {
-                                let (n, buf) = ring.read_at(f, vec![0; 1000], 0, 1000, pos).await;
-                                (n.expect("ok"), buf, pos)
-                            }
-                        });
-                        for (n, buf, pos) in futures::future::join_all(reads).await {
-                            assert_eq!(n, 1000);
-                            assert_eq!(&buf[..], &data[pos as usize..pos as usize + 1000]);
-                        }
-                    })
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().expect("ok");
-        }
-        assert_eq!(ring.inner.permits.available_permits(), 8);
-    }
-
-    #[test]
-    fn registered_buffers_are_read_into_lent_once_and_given_back() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
-        let (_d, f) = file_with(&data);
-        let ring = SharedRing::new(8, "test-reaper", false, Some((2, 8192))).expect("ring");
-        assert_eq!(
-            ring.fixed_size(),
-            Some(8192),
-            "registered (this test needs the memlock)"
-        );
-        futures::executor::block_on(async {
-            let (n, a) = ring
-                .read_fixed(f.clone(), 8192, 4096)
-                .await
-                .expect("a buffer");
-            assert_eq!(n.expect("read"), 8192);
-            a.with(|b| assert_eq!(b, &data[4096..4096 + 8192]));
-            let (n, b) = ring
-                .read_fixed(f.clone(), 100, 99_950)
-                .await
-                .expect("a buffer");
-            assert_eq!(n.expect("read"), 50, "short at the end of the file");
-            b.with(|x| assert_eq!(&x[..50], &data[99_950..]));
-            // Both lent: none for a third read, and none larger than the buffers.
-            assert!(ring.read_fixed(f.clone(), 10, 0).await.is_none());
-            drop(a);
-            assert!(ring.read_fixed(f.clone(), 8193, 0).await.is_none());
-            let (n, c) = ring
-                .read_fixed(f.clone(), 4096, 0)
-                .await
-                .expect("given back");
-            assert_eq!(n.expect("read"), 4096);
-            c.with(|x| assert_eq!(&x[..4096], &data[..4096]));
-        });
-        // A read whose future is dropped in flight gives its buffer back at completion.
-        for _ in 0..2 {
-            let mut fut = Box::pin(ring.read_fixed(f.clone(), 8192, 0));
-            let waker = futures::task::noop_waker();
-            let _ = fut.as_mut().poll(&mut Context::from_waker(&waker));
-        }
-        let mut back = false;
-        for _ in 0..1000 {
-            let got = futures::executor::block_on(ring.read_fixed(f.clone(), 10, 0));
-            if let Some((n, _)) = got {
-                assert_eq!(n.expect("read"), 10);
-                back = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(back, "the dropped reads' buffers came back");
-    }
-}
+mod tests;
