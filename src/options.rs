@@ -242,11 +242,14 @@ impl Options {
     /// own blocks (a 4096-byte value: one 4 KiB read, where its record would span two
     /// blocks) and checked against the CRC the keydir holds; a group commit then writes two
     /// files, in flight together. Measured on 2 CPUs (DESIGN §3): cold 4 KiB gets +12 % with
-    /// one in flight, +13 % at 32, +23 % at 128; a single durable writer of 4 KiB values
-    /// about 20 % slower (two synced writes per put), 8 or more writers within noise. Turn it
-    /// off for a store whose work is single-writer durable puts of such values. Stores written either way open either way (format
-    /// version 2; version 1 stores are read as they are). A merge keeps them apart in its
-    /// outputs' value files under the same rule.
+    /// one in flight, +13 % at 32, +23 % at 128; 8 or more durable writers within noise.
+    /// A lone durable writer (one put at a time, for its last 16 syncs: it leads its own
+    /// group writes, see [`IoMode::Direct`]) keeps its values in their records while it is
+    /// alone, so that each of its groups is one synced write, not two (4 KiB puts, one
+    /// writer: +22 to +63 %, DESIGN §5); a cold read of such a value reads two blocks until a
+    /// merge moves it apart. Stores written either way open either way (format version 2;
+    /// version 1 stores are read as they are). A merge keeps values apart in its outputs'
+    /// value files under the same rule.
     pub fn values_apart(mut self, yes: bool) -> Self {
         self.values_apart = yes;
         self

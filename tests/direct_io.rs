@@ -380,6 +380,10 @@ fn a_lone_durable_writer_leads_its_own_group_writes() {
     let opts = || {
         small_opts()
             .max_file_bytes(1 << 20)
+            // An append then makes no IO of its own (no preallocation, no hint spill): the
+            // held disk below stalls only the group write, not the thread that releases it.
+            .preallocate_bytes(0)
+            .hint_spill_bytes(1 << 20)
             .sync(SyncPolicy::Always)
             .io_mode(IoMode::Direct)
             .value_cache_bytes(0)

@@ -50,24 +50,47 @@ fn needs_direct(dir: &Path) {
 
 type Model = BTreeMap<String, Vec<u8>>;
 
+/// A put of a key, or its delete (`None`).
+type WriteOp = (String, Option<Vec<u8>>);
+
+/// Applies `ops` (a put, or a delete for `None`) as two durable writers at once, even and odd
+/// ops apart: a lone writer keeps its values in their records after a while (see the last
+/// test), and these tests want them apart. Each key's ops stay in one writer, in order.
+async fn two_writers(db: &Db, ops: Vec<WriteOp>) {
+    let (even, odd): (Vec<_>, Vec<_>) = ops.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let writer = |part: Vec<(usize, WriteOp)>| async move {
+        for (_, (k, v)) in part {
+            match v {
+                Some(v) => db.put(&k, v).await.expect("put"),
+                None => db.delete(&k).await.expect("delete"),
+            }
+        }
+    };
+    futures::future::join(writer(even), writer(odd)).await;
+}
+
 /// Writes `n` keys, overwrites every third, deletes every seventh, and an atomic batch.
 async fn fill(db: &Db, n: u32) -> Model {
     let mut model = Model::new();
-    for i in 0..n {
-        let (k, v) = (format!("key{i:04}"), value(i, 0));
-        db.put(&k, v.clone()).await.expect("put");
-        model.insert(k, v);
+    let puts = |v: u32, step: usize| {
+        (0..n)
+            .step_by(step)
+            .map(|i| (format!("key{i:04}"), Some(value(i, v))))
+            .collect::<Vec<_>>()
+    };
+    for (k, v) in puts(0, 1).into_iter().chain(puts(1, 3)) {
+        model.insert(k, v.expect("a put"));
     }
-    for i in (0..n).step_by(3) {
-        let (k, v) = (format!("key{i:04}"), value(i, 1));
-        db.put(&k, v.clone()).await.expect("overwrite");
-        model.insert(k, v);
+    two_writers(db, puts(0, 1)).await;
+    two_writers(db, puts(1, 3)).await;
+    let deletes: Vec<_> = (0..n)
+        .step_by(7)
+        .map(|i| (format!("key{i:04}"), None))
+        .collect();
+    for (k, _) in &deletes {
+        model.remove(k);
     }
-    for i in (0..n).step_by(7) {
-        let k = format!("key{i:04}");
-        db.delete(&k).await.expect("delete");
-        model.remove(&k);
-    }
+    two_writers(db, deletes).await;
     let mut batch = ringcask::WriteBatch::new();
     for i in 0..5 {
         let (k, v) = (format!("batch{i}"), value(i, 2));
@@ -264,7 +287,14 @@ fn a_value_missing_from_the_last_value_file_cuts_the_tail_there() {
         for h in files(tmp.path(), "hint") {
             std::fs::remove_file(h).expect("remove hint");
         }
-        // The value of k15 (the 16th value: block 16) never reached the disk: zeroes.
+        // The value of k15 (the 16th value: block 16) never reached the disk: zeroes. (The
+        // first 16 puts of a lone writer keep their values apart; later ones may not.)
+        let mut block = vec![0u8; 4096];
+        std::fs::File::open(&vals[0])
+            .expect("open")
+            .read_exact_at(&mut block, 16 * 4096)
+            .expect("read k15's value");
+        assert_eq!(block, vec![15u8; 4096], "k15's value is apart, in block 16");
         smash(&vals[0], 16 * 4096, 4096, 0);
         let db = Db::open(tmp.path(), o()).await.expect("reopen");
         let r = db.stats().recovery;
@@ -297,11 +327,13 @@ fn a_crash_leaves_zeroes_ahead_in_the_value_file_and_recovery_cuts_them() {
     };
     run(async {
         let db = Db::open(tmp.path(), o()).await.expect("open");
+        // One batch, one group write: a lone writer's single puts would keep their values in
+        // their records after a while (see the test below).
+        let mut batch = ringcask::WriteBatch::new();
         for i in 0..20u32 {
-            db.put(format!("k{i:02}"), vec![i as u8; 4096])
-                .await
-                .expect("put");
+            batch = batch.put(format!("k{i:02}"), vec![i as u8; 4096]);
         }
+        db.write(batch).await.expect("batch");
         // Crash: nothing more reaches the disk, the close cannot seal (or cut) anything.
         fault.crash_after(0);
         assert!(db.close().await.is_err(), "the close fails after the crash");
@@ -365,4 +397,86 @@ fn a_damaged_value_apart_is_an_error_not_a_wrong_value() {
         }
         db.close().await.expect("close");
     });
+}
+
+/// A lone durable writer (its last 16 syncs each found nobody else waiting) leads its own
+/// group writes and keeps its values in their records, so that each group is one write, not
+/// one per file; durable writers at once keep them apart again. Every value comes back,
+/// before and after a reopen and a merge, which moves the values apart.
+#[test]
+fn a_lone_durable_writer_keeps_its_values_in_their_records() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    needs_direct(tmp.path());
+    let o = || opts().max_file_bytes(64 << 20);
+    let rt = common::multi_thread_rt(2);
+    let vals_blocks = |dir: &Path| -> u64 {
+        files(dir, "vals")
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("meta").len() / 4096)
+            .sum()
+    };
+    let v = |i: u32| vec![(i % 251) as u8; 4096];
+    let db = rt.block_on(Db::open(tmp.path(), o())).expect("open");
+    for i in 0..40u32 {
+        rt.block_on(db.put(format!("lone{i:02}"), v(i)))
+            .expect("put");
+    }
+    let s = db.stats();
+    assert!(s.syncs_led >= 20, "a lone writer leads: {s:?}");
+    // The value file holds the first puts' values only (and zeroes written ahead, which the
+    // close cuts).
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..8u32)
+            .map(|t| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in 0..10u32 {
+                        let k = 100 + t * 10 + i;
+                        db.put(format!("many{k}"), v(k)).await.expect("put");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        db.close().await.expect("close");
+    });
+    drop(db);
+    let blocks = vals_blocks(tmp.path());
+    // A header block, at most 17 of the 40 lone values (the first 16, and one whose sync met
+    // the first concurrent writer), and most of the 80 concurrent ones.
+    assert!(
+        blocks <= 1 + 17 + 80,
+        "{blocks} blocks: lone values went apart"
+    );
+    assert!(
+        blocks >= 1 + 16 + 70,
+        "{blocks} blocks: concurrent values stayed inline"
+    );
+    let check = |db: &Db| {
+        rt.block_on(async {
+            for i in 0..40u32 {
+                let got = db.get(format!("lone{i:02}")).await.expect("get");
+                assert_eq!(got.as_deref(), Some(&v(i)[..]), "lone{i:02}");
+            }
+            for k in 100..180u32 {
+                let got = db.get(format!("many{k}")).await.expect("get");
+                assert_eq!(got.as_deref(), Some(&v(k)[..]), "many{k}");
+            }
+        })
+    };
+    let db = rt.block_on(Db::open(tmp.path(), o())).expect("reopen");
+    check(&db);
+    // Overwrite half, so that the merge has garbage to reclaim, then merge.
+    rt.block_on(async {
+        for i in (0..40u32).step_by(2) {
+            db.put(format!("lone{i:02}"), v(i))
+                .await
+                .expect("overwrite");
+        }
+        db.merge().await.expect("merge");
+    });
+    check(&db);
+    rt.block_on(db.close()).expect("close");
 }

@@ -262,7 +262,18 @@ impl Appender {
         if total + need > self.max_file_bytes && active.len > FILE_HEADER_LEN as u64 {
             return Ok(None);
         }
-        let (seq, tail) = self.encode_req(active, &mut st.buf, &mut st.pending, st.next_seq, req);
+        // A lone durable writer keeps its values in their records: its group write is then
+        // one write, not one per file (the value file's write would double the device's
+        // flushes); a merge moves them apart.
+        let apart = active.vals.is_some() && !self.group.lone_writer();
+        let (seq, tail) = self.encode_req(
+            active,
+            apart,
+            &mut st.buf,
+            &mut st.pending,
+            st.next_seq,
+            req,
+        );
         st.next_seq = seq + 1;
         let res = self.write_buf(active, &[&st.buf, tail]);
         st.buf.clear();
@@ -299,6 +310,7 @@ impl Appender {
     fn encode_req<'r>(
         &self,
         active: &mut ActiveFile,
+        apart: bool,
         buf: &mut Vec<u8>,
         pending: &mut Vec<Pending>,
         seq: u64,
@@ -311,13 +323,14 @@ impl Appender {
                 // (unless it goes to the value file).
                 let mut tail: &[u8] = &[];
                 if let Op::Put { value, .. } = op {
-                    let apart = active.vals.is_some() && format::goes_apart(value.len());
-                    if value.len() >= SPLIT_VALUE_BYTES && !apart {
+                    if value.len() >= SPLIT_VALUE_BYTES
+                        && !(apart && format::goes_apart(value.len()))
+                    {
                         tail = value;
                     }
                 }
                 let inline = tail.is_empty();
-                Self::encode(active, vals, buf, pending, seq, op, 0, inline);
+                Self::encode(active, apart, vals, buf, pending, seq, op, 0, inline);
                 (seq, tail)
             }
             ReqRef::Batch(ops, _) => {
@@ -326,7 +339,17 @@ impl Appender {
                     let end = if i + 1 == n { FLAG_BATCH_END } else { 0 };
                     let flags = FLAG_BATCH | end;
                     let seq = seq + i as u64;
-                    Self::encode(active, vals, buf, pending, seq, op.view(), flags, true);
+                    Self::encode(
+                        active,
+                        apart,
+                        vals,
+                        buf,
+                        pending,
+                        seq,
+                        op.view(),
+                        flags,
+                        true,
+                    );
                 }
                 (seq + n as u64 - 1, &[])
             }
@@ -351,6 +374,7 @@ impl Appender {
     #[allow(clippy::too_many_arguments)]
     fn encode(
         active: &mut ActiveFile,
+        apart: bool,
         vals_tail: &Tail,
         buf: &mut Vec<u8>,
         pending: &mut Vec<Pending>,
@@ -365,7 +389,7 @@ impl Appender {
                 key,
                 value,
                 expiry_ms,
-            } if active.vals.is_some() && format::goes_apart(value.len()) => {
+            } if apart && format::goes_apart(value.len()) => {
                 let at = Self::put_apart(active, vals_tail, value);
                 format::encode_record_apart(buf, seq, expiry_ms, flags, key, at);
                 let len = format::record_len(key.len(), format::VALUE_REF_LEN);

@@ -70,6 +70,14 @@ impl GroupCommit {
         self.ring.get().map(|r| r.ring())
     }
 
+    /// Whether the durable writes come from one writer at a time now: the last
+    /// [`LEAD_AFTER`] syncs each found nobody else waiting, and nobody waits now. Such a
+    /// writer leads its own group writes; its values stay in their records (see
+    /// `Appender::append`).
+    pub(super) fn lone_writer(&self) -> bool {
+        self.lone.load(Ordering::Relaxed) >= LEAD_AFTER && self.waiting.load(Ordering::Acquire) == 0
+    }
+
     /// The active file's direct-IO writers, exclusively, until the guard is dropped.
     pub(super) async fn lock(&self) -> MutexGuard<'_, Leads> {
         self.files.lock().await
