@@ -52,6 +52,7 @@ pub(crate) struct Shared {
     pub reads_ring: Counter,
     pub reads_tail: Counter,
     pub reads_cached: Counter,
+    pub values_read_ahead: Counter,
     pub appends: Counter,
     pub syncs: Counter,
     pub syncs_led: Counter,
@@ -151,6 +152,15 @@ impl Shared {
     pub(crate) fn with_usage<R>(&self, f: impl FnOnce(&mut BTreeMap<u32, FileStats>) -> R) -> R {
         let mut g = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
+    }
+
+    /// Bytes of live records (not dead) in all datafiles, with their value files.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.with_usage(|u| {
+            u.values()
+                .map(|f| f.total_bytes.saturating_sub(f.dead_bytes))
+                .sum()
+        })
     }
 
     /// The accounting of file `id`, created if missing.

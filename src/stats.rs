@@ -140,6 +140,9 @@ pub struct Stats {
     pub reads_tail: u64,
     /// Values served from the value cache (see `Options::value_cache_bytes`).
     pub reads_cached: u64,
+    /// Values the value cache took from the rest of a block read for another value, while it
+    /// was filling (see `Options::value_cache_bytes`).
+    pub values_read_ahead: u64,
     /// Bytes the value cache holds (values plus a fixed overhead each).
     pub value_cache_bytes: u64,
     /// Appends to the active datafile (one `pwrite` each: a single write, a batch).

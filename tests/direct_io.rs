@@ -178,13 +178,19 @@ fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
         db.put("key1", value(1)).await.expect("restore");
         db.close().await.expect("close");
 
-        // Reopened: the first pass reads the files, the second is served from the cache.
+        // Reopened: the first pass reads the files (a read also caches the live values stored
+        // after its record in its block: the store fits the cache), the second is served from
+        // the cache.
         let db = Db::open(tmp.path(), opts()).await.expect("reopen");
         check_all(&db, n).await;
         let (files, cached) = reads(&db);
-        assert_eq!((files, cached), (u64::from(n), 0));
+        assert_eq!(files + cached, u64::from(n));
+        if supports_direct(tmp.path()) {
+            let ahead = db.stats().values_read_ahead;
+            assert!(cached > 0 && cached <= ahead, "{:?}", db.stats());
+        }
         check_all(&db, n).await;
-        assert_eq!(reads(&db), (u64::from(n), u64::from(n)));
+        assert_eq!(reads(&db), (files, u64::from(n) + cached));
         db.close().await.expect("close");
 
         // Direct with the cache set to 0, and buffered by default: no cache.
@@ -198,6 +204,65 @@ fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
             check_all(&db, n).await;
             let s = db.stats();
             assert_eq!((s.value_cache_bytes, s.reads_cached), (0, 0), "{s:?}");
+            db.close().await.expect("close");
+        }
+    });
+}
+
+/// A direct read (whole blocks) of a record that holds its value also caches the live values
+/// stored after it in its block, while the whole store fits the cache: a pass over the keys in
+/// the order they were written reads about one block per block, not one per key. Records
+/// overwritten or deleted since are not served; with a cache too small for the store nothing
+/// is read ahead.
+#[test]
+fn a_direct_read_caches_the_live_values_stored_after_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    assert!(
+        supports_direct(tmp.path()),
+        "this test needs O_DIRECT under {}",
+        tmp.path().display()
+    );
+    let n = 400u32;
+    let val = |i: u32, gen: u32| format!("value {i}/{gen} {}", "x".repeat(60 + i as usize % 40));
+    let mut model: Vec<Option<String>> = (0..n).map(|i| Some(val(i, 0))).collect();
+    let opts = |cache: u64| {
+        small_opts()
+            .io_mode(IoMode::Direct)
+            .value_cache_bytes(cache)
+    };
+    run(async {
+        let db = Db::open(tmp.path(), opts(64 << 20)).await.expect("open");
+        for i in 0..n {
+            db.put(format!("key{i}"), val(i, 0)).await.expect("put");
+        }
+        for i in (0..n).step_by(7) {
+            db.put(format!("key{i}"), val(i, 1))
+                .await
+                .expect("overwrite");
+            model[i as usize] = Some(val(i, 1));
+        }
+        for i in (3..n).step_by(11) {
+            db.delete(format!("key{i}")).await.expect("delete");
+            model[i as usize] = None;
+        }
+        db.close().await.expect("close");
+        let live = model.iter().flatten().count() as u64;
+
+        for (cache, reads_ahead) in [(64 << 20, true), (16 << 10, false)] {
+            let db = Db::open(tmp.path(), opts(cache)).await.expect("reopen");
+            for (i, want) in model.iter().enumerate() {
+                let got = db.get(format!("key{i}")).await.expect("get");
+                assert_eq!(got.as_deref(), want.as_deref().map(str::as_bytes), "key{i}");
+            }
+            let s = db.stats();
+            let reads = s.reads_ring + s.reads_io_thread + s.reads_inline;
+            assert_eq!(reads + s.reads_cached, live, "{s:?}");
+            if reads_ahead {
+                assert!(s.reads_cached <= s.values_read_ahead, "{s:?}");
+                assert!(reads * 8 < live, "{reads} reads for {live} values: {s:?}");
+            } else {
+                assert_eq!((s.values_read_ahead, reads), (0, live), "{s:?}");
+            }
             db.close().await.expect("close");
         }
     });

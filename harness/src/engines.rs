@@ -11,7 +11,7 @@
 //!   with their defaults: redb and sled 1 GiB, fjall 32 MiB; `RINGCASK_BENCH_PEER_CACHE_MIB`
 //!   sets all three to that many MiB, for runs at equal cache budgets).
 //! - **ringcask-direct**: `Options::io_mode(IoMode::Direct)` with that mode's defaults (a 64 MiB
-//!   value cache filled by writes and reads; sealed files read with `O_DIRECT`; durable mode
+//!   value cache, or `RINGCASK_BENCH_CACHE_MIB` when set, filled by writes and reads; sealed files read with `O_DIRECT`; durable mode
 //!   writes through the direct-IO writer: `O_DIRECT | O_DSYNC` group writes on the ring).
 //! - **raw**: the zero-overhead Bitcask floor: one `pwrite` at the end of a file preallocated
 //!   ahead (durable: plus one `fdatasync`), index in a `Mutex<HashMap>`; a get is one lookup
@@ -65,10 +65,15 @@ pub fn available() -> Vec<&'static str> {
 
 /// Value cache of `ringcask-cache` in MiB: `RINGCASK_BENCH_CACHE_MIB`, default 64.
 pub fn cache_mib() -> u64 {
+    cache_mib_set().unwrap_or(64)
+}
+
+/// `RINGCASK_BENCH_CACHE_MIB` when set: the value cache of `ringcask-cache`, and of
+/// `ringcask-direct` too (which otherwise keeps its io mode's default).
+fn cache_mib_set() -> Option<u64> {
     std::env::var("RINGCASK_BENCH_CACHE_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
 }
 
 /// Cache budget of the peers in bytes: `RINGCASK_BENCH_PEER_CACHE_MIB`, or `None` for their
@@ -87,7 +92,12 @@ pub fn open(name: &str, dir: &Path, durable: bool) -> Box<dyn Engine> {
     match name {
         "ringcask" => Box::new(Ringcask::open(dir, durable, Some(0), false)),
         "ringcask-cache" => Box::new(Ringcask::open(dir, durable, Some(cache_mib() << 20), false)),
-        "ringcask-direct" => Box::new(Ringcask::open(dir, durable, None, true)),
+        "ringcask-direct" => Box::new(Ringcask::open(
+            dir,
+            durable,
+            cache_mib_set().map(|mib| mib << 20),
+            true,
+        )),
         "raw" => Box::new(Raw::open(dir, durable)),
         #[cfg(feature = "redb")]
         "redb" => Box::new(peers::Redb::open(dir, durable)),

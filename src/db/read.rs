@@ -15,6 +15,21 @@ use crate::state::Shared;
 use crate::write::{Op, ReqRef};
 use crate::{Error, IoMode, Result};
 
+/// Datafile reads that take the rest of a block take it to this boundary.
+const BLOCK: u64 = 4096;
+
+/// A value read, with the bytes read after its record.
+struct ReadValue {
+    value: Bytes,
+    rest: Vec<u8>,
+}
+
+impl ReadValue {
+    fn rest(&self) -> Option<&[u8]> {
+        (!self.rest.is_empty()).then_some(&self.rest[..])
+    }
+}
+
 /// Counts a read at the io threads while it lives (a cancelled `get` drops it too).
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -71,37 +86,67 @@ impl Inner {
     }
 
     /// The value of the record `e` points at: from the value cache, or read, verified and
-    /// then cached.
+    /// then cached. While the cache could hold every live record
+    /// ([`crate::read::cache::ValueCache::reads_ahead`]), an `O_DIRECT` read of a record
+    /// stored with its value (which reads whole blocks anyway) also returns the rest of the
+    /// block it ends in, and the live values stored there after it are cached too
+    /// ([`crate::read::cache::ValueCache::insert_following`]): in direct mode, where nothing
+    /// else caches them, values then warm a block at a time, as the page cache does. (Read
+    /// through the page cache, the neighbours' pages are cached already, and a read from
+    /// there costs about what caching them would: measured, it was a loss there.)
     pub(super) async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
         let Some(cache) = &self.cache else {
-            return self.read_record(key, e).await;
+            return Ok(self.read_record(key, e, 0).await?.value);
         };
         if let Some(v) = cache.get(&e) {
             self.shared.reads_cached.add(1);
             return Ok(v);
         }
-        let v = self.read_record(key, e).await?;
-        cache.insert(&e, &v);
-        Ok(v)
+        let end = u64::from(e.offset) + u64::from(e.len);
+        let ahead =
+            !e.is_apart() && cache.reads_ahead(|| (self.shared.live_bytes(), self.keydir.len()));
+        let upto = match ahead {
+            true => (end.next_multiple_of(BLOCK) - u64::from(e.offset)) as usize,
+            false => 0,
+        };
+        let v = self.read_record(key, e, upto).await?;
+        cache.insert(&e, &v.value);
+        if let Some(rest) = v.rest() {
+            let n = cache.insert_following(&self.keydir, e.file_id, end, rest);
+            self.shared.values_read_ahead.add(n);
+        }
+        Ok(v.value)
     }
 
-    /// Reads and verifies the record `e` points at; returns its value.
-    async fn read_record(&self, key: &[u8], e: Entry) -> Result<Bytes> {
-        let buf = self
-            .read_bytes(
+    /// Reads and verifies the record `e` points at; returns its value, and (when `upto` asks
+    /// for them) the bytes that follow it, up to `upto` from its start.
+    async fn read_record(&self, key: &[u8], e: Entry, upto: usize) -> Result<ReadValue> {
+        let len = e.len as usize;
+        let mut buf = self
+            .read_span(
                 e.file_id,
                 u64::from(e.offset),
-                e.len as usize,
+                len,
+                upto,
                 "record the keydir points at",
             )
             .await?;
-        self.verify(key, e, buf)
+        let rest = match buf.len() > len {
+            true => {
+                let rest = buf.split_off(len);
+                // A value the cache keeps shared must not pin the bytes that followed it.
+                buf.shrink_to_fit();
+                rest
+            }
+            false => Vec::new(),
+        };
+        Ok(ReadValue {
+            value: self.verify(key, e, buf)?,
+            rest,
+        })
     }
 
-    /// `len` bytes at `offset` of datafile `file_id`: from the direct-IO writer's tail for
-    /// bytes not written yet, from the page cache on this thread when it holds them all, else
-    /// through an io thread. A file shorter than that is [`Error::Corrupt`] (`what` names what
-    /// was expected there).
+    /// Exactly `len` bytes at `offset` of datafile `file_id` (see [`Inner::read_span`]).
     pub(super) async fn read_bytes(
         &self,
         file_id: u32,
@@ -109,16 +154,32 @@ impl Inner {
         len: usize,
         what: &str,
     ) -> Result<Vec<u8>> {
+        self.read_span(file_id, offset, len, 0, what).await
+    }
+
+    /// `len` bytes at `offset` of datafile `file_id`: from the direct-IO writer's tail for
+    /// bytes not written yet, from the page cache on this thread when it holds them all, else
+    /// through an io thread. A file shorter than that is [`Error::Corrupt`] (`what` names what
+    /// was expected there). An `O_DIRECT` read through the ring also returns the bytes after
+    /// them that the blocks it read hold, up to `upto` in all.
+    async fn read_span(
+        &self,
+        file_id: u32,
+        offset: u64,
+        len: usize,
+        upto: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let tail = self.appender.tail_for(file_id);
         let Some((from, held)) = tail.read(file_id, offset, len) else {
-            return self.read_file(file_id, offset, len, what).await;
+            return self.read_file(file_id, offset, len, upto, what).await;
         };
         self.shared.reads_tail.add(1);
         // The bytes before `from` were written before the tail let go of them.
         let mut buf = match (from - offset) as usize {
             0 => held,
             n => {
-                let mut head = self.read_file(file_id, offset, n, what).await?;
+                let mut head = self.read_file(file_id, offset, n, 0, what).await?;
                 head.extend_from_slice(&held);
                 head
             }
@@ -134,13 +195,14 @@ impl Inner {
         Ok(buf)
     }
 
-    /// `len` bytes at `offset` of datafile `file_id`, read from the file (see
-    /// [`Inner::read_bytes`]).
+    /// `len` bytes at `offset` of datafile `file_id`, read from the file, and maybe more up to
+    /// `upto` (see [`Inner::read_span`]).
     async fn read_file(
         &self,
         file_id: u32,
         offset: u64,
         len: usize,
+        upto: usize,
         what: &str,
     ) -> Result<Vec<u8>> {
         let failed = |err| self.read_failed(err, file_id, offset, len, what);
@@ -166,7 +228,7 @@ impl Inner {
         }
         let _in_flight = InFlight::new(&self.reads_in_flight);
         if let Some(ring) = &self.ring_reads {
-            match ring.read(file_id, offset, len, direct).await {
+            match ring.read(file_id, offset, len, upto, direct).await {
                 Ok(Some(read)) => {
                     self.shared.reads_ring.add(1);
                     if direct {

@@ -43,6 +43,7 @@ impl Db {
                 .map_or(0, |r| r.task_reaped()),
             reads_tail: load(&s.reads_tail),
             reads_cached: load(&s.reads_cached),
+            values_read_ahead: load(&s.values_read_ahead),
             value_cache_bytes: self.inner.cache.as_ref().map_or(0, ValueCache::weight),
             appends: load(&s.appends),
             syncs: load(&s.syncs),

@@ -134,18 +134,20 @@ impl RingReads {
         Ok(out)
     }
 
-    /// Exactly `len` bytes at `offset` of datafile `id`, read with `O_DIRECT` (`direct`) or
+    /// `len` bytes at `offset` of datafile `id`, read with `O_DIRECT` (`direct`) or
     /// through the page cache. `None` if `direct` and the file system refuses `O_DIRECT` for
-    /// this file; a file that ends before them is `UnexpectedEof`.
+    /// this file; a file that ends before them is `UnexpectedEof`. A direct read also returns
+    /// the bytes after them that its blocks hold, up to `upto` in all.
     pub(crate) async fn read(
         &self,
         id: u32,
         offset: u64,
         len: usize,
+        upto: usize,
         direct: bool,
     ) -> io::Result<Option<RingRead>> {
         if direct {
-            return self.read_direct(id, offset, len).await;
+            return self.read_direct(id, offset, len, upto).await;
         }
         read_point(self.fault.as_deref())?;
         let file = self.buffered_file(id)?;
@@ -185,11 +187,18 @@ impl RingReads {
         Ok(out)
     }
 
-    /// Exactly `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned
-    /// blocks that hold them (resubmitted for the rest after a short read), then the bytes
-    /// copied out. `None` if the file system refuses `O_DIRECT` for this file; a file that
-    /// ends before them is `UnexpectedEof`.
-    async fn read_direct(&self, id: u32, offset: u64, len: usize) -> io::Result<Option<RingRead>> {
+    /// `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned blocks
+    /// that hold them (resubmitted for the rest after a short read), then the bytes copied
+    /// out, with those after them in the blocks read, up to `upto` in all. `None` if the file
+    /// system refuses `O_DIRECT` for this file; a file that ends before them is
+    /// `UnexpectedEof`.
+    async fn read_direct(
+        &self,
+        id: u32,
+        offset: u64,
+        len: usize,
+        upto: usize,
+    ) -> io::Result<Option<RingRead>> {
         read_point(self.fault.as_deref())?;
         let Some(file) = self.file(id)? else {
             return Ok(None);
@@ -206,7 +215,8 @@ impl RingReads {
             if let Some((res, buf)) = self.ring.read_fixed(file.clone(), span, first).await {
                 match res {
                     Ok(n) if n >= want => {
-                        let bytes = buf.with(|b| b[skip..skip + len].to_vec());
+                        let end = skip + upto.clamp(len, n - skip);
+                        let bytes = buf.with(|b| b[skip..end].to_vec());
                         return Ok(Some(RingRead {
                             bytes,
                             registered: true,
@@ -248,7 +258,7 @@ impl RingReads {
             }
         }
         let from = at + skip;
-        let out = buf[from..from + len].to_vec();
+        let out = buf[from..from + upto.clamp(len, got - skip)].to_vec();
         if pooled {
             let mut pool = self.pool_lock();
             if pool.len() < DEPTH {
