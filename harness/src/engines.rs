@@ -68,6 +68,12 @@ pub fn cache_mib() -> u64 {
     cache_mib_set().unwrap_or(64)
 }
 
+/// Value cache of `ringcask-direct` in MiB: `RINGCASK_BENCH_CACHE_MIB` when set, else its io
+/// mode's default.
+pub fn direct_cache_mib() -> u64 {
+    cache_mib_set().unwrap_or(ringcask::DIRECT_VALUE_CACHE_BYTES >> 20)
+}
+
 /// `RINGCASK_BENCH_CACHE_MIB` when set: the value cache of `ringcask-cache`, and of
 /// `ringcask-direct` too (which otherwise keeps its io mode's default).
 fn cache_mib_set() -> Option<u64> {

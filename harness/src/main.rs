@@ -186,11 +186,13 @@ fn main() {
     } else {
         String::new()
     };
+    let (cache, direct_cache) = (engines::cache_mib(), engines::direct_cache_mib());
     let doc = format!(
         "# ringcask compare harness\n\n{machine}\n\nEach engine ran in its own process; \
          ratios compare engines within this one run. {repeats} `vs best peer` is ringcask (or \
-         ringcask-cache: the same with a 64 MiB value cache; ringcask-direct: `IoMode::Direct`, \
-         its 64 MiB value cache and, when durable, the direct-IO writer) divided by the best of \
+         ringcask-cache: the same with a {cache} MiB value cache; ringcask-direct: \
+         `IoMode::Direct`, a {direct_cache} MiB value cache and, when durable, the direct-IO \
+         writer) divided by the best of \
          the other engines (`raw` excluded); for seconds, bytes and RSS lower is better \
          and the ratio is best peer / ringcask (above 1 means ringcask is better).\n\n{tables}"
     );
