@@ -159,7 +159,8 @@ impl ValueCache {
     /// Caches the live values of the records in `bytes`, which follow offset `at` of datafile
     /// `file_id` (read with the record before them): each record up to the first that is
     /// incomplete or fails its checks, cached if the keydir names that very record (file,
-    /// offset, seq) and it holds its value. Returns how many were cached.
+    /// offset, seq), it holds its value and the cache does not hold it yet. Returns how many
+    /// were cached.
     pub(crate) fn insert_following(
         &self,
         keydir: &KeyDir,
@@ -176,7 +177,8 @@ impl ValueCache {
                     && e.seq == rec.header.seq
                     && !e.is_apart()
             });
-            if let Some(e) = live.filter(|_| !rec.header.is_tombstone()) {
+            let cold = |e: &Entry| !self.inner.contains_key(&location(e));
+            if let Some(e) = live.filter(|e| !rec.header.is_tombstone() && cold(e)) {
                 self.insert_slice(&e, rec.value);
                 cached += 1;
             }

@@ -136,8 +136,9 @@ impl RingReads {
 
     /// `len` bytes at `offset` of datafile `id`, read with `O_DIRECT` (`direct`) or
     /// through the page cache. `None` if `direct` and the file system refuses `O_DIRECT` for
-    /// this file; a file that ends before them is `UnexpectedEof`. A direct read also returns
-    /// the bytes after them that its blocks hold, up to `upto` in all.
+    /// this file; a file that ends before them is `UnexpectedEof`. A direct read reads whole
+    /// blocks up to `upto` bytes from `offset` (if more than `len`) and returns those bytes
+    /// too, as far as the file reaches.
     pub(crate) async fn read(
         &self,
         id: u32,
@@ -188,10 +189,10 @@ impl RingReads {
     }
 
     /// `len` bytes at `offset` of datafile `id`: one `O_DIRECT` read of the aligned blocks
-    /// that hold them (resubmitted for the rest after a short read), then the bytes copied
-    /// out, with those after them in the blocks read, up to `upto` in all. `None` if the file
-    /// system refuses `O_DIRECT` for this file; a file that ends before them is
-    /// `UnexpectedEof`.
+    /// that hold them, or the first `upto` bytes from `offset` if more (resubmitted for the
+    /// rest after a short read), then the bytes copied out, as many as were asked for and
+    /// read. `None` if the file system refuses `O_DIRECT` for this file; a file that ends
+    /// before the `len` bytes is `UnexpectedEof`.
     async fn read_direct(
         &self,
         id: u32,
@@ -205,7 +206,7 @@ impl RingReads {
         };
         let align = DIRECT_ALIGN as usize;
         let first = offset / DIRECT_ALIGN * DIRECT_ALIGN;
-        let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let end = (offset + upto.max(len) as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let span = (end - first) as usize;
         let want = (offset - first) as usize + len;
         let skip = (offset - first) as usize;
