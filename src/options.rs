@@ -413,10 +413,11 @@ impl Options {
     ///
     /// Under [`IoMode::Direct`], while every live record of the store would fit the cache
     /// (checked every 1024 misses: live bytes plus 112 per key), a miss that reads a record
-    /// from disk reads 16 KiB from its block on and also caches the live values stored after
-    /// it there (`Stats::values_read_ahead`): after a restart the cache warms several blocks
-    /// at a time, as the page cache would with readahead. A cache smaller than the store
-    /// caches only values that were asked for.
+    /// from disk also caches the live values stored after it in the rest of its 4 KiB block,
+    /// which that read brought in anyway (`Stats::values_read_ahead`): after a restart the
+    /// cache warms a block at a time, as the page cache would, with no more read from the
+    /// device than before. A cache smaller than the store caches only values that were asked
+    /// for.
     pub fn value_cache_bytes(mut self, bytes: u64) -> Self {
         self.value_cache_bytes = Some(bytes);
         self

@@ -15,15 +15,10 @@ use crate::state::Shared;
 use crate::write::{Op, ReqRef};
 use crate::{Error, IoMode, Result};
 
-/// Reads ahead end on a multiple of this.
+/// A read that reads ahead into the value cache reads to the end of the record's last block
+/// of this size: what an `O_DIRECT` read of the record reads anyway. A wider window warmed
+/// the cache faster but read more from the device than the record needs (DESIGN §4).
 const BLOCK: u64 = 4096;
-
-/// A read that reads ahead into the value cache reads this much from the start of the
-/// record's first block, or to the end of its last block if that is further: the size of the
-/// shared ring's registered buffers. Measured against reading to the end of the record's block
-/// (DESIGN §4): twice the rate of 100 B gets while the cache warms; 64 KiB gained a third more
-/// again, at four times the bytes and the parsing per miss, on the caller's thread.
-const READ_AHEAD: u64 = 16 << 10;
 
 /// A value read, with the bytes read after its record.
 struct ReadValue {
@@ -95,12 +90,12 @@ impl Inner {
     /// The value of the record `e` points at: from the value cache, or read, verified and
     /// then cached. While the cache could hold every live record
     /// ([`crate::read::cache::ValueCache::reads_ahead`]), an `O_DIRECT` read of a record
-    /// stored with its value (which reads whole blocks anyway) reads [`READ_AHEAD`] bytes from
-    /// its first block, and the live values stored after it there are cached too
+    /// stored with its value (which reads whole blocks anyway) also returns the rest of the
+    /// block it ends in, and the live values stored there after it are cached too
     /// ([`crate::read::cache::ValueCache::insert_following`]): in direct mode, where nothing
-    /// else caches them, values then warm several blocks at a time. (Read through the page
-    /// cache, the neighbours' pages are cached already, and a read from there costs about what
-    /// caching them would: measured, it was a loss there.)
+    /// else caches them, values then warm a block at a time, as the page cache does. (Read
+    /// through the page cache, the neighbours' pages are cached already, and a read from
+    /// there costs about what caching them would: measured, it was a loss there.)
     pub(super) async fn read_value(&self, key: &[u8], e: Entry) -> Result<Bytes> {
         let Some(cache) = &self.cache else {
             return Ok(self.read_record(key, e, 0).await?.value);
@@ -113,10 +108,7 @@ impl Inner {
         let ahead =
             !e.is_apart() && cache.reads_ahead(|| (self.shared.live_bytes(), self.keydir.len()));
         let upto = match ahead {
-            true => {
-                let window = u64::from(e.offset) / BLOCK * BLOCK + READ_AHEAD;
-                (end.next_multiple_of(BLOCK).max(window) - u64::from(e.offset)) as usize
-            }
+            true => (end.next_multiple_of(BLOCK) - u64::from(e.offset)) as usize,
             false => 0,
         };
         let v = self.read_record(key, e, upto).await?;
