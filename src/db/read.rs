@@ -105,8 +105,10 @@ impl Inner {
             return Ok(v);
         }
         let end = u64::from(e.offset) + u64::from(e.len);
-        let ahead =
-            !e.is_apart() && cache.reads_ahead(|| (self.shared.live_bytes(), self.keydir.len()));
+        // Only direct reads return more than the record: buffered ones skip the check.
+        let ahead = !e.is_apart()
+            && self.opts.io_mode == IoMode::Direct
+            && cache.reads_ahead(|| (self.shared.live_bytes(), self.keydir.len()));
         let upto = match ahead {
             true => (end.next_multiple_of(BLOCK) - u64::from(e.offset)) as usize,
             false => 0,
