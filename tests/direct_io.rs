@@ -12,7 +12,7 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 
-use common::{backends, data_files, run, small_opts, supports_direct};
+use common::{backends, data_files, needs_direct, run, small_opts, supports_direct};
 use ringcask::testing::FaultInjector;
 use ringcask::{Db, Error, IoBackend, IoMode, SyncPolicy};
 
@@ -217,11 +217,7 @@ fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
 #[test]
 fn a_direct_read_caches_the_live_values_stored_after_it() {
     let tmp = tempfile::tempdir().expect("tmp");
-    assert!(
-        supports_direct(tmp.path()),
-        "this test needs O_DIRECT under {}",
-        tmp.path().display()
-    );
+    needs_direct(tmp.path());
     let n = 400u32;
     let val = |i: u32, gen: u32| format!("value {i}/{gen} {}", "x".repeat(60 + i as usize % 40));
     let mut model: Vec<Option<String>> = (0..n).map(|i| Some(val(i, 0))).collect();
@@ -376,11 +372,7 @@ fn a_checkpoint_writes_the_direct_writers_tail_out_first() {
 #[test]
 fn registered_buffers_carry_small_direct_io_and_large_io_falls_back() {
     let tmp = tempfile::tempdir().expect("tmp");
-    assert!(
-        supports_direct(tmp.path()),
-        "this test needs O_DIRECT under {}",
-        tmp.path().display()
-    );
+    needs_direct(tmp.path());
     let opts = || {
         small_opts()
             .max_file_bytes(8 << 20)
@@ -436,11 +428,7 @@ fn registered_buffers_carry_small_direct_io_and_large_io_falls_back() {
 #[test]
 fn a_lone_durable_writer_leads_its_own_group_writes() {
     let tmp = tempfile::tempdir().expect("tmp");
-    assert!(
-        supports_direct(tmp.path()),
-        "this test needs O_DIRECT under {}",
-        tmp.path().display()
-    );
+    needs_direct(tmp.path());
     let fault = FaultInjector::new();
     let opts = || {
         small_opts()

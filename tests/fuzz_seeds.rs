@@ -225,11 +225,7 @@ fn write_seed_corpora_from_a_real_store() {
 fn write_seeds_of_values_kept_apart() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
-    assert!(
-        common::supports_direct(dir),
-        "this test needs O_DIRECT under {}",
-        dir.display()
-    );
+    common::needs_direct(dir);
     let opts = Options::default()
         .io_mode(ringcask::IoMode::Direct)
         .sync(SyncPolicy::Always)

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{multi_thread_rt, run, small_opts, supports_direct};
+use common::{multi_thread_rt, needs_direct, run, small_opts};
 use ringcask::testing::FaultInjector;
 use ringcask::{Db, Error, IoMode, Options};
 
@@ -56,11 +56,7 @@ fn opts() -> Options {
 /// A store of `N` values, all in sealed files (closed and reopened), in a fresh directory.
 fn store() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("tmp");
-    assert!(
-        supports_direct(tmp.path()),
-        "this test needs O_DIRECT under {}",
-        tmp.path().display()
-    );
+    needs_direct(tmp.path());
     run(async {
         let db = Db::open(tmp.path(), opts()).await.expect("open");
         for i in 0..N {

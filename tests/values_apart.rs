@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::{run, supports_direct};
+use common::{needs_direct, run};
 use futures::StreamExt;
 use ringcask::{Db, Error, IoMode, Options, SyncPolicy};
 
@@ -38,14 +38,6 @@ fn opts() -> Options {
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     common::files_with_ext(dir, ext)
-}
-
-fn needs_direct(dir: &Path) {
-    assert!(
-        supports_direct(dir),
-        "this test needs O_DIRECT under {}",
-        dir.display()
-    );
 }
 
 type Model = BTreeMap<String, Vec<u8>>;

@@ -106,6 +106,16 @@ pub fn supports_direct(dir: &Path) -> bool {
     ok
 }
 
+/// Fails the test unless the file system under `dir` accepts `O_DIRECT` (tests of the direct
+/// path must not pass by reading buffered).
+pub fn needs_direct(dir: &Path) {
+    assert!(
+        supports_direct(dir),
+        "this test needs O_DIRECT under {}",
+        dir.display()
+    );
+}
+
 /// Paths of the datafiles in `dir`, sorted by id.
 pub fn data_files(dir: &Path) -> Vec<PathBuf> {
     files_with_ext(dir, "data")
