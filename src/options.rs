@@ -128,6 +128,7 @@ pub struct Options {
     pub(crate) caller_submits_reads: bool,
     pub(crate) reap_on_tokio: bool,
     pub(crate) values_apart: bool,
+    pub(crate) warm_value_cache: bool,
 }
 
 impl Default for Options {
@@ -138,7 +139,8 @@ impl Default for Options {
     /// `auto_merge(true)`, `merge_trigger_ratio(0.5)`,
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
     /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes` 0 (64 MiB under `IoMode::Direct`),
-    /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`, `values_apart(true)`.
+    /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`, `values_apart(true)`,
+    /// `warm_value_cache(true)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -149,6 +151,7 @@ impl Default for Options {
             caller_submits_reads: true,
             reap_on_tokio: false,
             values_apart: true,
+            warm_value_cache: true,
             recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
@@ -418,8 +421,29 @@ impl Options {
     /// cache warms a block at a time, as the page cache would, with no more read from the
     /// device than before. A cache smaller than the store caches only values that were asked
     /// for.
+    ///
+    /// After an open the cache is also warmed in the background: see
+    /// [`Options::warm_value_cache`].
     pub fn value_cache_bytes(mut self, bytes: u64) -> Self {
         self.value_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Whether the value cache is filled in the background right after [`crate::Db::open`],
+    /// when every live record of the store fits it (live bytes plus 112 per key, the check
+    /// [`Options::value_cache_bytes`] describes). The merge thread then reads the sealed
+    /// datafiles (and their value files) sequentially, newest first, in 1 MiB reads (`O_DIRECT`
+    /// under [`IoMode::Direct`]), and caches each value the keydir still points at, after
+    /// checking its CRC. Gets are served meanwhile as usual; a value not cached yet is read as
+    /// before. The warm-up stops early when a merge is asked for, the store closes, or a file
+    /// cannot be read (a damaged one is skipped and left to the reads that need it);
+    /// `Stats::values_warmed` counts what it cached.
+    ///
+    /// Without it, a restarted store in [`IoMode::Direct`] serves every first get of a key
+    /// with a device read. Has no effect without a value cache, on a store that does not fit
+    /// it, or on a read-only handle. Default: true.
+    pub fn warm_value_cache(mut self, yes: bool) -> Self {
+        self.warm_value_cache = yes;
         self
     }
 

@@ -53,6 +53,7 @@ pub(crate) struct Shared {
     pub reads_tail: Counter,
     pub reads_cached: Counter,
     pub values_read_ahead: Counter,
+    pub values_warmed: Counter,
     pub appends: Counter,
     pub syncs: Counter,
     pub syncs_led: Counter,

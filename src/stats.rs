@@ -143,6 +143,9 @@ pub struct Stats {
     /// Values the value cache took from the rest of a block read for another value, while it
     /// was filling (see `Options::value_cache_bytes`).
     pub values_read_ahead: u64,
+    /// Values the value cache took from the warm-up after open (see
+    /// `Options::warm_value_cache`).
+    pub values_warmed: u64,
     /// Bytes the value cache holds (values plus a fixed overhead each).
     pub value_cache_bytes: u64,
     /// Appends to the active datafile (one `pwrite` each: a single write, a batch).

@@ -178,10 +178,12 @@ fn direct_mode_caches_values_by_default_and_writes_fill_the_cache() {
         db.put("key1", value(1)).await.expect("restore");
         db.close().await.expect("close");
 
-        // Reopened: the first pass reads the files (a read also caches the live values stored
-        // after its record in its block: the store fits the cache), the second is served from
-        // the cache.
-        let db = Db::open(tmp.path(), opts()).await.expect("reopen");
+        // Reopened without the warm-up (`tests/warm_cache.rs`): the first pass reads the files
+        // (a read also caches the live values stored after its record in its block: the store
+        // fits the cache), the second is served from the cache.
+        let db = Db::open(tmp.path(), opts().warm_value_cache(false))
+            .await
+            .expect("reopen");
         check_all(&db, n).await;
         let (files, cached) = reads(&db);
         assert_eq!(files + cached, u64::from(n));
@@ -222,9 +224,12 @@ fn a_direct_read_caches_the_live_values_stored_after_it() {
     let val = |i: u32, gen: u32| format!("value {i}/{gen} {}", "x".repeat(60 + i as usize % 40));
     let mut model: Vec<Option<String>> = (0..n).map(|i| Some(val(i, 0))).collect();
     let opts = |cache: u64| {
+        // Without the warm-up after open (`tests/warm_cache.rs`), which would cache every
+        // value before the reads.
         small_opts()
             .io_mode(IoMode::Direct)
             .value_cache_bytes(cache)
+            .warm_value_cache(false)
     };
     run(async {
         let db = Db::open(tmp.path(), opts(64 << 20)).await.expect("open");

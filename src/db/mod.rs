@@ -70,7 +70,7 @@ struct Inner {
     /// The append path, shared with the writer thread.
     appender: Arc<Appender>,
     /// Recently read values, if `Options::value_cache_bytes` asks for them.
-    cache: Option<ValueCache>,
+    cache: Option<Arc<ValueCache>>,
     write_tx: mpsc::Sender<WriteMsg>,
     merge_tx: mpsc::Sender<MergeMsg>,
     readers: Vec<mpsc::Sender<ReaderMsg>>,
@@ -124,7 +124,9 @@ impl Db {
         }
         let ring_reads = ring.filter(|_| opts.caller_submits_reads);
         let (merge_tx, merge_rx) = mpsc::channel(16);
+        let cache = ValueCache::new(opts.value_cache_budget()).map(Arc::new);
         let merger = Merger {
+            cache: cache.clone(),
             files: files.clone(),
             dir: dir.clone(),
             kind,
@@ -137,7 +139,6 @@ impl Db {
             broken: None,
         };
         threads.0.push(merge::spawn(merger, lock, merge_rx)?);
-        let cache = ValueCache::new(opts.value_cache_budget());
         Ok(Db {
             inner: Arc::new(Inner {
                 dir,

@@ -310,7 +310,7 @@ impl Db {
         let ring_reads = crate::read::ring::RingReads::for_store(&dir, &opts, kind, false);
         Ok(Db {
             inner: Arc::new(super::Inner {
-                cache: crate::read::cache::ValueCache::new(opts.value_cache_budget()),
+                cache: crate::read::cache::ValueCache::new(opts.value_cache_budget()).map(Arc::new),
                 dir,
                 opts,
                 keydir,

@@ -38,6 +38,7 @@ use crate::io::IoFile;
 use crate::keydir::KeyDir;
 use crate::layout::{data_path, hint_path, temp_path, vals_path};
 use crate::options::IoBackendKind;
+use crate::read::cache::ValueCache;
 use crate::read::filetable::FileTable;
 use crate::read::reader::ReaderMsg;
 use crate::read::ring::RingReads;
@@ -49,6 +50,7 @@ use crate::{Error, Options, Result};
 mod output;
 mod run;
 mod task;
+mod warm;
 
 use output::{OutVals, Output, OUT_BUF_BYTES};
 use run::{Copied, MergeRun};
@@ -97,6 +99,8 @@ pub(crate) struct Merger {
     pub ring_reads: Option<Arc<RingReads>>,
     /// Read handles of the callers' fast path.
     pub files: Arc<FileTable>,
+    /// The handle's value cache, warmed after open (see [`Merger::warm_cache`]).
+    pub cache: Option<Arc<ValueCache>>,
     /// The writer, asked for an `fdatasync` before the commit (see [`Merger::merge`]).
     pub writer: mpsc::Sender<WriteMsg>,
     /// Set after a failure past the commit point: the next open finishes that merge.

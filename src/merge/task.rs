@@ -53,6 +53,7 @@ async fn serve(mut m: Merger, mut rx: mpsc::Receiver<MergeMsg>) -> Option<onesho
     let period = Duration::from_millis(m.opts.merge_check_interval_ms.max(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    m.warm_cache(|| !rx.is_empty()).await;
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {

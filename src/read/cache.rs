@@ -150,10 +150,21 @@ impl ValueCache {
             .is_multiple_of(RECHECK_EVERY)
         {
             let (bytes, keys) = live();
-            let need = bytes.saturating_add(keys as u64 * OVERHEAD);
-            self.ahead.store(need <= self.bytes, Ordering::Relaxed);
+            self.ahead
+                .store(self.holds_all(bytes, keys), Ordering::Relaxed);
         }
         self.ahead.load(Ordering::Relaxed)
+    }
+
+    /// Whether a store whose live records take `bytes` over `keys` keys would fit the cache
+    /// whole (each value charged at most its record's bytes plus the fixed overhead).
+    pub(crate) fn holds_all(&self, bytes: u64, keys: usize) -> bool {
+        bytes.saturating_add(keys as u64 * OVERHEAD) <= self.bytes
+    }
+
+    /// Whether the cache holds a value for the record `e` points at (of any seq).
+    pub(crate) fn holds(&self, e: &Entry) -> bool {
+        self.inner.contains_key(&location(e))
     }
 
     /// Caches the live values of the records in `bytes`, which follow offset `at` of datafile
@@ -177,7 +188,7 @@ impl ValueCache {
                     && e.seq == rec.header.seq
                     && !e.is_apart()
             });
-            let cold = |e: &Entry| !self.inner.contains_key(&location(e));
+            let cold = |e: &Entry| !self.holds(e);
             if let Some(e) = live.filter(|e| !rec.header.is_tombstone() && cold(e)) {
                 self.insert_slice(&e, rec.value);
                 cached += 1;

@@ -1,0 +1,258 @@
+//! The value cache's warm-up after open (`Options::warm_value_cache`), run by the merge
+//! thread before it serves merges.
+//!
+//! A restarted store has an empty value cache, and in `IoMode::Direct` nothing else holds its
+//! values: every first get of a key would be a device read. When the store's live records fit
+//! the cache whole, the merge thread reads the sealed datafiles sequentially instead (newest
+//! first, 1 MiB a read, `O_DIRECT` in direct mode) and caches every value the keydir still
+//! points at: a record's value after its CRC, a value kept apart after the CRC its keydir
+//! entry holds, read from the value file in a second sequential pass. A value cached this
+//! way is exactly the one a read of that entry would have cached, so gets need nothing else
+//! to know; a record overwritten meanwhile is cached under a location no get asks for again.
+//!
+//! The warm-up gives way: it ends when a message reaches the merge thread (a merge asked
+//! for, a close), when the store stops, or when the cache stops fitting the store. A file it
+//! cannot read or decode is left (logged at debug): the reads that need its values report
+//! what is wrong with them, as before.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::format::{self, Apart, FILE_HEADER_LEN, RECORD_HEADER_LEN};
+use crate::io::{Access, IoFile};
+use crate::keydir::Entry;
+use crate::layout::{data_path, vals_path};
+use crate::read::cache::ValueCache;
+use crate::IoMode;
+
+use super::Merger;
+
+/// Bytes read per IO.
+const CHUNK: usize = 1 << 20;
+
+/// Why a file's warm-up ended before its end.
+enum Stop {
+    /// Something else needs the merge thread, or the store is closing.
+    Yield,
+    /// The file could not be read or decoded there.
+    Failed(String),
+}
+
+/// A datafile or value file read front to back in chunks.
+struct Chunks {
+    file: IoFile,
+    len: u64,
+    direct: bool,
+    /// The bytes read last, and the offset they start at.
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl Chunks {
+    /// Opens `path` for sequential reads: `O_DIRECT` when `direct` and the file system allows
+    /// it, else through the page cache.
+    fn open(m: &Merger, path: &Path, direct: bool) -> std::io::Result<Chunks> {
+        let opened = match direct {
+            true => IoFile::open_direct(m.kind, path, None).ok(),
+            false => None,
+        };
+        let direct = opened.is_some();
+        let file = match opened {
+            Some(f) => f,
+            None => IoFile::open_read(m.kind, path, Access::Sequential, None)?,
+        };
+        Ok(Chunks {
+            file,
+            len: std::fs::metadata(path)?.len(),
+            direct,
+            buf: Vec::new(),
+            start: 0,
+        })
+    }
+
+    /// The `len` bytes at `at`, reading a chunk from `at` when the last one does not hold them;
+    /// `None` past the end of the file.
+    async fn get(&mut self, at: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
+        let end = at.saturating_add(len as u64);
+        if end > self.len {
+            return Ok(None);
+        }
+        if at < self.start || end > self.start + self.buf.len() as u64 {
+            let want = (self.len - at).min(CHUNK.max(len) as u64) as usize;
+            self.buf = match self.direct {
+                true => self.file.read_direct(want, at, None).await?.0,
+                false => self.file.read_exact_at(want, at).await?,
+            };
+            self.start = at;
+        }
+        let from = (at - self.start) as usize;
+        Ok(Some(&self.buf[from..from + len]))
+    }
+}
+
+impl Merger {
+    /// Warms the value cache (see the module docs); `busy` says whether a message waits for
+    /// the merge thread.
+    pub(super) async fn warm_cache(&self, busy: impl Fn() -> bool) {
+        let Some(cache) = self.cache.as_deref().filter(|_| self.opts.warm_value_cache) else {
+            return;
+        };
+        let fits = || cache.holds_all(self.shared.live_bytes(), self.keydir.len());
+        if self.keydir.len() == 0 || !fits() {
+            tracing::debug!("value cache not warmed: the store's live records do not fit it");
+            return;
+        }
+        let started = Instant::now();
+        let mut files: Vec<u32> = self.sealed_files().iter().map(|f| f.file_id).collect();
+        files.sort_unstable_by(|a, b| b.cmp(a));
+        let mut warmed = 0u64;
+        let mut ended = "done";
+        for id in files {
+            if busy() || self.stopping() || !fits() {
+                ended = "stopped early";
+                break;
+            }
+            match self.warm_file(cache, id, &busy).await {
+                Ok(n) => warmed += n,
+                Err((n, Stop::Yield)) => {
+                    warmed += n;
+                    ended = "stopped early";
+                    break;
+                }
+                Err((n, Stop::Failed(why))) => {
+                    warmed += n;
+                    tracing::debug!(file_id = id, "value cache warm-up skips the file: {why}");
+                }
+            }
+        }
+        tracing::info!(
+            values = warmed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "value cache warm-up {ended}"
+        );
+    }
+
+    /// Caches the live values of datafile `id`: how many, or where it stopped and how many it
+    /// had cached by then. The values kept apart that the records before a damaged one name
+    /// are still cached.
+    async fn warm_file(
+        &self,
+        cache: &ValueCache,
+        id: u32,
+        busy: &impl Fn() -> bool,
+    ) -> Result<u64, (u64, Stop)> {
+        let direct = self.opts.io_mode == IoMode::Direct;
+        let mut data = Chunks::open(self, &data_path(&self.dir, id), direct)
+            .map_err(|e| (0, Stop::Failed(e.to_string())))?;
+        let mut apart: Vec<(Apart, Entry)> = Vec::new();
+        let mut cached = 0u64;
+        let walked = self
+            .warm_records(cache, id, &mut data, busy, &mut apart, &mut cached)
+            .await;
+        if matches!(walked, Err(Stop::Yield)) || apart.is_empty() {
+            return walked.map(|()| cached).map_err(|stop| (cached, stop));
+        }
+        let cached = self.warm_apart(cache, id, &apart, busy, cached).await?;
+        walked.map(|()| cached).map_err(|stop| (cached, stop))
+    }
+
+    /// Walks datafile `id`'s records: caches the live values held in them (counting them in
+    /// `cached`) and lists in `apart` the live values kept apart.
+    async fn warm_records(
+        &self,
+        cache: &ValueCache,
+        id: u32,
+        data: &mut Chunks,
+        busy: &impl Fn() -> bool,
+        apart: &mut Vec<(Apart, Entry)>,
+        cached: &mut u64,
+    ) -> Result<(), Stop> {
+        let failed = |e: &dyn std::fmt::Display| Stop::Failed(e.to_string());
+        let mut at = FILE_HEADER_LEN as u64;
+        while at < data.len {
+            if busy() || self.stopping() {
+                return Err(Stop::Yield);
+            }
+            let header = match data.get(at, RECORD_HEADER_LEN).await {
+                Ok(Some(b)) => format::decode_record_header(b).map_err(|e| failed(&e))?,
+                Ok(None) => return Err(failed(&"a record header runs past the end")),
+                Err(e) => return Err(failed(&e)),
+            };
+            let len = header.record_len();
+            // (A length past the end of the file is refused before anything is read.)
+            let bytes = match data
+                .get(at, usize::try_from(len).unwrap_or(usize::MAX))
+                .await
+            {
+                Ok(Some(b)) => b,
+                Ok(None) => return Err(failed(&"a record runs past the end")),
+                Err(e) => return Err(failed(&e)),
+            };
+            let rec = format::decode_record(bytes).map_err(|e| failed(&e))?;
+            if let Some(e) = self.live_entry(cache, id, at, &rec) {
+                match rec.apart {
+                    Some(a) => apart.push((a, e)),
+                    None => {
+                        cache.insert_slice(&e, rec.value);
+                        *cached += 1;
+                        self.shared.values_warmed.add(1);
+                    }
+                }
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// The keydir's entry for `rec` (read at `at` of datafile `id`) if it points at that very
+    /// record, which holds a live value the cache does not hold yet.
+    fn live_entry(
+        &self,
+        cache: &ValueCache,
+        id: u32,
+        at: u64,
+        rec: &format::Record<'_>,
+    ) -> Option<Entry> {
+        let h = rec.header;
+        let e = self.keydir.get(rec.key)?;
+        let same = match rec.apart {
+            Some(a) => e.is_apart() && e.data_id() == id && u64::from(e.offset) == a.offset,
+            None => !e.is_apart() && e.file_id == id && u64::from(e.offset) == at,
+        };
+        let expired = h.expiry_ms != 0 && h.expiry_ms <= crate::clock::now_ms();
+        (same && e.seq == h.seq && !h.is_tombstone() && !expired && !cache.holds(&e)).then_some(e)
+    }
+
+    /// Caches the values kept apart in datafile `id`'s value file that `apart` lists (in file
+    /// order), each after its CRC; `cached` values were cached from the datafile before.
+    async fn warm_apart(
+        &self,
+        cache: &ValueCache,
+        id: u32,
+        apart: &[(Apart, Entry)],
+        busy: &impl Fn() -> bool,
+        mut cached: u64,
+    ) -> Result<u64, (u64, Stop)> {
+        let failed = |n: u64, e: &dyn std::fmt::Display| (n, Stop::Failed(e.to_string()));
+        let direct = self.opts.io_mode == IoMode::Direct;
+        let mut vals =
+            Chunks::open(self, &vals_path(&self.dir, id), direct).map_err(|e| failed(0, &e))?;
+        for (a, e) in apart {
+            if busy() || self.stopping() {
+                return Err((cached, Stop::Yield));
+            }
+            let value = match vals.get(a.offset, a.len as usize).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return Err(failed(cached, &"a value runs past the end")),
+                Err(err) => return Err(failed(cached, &err)),
+            };
+            // A damaged value is left to the read that needs it, which reports it.
+            if format::value_crc(value) == e.crc {
+                cache.insert_slice(e, value);
+                cached += 1;
+                self.shared.values_warmed.add(1);
+            }
+        }
+        Ok(cached)
+    }
+}
