@@ -88,6 +88,38 @@ impl Chunks {
         let from = (at - self.start) as usize;
         Ok(Some(&self.buf[from..from + len]))
     }
+
+    /// The bytes of the last chunk from `at` on (`at` within it).
+    fn from(&self, at: u64) -> &[u8] {
+        let from = usize::try_from(at.saturating_sub(self.start)).unwrap_or(usize::MAX);
+        self.buf.get(from..).unwrap_or_default()
+    }
+}
+
+/// What is wrong with a damaged record.
+type Damage = Option<String>;
+
+/// The whole records at the start of `bytes` (each with its offset in it), how many bytes
+/// they take, and what is wrong with the bytes after them if they are damaged rather than cut
+/// short by the end of `bytes`.
+fn whole_records(bytes: &[u8]) -> (Vec<(usize, format::Record<'_>)>, usize, Damage) {
+    let mut recs = Vec::new();
+    let mut pos = 0;
+    while let Some(rest) = bytes.get(pos..).filter(|r| r.len() >= RECORD_HEADER_LEN) {
+        let len = match format::decode_record_header(rest) {
+            Ok(h) => h.record_len(),
+            Err(e) => return (recs, pos, Some(e.to_string())),
+        };
+        let Some(whole) = usize::try_from(len).ok().and_then(|n| rest.get(..n)) else {
+            break;
+        };
+        match format::decode_record(whole) {
+            Ok(rec) => recs.push((pos, rec)),
+            Err(e) => return (recs, pos, Some(e.to_string())),
+        }
+        pos += whole.len();
+    }
+    (recs, pos, None)
 }
 
 impl Merger {
@@ -157,7 +189,10 @@ impl Merger {
     }
 
     /// Walks datafile `id`'s records: caches the live values held in them (counting them in
-    /// `cached`) and lists in `apart` the live values kept apart.
+    /// `cached`) and lists in `apart` the live values kept apart. Works a chunk at a time: the
+    /// whole records a read brought in are decoded, then their keys looked up together
+    /// ([`crate::keydir::KeyDir::get_many`]; one at a time, the lookups were most of the
+    /// warm-up's time).
     async fn warm_records(
         &self,
         cache: &ValueCache,
@@ -173,23 +208,26 @@ impl Merger {
             if busy() || self.stopping() {
                 return Err(Stop::Yield);
             }
+            // The record at `at` whole, and the rest of the chunk holding it.
             let header = match data.get(at, RECORD_HEADER_LEN).await {
                 Ok(Some(b)) => format::decode_record_header(b).map_err(|e| failed(&e))?,
                 Ok(None) => return Err(failed(&"a record header runs past the end")),
                 Err(e) => return Err(failed(&e)),
             };
-            let len = header.record_len();
             // (A length past the end of the file is refused before anything is read.)
-            let bytes = match data
-                .get(at, usize::try_from(len).unwrap_or(usize::MAX))
-                .await
-            {
-                Ok(Some(b)) => b,
+            let len = usize::try_from(header.record_len()).unwrap_or(usize::MAX);
+            match data.get(at, len).await {
+                Ok(Some(_)) => {}
                 Ok(None) => return Err(failed(&"a record runs past the end")),
                 Err(e) => return Err(failed(&e)),
-            };
-            let rec = format::decode_record(bytes).map_err(|e| failed(&e))?;
-            if let Some(e) = self.live_entry(cache, id, at, &rec) {
+            }
+            let (recs, used, damage) = whole_records(data.from(at));
+            let keys: Vec<&[u8]> = recs.iter().map(|(_, r)| r.key).collect();
+            let entries = self.keydir.get_many(&keys);
+            for ((off, rec), e) in recs.iter().zip(entries) {
+                let Some(e) = self.live_entry(cache, e, id, at + *off as u64, rec) else {
+                    continue;
+                };
                 match rec.apart {
                     Some(a) => apart.push((a, e)),
                     None => {
@@ -199,22 +237,25 @@ impl Merger {
                     }
                 }
             }
-            at += len;
+            if let Some(why) = damage {
+                return Err(Stop::Failed(why));
+            }
+            at += used as u64;
         }
         Ok(())
     }
 
-    /// The keydir's entry for `rec` (read at `at` of datafile `id`) if it points at that very
-    /// record, which holds a live value the cache does not hold yet.
+    /// `entry`, the keydir's entry for `rec` (read at `at` of datafile `id`), if it points at
+    /// that very record, which holds a live value the cache does not hold yet.
     fn live_entry(
         &self,
         cache: &ValueCache,
+        entry: Option<Entry>,
         id: u32,
         at: u64,
         rec: &format::Record<'_>,
     ) -> Option<Entry> {
-        let h = rec.header;
-        let e = self.keydir.get(rec.key)?;
+        let (h, e) = (rec.header, entry?);
         let same = match rec.apart {
             Some(a) => e.is_apart() && e.data_id() == id && u64::from(e.offset) == a.offset,
             None => !e.is_apart() && e.file_id == id && u64::from(e.offset) == at,
@@ -254,5 +295,40 @@ impl Merger {
             }
         }
         Ok(cached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_records_stop_at_a_cut_quietly_and_at_damage_with_a_reason() {
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..5u64 {
+            let key = format!("key{i}");
+            format::encode_record(&mut buf, i + 1, 0, 0, key.as_bytes(), b"some value");
+            ends.push(buf.len());
+        }
+        let (recs, used, damage) = whole_records(&buf);
+        assert_eq!((recs.len(), used, damage), (5, buf.len(), None));
+        assert_eq!(recs[3].0, ends[2]);
+        assert_eq!(recs[3].1.key, b"key3");
+        // Cut inside the fourth record, or inside its header: the three before it, no damage.
+        for cut in [ends[3] - 1, ends[2] + 3] {
+            let (recs, used, damage) = whole_records(&buf[..cut]);
+            assert_eq!(
+                (recs.len(), used, damage),
+                (3, ends[2], None),
+                "cut at {cut}"
+            );
+        }
+        // A flipped byte in the fourth record's value: the three before it, and why.
+        let mut bad = buf.clone();
+        bad[ends[3] - 2] ^= 1;
+        let (recs, used, damage) = whole_records(&bad);
+        assert_eq!((recs.len(), used), (3, ends[2]));
+        assert!(damage.is_some());
     }
 }
