@@ -13,6 +13,8 @@
 //! - **ringcask-direct**: `Options::io_mode(IoMode::Direct)` with that mode's defaults (a 64 MiB
 //!   value cache, or `RINGCASK_BENCH_CACHE_MIB` when set, filled by writes and reads; sealed files read with `O_DIRECT`; durable mode
 //!   writes through the direct-IO writer: `O_DIRECT | O_DSYNC` group writes on the ring).
+//!   Both cached configurations warm their caches after open when the store fits them
+//!   (`Options::warm_value_cache`; `RINGCASK_BENCH_WARM=0` turns it off).
 //! - **raw**: the zero-overhead Bitcask floor: one `pwrite` at the end of a file preallocated
 //!   ahead (durable: plus one `fdatasync`), index in a `Mutex<HashMap>`; a get is one lookup
 //!   plus one `pread`. No CRC, no header, no recovery.
@@ -82,6 +84,12 @@ fn cache_mib_set() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether ringcask warms its value cache after open (`Options::warm_value_cache`): on unless
+/// `RINGCASK_BENCH_WARM=0`, for runs side by side.
+fn warm_value_cache() -> bool {
+    std::env::var("RINGCASK_BENCH_WARM").map_or(true, |v| v != "0")
+}
+
 /// Cache budget of the peers in bytes: `RINGCASK_BENCH_PEER_CACHE_MIB`, or `None` for their
 /// defaults.
 #[cfg(any(feature = "redb", feature = "fjall", feature = "sled"))]
@@ -131,7 +139,10 @@ impl Ringcask {
         } else {
             ringcask::SyncPolicy::Never
         };
-        let mut opts = ringcask::Options::default().sync(sync).read_threads(2);
+        let mut opts = ringcask::Options::default()
+            .sync(sync)
+            .read_threads(2)
+            .warm_value_cache(warm_value_cache());
         if let Some(bytes) = value_cache_bytes {
             opts = opts.value_cache_bytes(bytes);
         }
