@@ -1,8 +1,9 @@
 //! The value cache's warm-up after open (`Options::warm_value_cache`): when the store's live
 //! records fit the cache, the merge thread caches every live value after open, so gets of a
 //! restarted store need no read; values are exact (overwrites, deletes, expired keys, values
-//! kept apart), a store too large for the cache or a warm-up turned off caches nothing, and a
-//! damaged record or value is never cached: its get still reports it.
+//! kept apart), a store too large for the cache or a warm-up turned off caches nothing, a
+//! damaged record or value is never cached (its get still reports it), and a merge asked for
+//! during the warm-up runs.
 
 mod common;
 
@@ -232,6 +233,49 @@ fn a_damaged_record_or_value_is_not_warmed_and_its_get_reports_it() {
                 assert_eq!(got.expect("get").as_deref(), Some(&v[..]), "{k}");
             }
         }
+        db.close().await.expect("close");
+    });
+}
+
+#[test]
+fn a_merge_asked_for_right_after_open_runs_and_every_value_stays_exact() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mode = if supports_direct(tmp.path()) {
+        IoMode::Direct
+    } else {
+        IoMode::Buffered
+    };
+    run(async {
+        let db = Db::open(tmp.path(), opts(mode, 0)).await.expect("open");
+        let model = fill(&db).await;
+        db.close().await.expect("close");
+        let db = Db::open(tmp.path(), opts(mode, 64 << 20))
+            .await
+            .expect("reopen");
+        // Sent while the warm-up may still run: it gives way, and the merge is served.
+        let report = db.merge().await.expect("merge");
+        assert!(!report.inputs.is_empty(), "{report:?}");
+        let s = db.stats();
+        assert!(s.values_warmed <= model.len() as u64, "{s:?}");
+        for i in 0..300u32 {
+            let k = format!("key{i}");
+            let got = db.get(&k).await.expect("get");
+            assert_eq!(got.as_deref(), model.get(&k).map(|v| &v[..]), "{k}");
+        }
+        db.close().await.expect("close");
+        // And the merged store warms whole at the next open.
+        let db = Db::open(tmp.path(), opts(mode, 64 << 20))
+            .await
+            .expect("reopen merged");
+        warmed(&db, model.len() as u64);
+        for (k, v) in &model {
+            assert_eq!(
+                db.get(k).await.expect("get").as_deref(),
+                Some(&v[..]),
+                "{k}"
+            );
+        }
+        assert_eq!(reads(&db.stats()), 0, "{:?}", db.stats());
         db.close().await.expect("close");
     });
 }
