@@ -12,7 +12,8 @@
 //!     [--value 4096] [--secs 3] [--io-mode buffered|direct] [--cache BYTES]
 //!     [--backend uring|pread]
 //!
-//! `--cache` sets `Options::value_cache_bytes` (default: the io mode's, 64 MiB when direct).
+//! `--cache` sets `Options::value_cache_bytes` (default: the io mode's, 64 MiB when direct);
+//! the cache's warm-up after open (`Options::warm_value_cache`) is off, so that gets are cold.
 //! ```
 //!
 //! `cold`: a store of `--gib` GiB of 4 KiB values is built (or reused), then for each
@@ -121,12 +122,14 @@ fn parse() -> Args {
 }
 
 impl Args {
-    /// `opts` with the io mode and value cache asked for.
+    /// `opts` with the io mode and value cache asked for. The cache's warm-up after open is
+    /// off: the gets are to be cold (it would read a store that fits the cache whole first).
     fn mode_options(&self, mut opts: Options) -> Options {
         if self.direct {
             opts = opts.io_mode(IoMode::Direct);
         }
         opts = opts
+            .warm_value_cache(false)
             .caller_submits_reads(self.ring)
             .reap_on_tokio(self.tokio_reaper)
             .values_apart(self.apart);
