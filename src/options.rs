@@ -437,7 +437,8 @@ impl Options {
     /// checking its CRC. Gets are served meanwhile as usual; a value not cached yet is read as
     /// before. The warm-up stops early when a merge is asked for, the store closes, or a file
     /// cannot be read (a damaged one is skipped and left to the reads that need it);
-    /// `Stats::values_warmed` counts what it cached.
+    /// `Stats::values_warmed` counts what it cached. Automatic merges and expiry sweeps wait
+    /// until it ends.
     ///
     /// Without it, a restarted store in [`IoMode::Direct`] serves every first get of a key
     /// with a device read. Has no effect without a value cache, on a store that does not fit
