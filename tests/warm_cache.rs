@@ -180,19 +180,27 @@ fn find(path: &std::path::Path, needle: &[u8]) -> Option<u64> {
         .map(|p| p as u64)
 }
 
+/// A store in `dir` filled by [`fill`] and closed, written in direct mode where the file
+/// system allows it: the mode, and what each live key holds.
+fn filled(dir: &std::path::Path) -> (IoMode, BTreeMap<String, Vec<u8>>) {
+    let mode = match supports_direct(dir) {
+        true => IoMode::Direct,
+        false => IoMode::Buffered,
+    };
+    run(async {
+        let db = Db::open(dir, opts(mode, 0)).await.expect("open");
+        let model = fill(&db).await;
+        db.close().await.expect("close");
+        (mode, model)
+    })
+}
+
 #[test]
 fn a_damaged_record_or_value_is_not_warmed_and_its_get_reports_it() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let direct = supports_direct(tmp.path());
-    let mode = if direct {
-        IoMode::Direct
-    } else {
-        IoMode::Buffered
-    };
+    let (mode, model) = filled(tmp.path());
+    let direct = mode == IoMode::Direct;
     run(async {
-        let db = Db::open(tmp.path(), opts(mode, 0)).await.expect("open");
-        let model = fill(&db).await;
-        db.close().await.expect("close");
         // A record in the middle of the oldest datafile: key4's 100-byte value (never
         // overwritten, never deleted).
         let data = common::data_files(tmp.path());
@@ -240,15 +248,8 @@ fn a_damaged_record_or_value_is_not_warmed_and_its_get_reports_it() {
 #[test]
 fn a_merge_asked_for_right_after_open_runs_and_every_value_stays_exact() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mode = if supports_direct(tmp.path()) {
-        IoMode::Direct
-    } else {
-        IoMode::Buffered
-    };
+    let (mode, model) = filled(tmp.path());
     run(async {
-        let db = Db::open(tmp.path(), opts(mode, 0)).await.expect("open");
-        let model = fill(&db).await;
-        db.close().await.expect("close");
         let db = Db::open(tmp.path(), opts(mode, 64 << 20))
             .await
             .expect("reopen");
