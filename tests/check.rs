@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{data_files, dir_state, hint_files, run, small_opts};
+use common::{data_files, dir_state, flip, hint_files, run, small_opts};
 use ringcask::{check, Db, Error};
 
 /// A store with several sealed files (with hints), overwrites and deletes, closed cleanly
@@ -30,12 +30,6 @@ fn build(dir: &Path) -> u64 {
         db.close().await.expect("close");
         n
     })
-}
-
-fn flip(path: &Path, at: u64) {
-    let mut bytes = std::fs::read(path).expect("read");
-    bytes[at as usize] ^= 0x5A;
-    std::fs::write(path, bytes).expect("write");
 }
 
 #[test]

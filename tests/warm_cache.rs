@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use common::{needs_direct, run, supports_direct};
+use common::{flip, needs_direct, run, supports_direct};
 use ringcask::{Db, Error, IoMode, Options, Stats, SyncPolicy};
 
 /// Values of key `i`, starting with the unique `v{i}/{gen}:`: sizes that stay in their
@@ -157,18 +157,6 @@ fn nothing_is_warmed_when_the_store_does_not_fit_or_warm_up_is_off() {
             db.close().await.expect("close");
         }
     });
-}
-
-/// Flips one byte of `path` at `at`.
-fn flip(path: &std::path::Path, at: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open for damage");
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).expect("read byte");
-    f.write_all_at(&[b[0] ^ 0x40], at).expect("write byte");
 }
 
 /// Where `needle` first occurs in `path`.

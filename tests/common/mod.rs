@@ -232,3 +232,16 @@ pub fn dir_state(dir: &Path) -> BTreeMap<String, (u64, u64)> {
 pub async fn shut(db: Db) {
     let _ = db.close().await;
 }
+
+/// Damages `path`: flips bits of its byte at `at` (the file keeps its length).
+pub fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for damage");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read byte");
+    f.write_all_at(&[b[0] ^ 0x5A], at).expect("write byte");
+}
