@@ -80,7 +80,7 @@ pub use error::{Error, Result};
 pub use format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
 pub use merge::MergeReport;
 pub use options::{
-    IoBackend, IoBackendKind, IoMode, Options, SyncPolicy, DIRECT_VALUE_CACHE_BYTES,
+    GroupFlush, IoBackend, IoBackendKind, IoMode, Options, SyncPolicy, DIRECT_VALUE_CACHE_BYTES,
     MAX_FILE_BYTES_LIMIT, MIN_FILE_BYTES,
 };
 pub use recovery::check::{check, CheckReport, Damage};

@@ -57,6 +57,7 @@ pub(crate) struct Shared {
     pub appends: Counter,
     pub syncs: Counter,
     pub syncs_led: Counter,
+    pub syncs_one_flush: Counter,
     pub writes_registered: Counter,
     pub bytes_written: Counter,
     pub merges: Counter,

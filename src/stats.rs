@@ -156,6 +156,10 @@ pub struct Stats {
     /// Of `syncs`, the group writes a durable caller made itself (the direct-IO writer with a
     /// lone durable writer on io_uring: no hop to the writer thread; see `IoMode::Direct`).
     pub syncs_led: u64,
+    /// Of `syncs`, the groups that wrote both the active datafile and its value file with
+    /// plain `O_DIRECT` writes and made them durable with one `fdatasync` (see
+    /// `GroupFlush::Once`).
+    pub syncs_one_flush: u64,
     /// Of the direct-IO writer's group writes, those made from a buffer registered with a ring
     /// (io_uring fixed buffers, where registering succeeded: the writer thread's for groups up
     /// to 1 MiB, the shared ring's for a lone writer's groups up to 16 KiB).

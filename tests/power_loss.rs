@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use common::{contents, env_or, run, Rng};
 use ringcask::testing::FaultInjector;
-use ringcask::{Db, IoMode, Options, SyncPolicy, WriteBatch};
+use ringcask::{Db, GroupFlush, IoMode, Options, SyncPolicy, WriteBatch};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -60,6 +60,9 @@ struct Figures {
     torn_in_value_files: u64,
     /// Group writes a lone durable writer made itself (`Stats::syncs_led`), in direct rounds.
     led_syncs: u64,
+    /// Groups that wrote a datafile and its value file plain and made both durable with one
+    /// `fdatasync` (`Stats::syncs_one_flush`, direct rounds under `GroupFlush::Once`).
+    one_flush_syncs: u64,
     entries_lost: u64,
     entries_back: u64,
 }
@@ -257,11 +260,12 @@ fn dump_key(dir: &Path, key: &[u8]) {
 fn open_after_cut(
     dir: &Path,
     policy: SyncPolicy,
-    mode: IoMode,
+    (mode, flush): (IoMode, GroupFlush),
     fault: &Arc<FaultInjector>,
 ) -> Option<Db> {
     fault.restart();
-    run(async { Db::open(dir, opts(policy, fault).io_mode(mode)).await.ok() })
+    let opts = opts(policy, fault).io_mode(mode).group_flush(flush);
+    run(async { Db::open(dir, opts).await.ok() })
 }
 
 #[test]
@@ -286,7 +290,14 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         } else {
             IoMode::Direct
         };
-        let Some(db) = open_after_cut(dir, policy, mode, &fault) else {
+        // Direct rounds alternate how a group writing both files is made durable: each write
+        // `O_DSYNC`, or both plain and one `fdatasync` (whatever this machine's disk is).
+        let flush = if (cut / 6) % 2 == 0 {
+            GroupFlush::EachWrite
+        } else {
+            GroupFlush::Once
+        };
+        let Some(db) = open_after_cut(dir, policy, (mode, flush), &fault) else {
             fig.failed_opens += 1;
             break;
         };
@@ -303,6 +314,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         fault.tear_writes(mode == IoMode::Direct);
         let r = run(round(&db, &mut rng, &model, policy == SyncPolicy::Always));
         fig.led_syncs += db.stats().syncs_led;
+        fig.one_flush_syncs += db.stats().syncs_one_flush;
         run(common::shut(db));
         let report = fault.cut_power().expect("cut");
         fig.cuts += 1;
@@ -315,7 +327,7 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         fig.entries_back += report.entries_back;
         fig.acked += r.acked;
         fig.not_durable_at_cut += (r.states.len() - 1 - r.floor) as u64;
-        let Some(db) = open_after_cut(dir, policy, mode, &fault) else {
+        let Some(db) = open_after_cut(dir, policy, (mode, flush), &fault) else {
             fig.failed_opens += 1;
             break;
         };
@@ -356,6 +368,10 @@ fn power_cuts_lose_nothing_durable_and_bring_nothing_back() {
         assert!(
             fig.led_syncs > 0,
             "no group write was led by its caller: {fig:?}"
+        );
+        assert!(
+            fig.one_flush_syncs > 0,
+            "no group made two files durable with one flush: {fig:?}"
         );
     }
 }

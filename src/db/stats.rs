@@ -49,6 +49,7 @@ impl Db {
             appends: load(&s.appends),
             syncs: load(&s.syncs),
             syncs_led: load(&s.syncs_led),
+            syncs_one_flush: load(&s.syncs_one_flush),
             writes_registered: load(&s.writes_registered),
             bytes_written: load(&s.bytes_written),
             merges: load(&s.merges),

@@ -180,7 +180,8 @@ mod tests {
             );
 
             // A write from a registered buffer, then read back.
-            let w = IoFile::open_direct_write(IoBackendKind::IoUring, &path, None).expect("open");
+            let w =
+                IoFile::open_direct_write(IoBackendKind::IoUring, &path, None, true).expect("open");
             let mut buf = regs.take(8192).expect("free");
             let at = buf.aligned_at();
             buf[at..at + 8192].fill(0x5A);

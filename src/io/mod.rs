@@ -7,6 +7,7 @@
 //! single-threaded runtime; [`pwrite_all`] and [`fallocate`] are plain system calls that the
 //! append path also makes on callers' threads.
 
+pub(crate) mod device;
 pub(crate) mod direct;
 pub(crate) mod fixed;
 pub(crate) mod fs;
@@ -36,6 +37,8 @@ pub(crate) struct IoFile {
     /// (`ftruncate`, and `fallocate` without an await point).
     meta: Option<std::fs::File>,
     fault: Option<Arc<FaultInjector>>,
+    /// Opened `O_DSYNC`: each write is durable when it returns.
+    dsync: bool,
 }
 
 /// How a descriptor opened for reading will be read: the kernel's readahead is advised to match.
@@ -81,29 +84,44 @@ impl IoFile {
         Ok(IoFile::wrap(kind, f, None, fault))
     }
 
-    /// Opens an existing datafile for the direct-IO writer: `O_DIRECT | O_DSYNC`, so each
-    /// [`IoFile::write_direct`] is one ring operation that returns once its bytes are durable
-    /// (a FUA write where the device honours it, else the kernel adds the cache flush). Fails
-    /// with `InvalidInput` where the file system refuses `O_DIRECT` (tmpfs).
+    /// Opens an existing datafile (or value file) for the direct-IO writer: `O_DIRECT`, and
+    /// with `dsync` also `O_DSYNC`, so each [`IoFile::write_direct`] is one ring operation that
+    /// returns once its bytes are durable (a FUA write where the device honours it, else the
+    /// kernel adds the cache flush); without, a write is durable after an `fdatasync` (see
+    /// [`crate::GroupFlush::Once`]). Fails with `InvalidInput` where the file system refuses
+    /// `O_DIRECT` (tmpfs).
     pub(crate) fn open_direct_write(
         kind: IoBackendKind,
         path: &Path,
         fault: Option<Arc<FaultInjector>>,
+        dsync: bool,
     ) -> io::Result<IoFile> {
         use std::os::unix::fs::OpenOptionsExt;
-        let flags = (rustix::fs::OFlags::DIRECT | rustix::fs::OFlags::DSYNC).bits() as i32;
+        let mut flags = rustix::fs::OFlags::DIRECT;
+        if dsync {
+            flags |= rustix::fs::OFlags::DSYNC;
+        }
         let f = OpenOptions::new()
             .write(true)
-            .custom_flags(flags)
+            .custom_flags(flags.bits() as i32)
             .open(path)?;
         let meta = f.try_clone()?;
-        Ok(IoFile::wrap(kind, f, Some(meta), fault))
+        let mut file = IoFile::wrap(kind, f, Some(meta), fault);
+        file.dsync = dsync;
+        Ok(file)
+    }
+
+    /// Tells the fault seam that this file's completed writes are durable: an `fdatasync` of
+    /// another file on the same device flushed the device's whole write cache (see
+    /// [`crate::GroupFlush::Once`]).
+    pub(crate) fn note_flushed(&self) {
+        self.note(|fi, f| fi.note_sync(f));
     }
 
     /// Writes `buf[at..at + span]` (aligned: `at` to an address multiple of [`DIRECT_ALIGN`],
     /// `span` and `offset` multiples of it) at `offset` of a file opened with
     /// [`IoFile::open_direct_write`], and returns the buffer. Through the fault seam this is a
-    /// write and a sync of those bytes. With [`FaultInjector::tear_writes`] the write at the
+    /// write, and a sync of those bytes when the file was opened `O_DSYNC`. With [`FaultInjector::tear_writes`] the write at the
     /// crash point is made but fails unsynced: the write in flight when the power goes, which a
     /// power cut then tears to a random subset of its sectors.
     pub(crate) async fn write_direct(
@@ -120,7 +138,7 @@ impl IoFile {
         let (res, buf) = self.write_aligned(buf, at, span, offset).await;
         if res.is_ok() {
             self.note(|fi, f| fi.note_write(f, offset, &buf[at..at + span]));
-            if !torn {
+            if !torn && self.dsync {
                 self.note(|fi, f| fi.note_sync(f));
             }
         }
@@ -272,6 +290,7 @@ impl IoFile {
             handle,
             meta,
             fault,
+            dsync: false,
         }
     }
 

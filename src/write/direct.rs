@@ -163,6 +163,12 @@ impl DirectFile {
         }
     }
 
+    /// Whether every block below `end` was written before (zeroes or records), so that a
+    /// write ending there changes no metadata of the file (see [`crate::GroupFlush::Once`]).
+    pub(crate) fn written_through(&self, end: u64) -> bool {
+        end <= self.written_end
+    }
+
     /// After a group write covering `done` (ending at `end`) succeeded: the tail lets go of the
     /// blocks it wrote whole, and the next zero write starts if the space ahead runs low.
     pub(crate) async fn wrote(

@@ -28,11 +28,37 @@ pub(crate) fn register_writer_buffers() -> Option<Rc<Registered>> {
     Registered::register(&[(2, REGISTERED_GROUP_SPAN)]).map(Rc::new)
 }
 
-/// The writer thread's handles of the active file and of its value file (`O_DIRECT |
-/// O_DSYNC`, on its own ring), beside the direct-IO writers they write for.
+/// The writer thread's handles of the active file and of its value file (on its own ring),
+/// beside the direct-IO writers they write for.
 pub(crate) struct OwnFiles {
+    /// `O_DIRECT | O_DSYNC`: a group that writes only the datafile.
     pub(super) data: IoFile,
+    /// Under [`crate::GroupFlush::Once`], the datafile `O_DIRECT` only: a group that writes
+    /// both files writes both plain, then makes them durable with one `fdatasync`.
+    pub(super) data_plain: Option<IoFile>,
+    /// `O_DIRECT`, and `O_DSYNC` unless under [`crate::GroupFlush::Once`].
     pub(super) vals: Option<IoFile>,
+}
+
+impl OwnFiles {
+    /// Under [`crate::GroupFlush::Once`], after a group's plain writes completed: one
+    /// `fdatasync`, of the datafile when the group wrote it (its flush of the device's cache
+    /// covers the value file's write too), and of the value file when the group wrote only
+    /// it or wrote past the blocks written before (its metadata then needs committing).
+    fn flush_once(&self, wrote_data: bool, vals_needs_own: bool) -> io::Result<()> {
+        let (Some(data), Some(vals)) = (&self.data_plain, &self.vals) else {
+            return Ok(());
+        };
+        if wrote_data {
+            data.sync_data_now()?;
+        }
+        if vals_needs_own || !wrote_data {
+            vals.sync_data_now()
+        } else {
+            vals.note_flushed();
+            Ok(())
+        }
+    }
 }
 
 /// The tail's unwritten blocks copied into a registered buffer of `regs` when one fits, else a
@@ -101,14 +127,26 @@ impl Appender {
                 d.make_room(p.4).await;
             }
         }
+        // One flush for both files where the value file's write is in the group.
+        let once = own.data_plain.is_some() && parts[1].is_some();
+        let vals_needs_own = match (&leads.vals, &parts[1]) {
+            (Some(d), Some(p)) => !d.written_through(p.4),
+            _ => false,
+        };
+        let wrote_data = parts[0].is_some();
+        let data_file = match &own.data_plain {
+            Some(plain) if once => plain,
+            _ => &own.data,
+        };
         let [data, vals] = parts;
         let (a, b) = futures::future::join(
-            write_part(Some(&own.data), data),
+            write_part(Some(data_file), data),
             write_part(own.vals.as_ref(), vals),
         )
         .await;
         let ring = self.group.ring();
         let mut registered = 0;
+        let mut wrote = Vec::with_capacity(2);
         for (d, (res, fixed, done, end), tail) in [
             (&mut leads.data, a, &self.tail),
             (&mut leads.vals, b, &self.vals_tail),
@@ -118,6 +156,13 @@ impl Appender {
         {
             self.failed(res)?;
             registered += u64::from(fixed);
+            wrote.push((d, done, end, tail));
+        }
+        if once {
+            self.failed(own.flush_once(wrote_data, vals_needs_own))?;
+            self.shared.syncs_one_flush.add(1);
+        }
+        for (d, done, end, tail) in wrote {
             d.wrote(tail, done, end, ring).await;
         }
         self.shared.syncs.add(1);

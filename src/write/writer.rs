@@ -24,7 +24,7 @@ use crate::keydir::KeyDir;
 use crate::layout::{data_path, vals_path, VALS_BIT};
 use crate::options::IoBackendKind;
 use crate::state::Shared;
-use crate::{Error, Options, Result, SyncPolicy};
+use crate::{Error, GroupFlush, Options, Result, SyncPolicy};
 
 /// A new active file: the writer's handle, the direct-IO writers of the datafile and of its
 /// value file, and the file as the append path sees it.
@@ -52,6 +52,12 @@ fn fault(opts: &Options) -> Option<&FaultInjector> {
     opts.fault_injector.as_deref()
 }
 
+/// Whether a group writing the datafile and its value file makes both durable with one
+/// `fdatasync` ([`GroupFlush::Once`]; `Auto` is resolved when the writer starts).
+fn one_flush(opts: &Options) -> bool {
+    opts.group_flush == GroupFlush::Once
+}
+
 fn to_io(e: Error) -> std::io::Error {
     match e {
         Error::Io(e) => e,
@@ -71,6 +77,13 @@ impl Writer {
         next_seq: u64,
         lock: Arc<DirLock>,
     ) -> Result<Writer> {
+        let mut opts = opts;
+        if opts.direct_writes() && opts.values_apart && opts.group_flush == GroupFlush::Auto {
+            opts.group_flush = match io::device::one_flush_fits(&dir) {
+                true => GroupFlush::Once,
+                false => GroupFlush::EachWrite,
+            };
+        }
         let appender = Arc::new(Appender::new(&opts, keydir, shared.clone(), next_seq));
         let id = shared.allocate_file_id()?;
         let regs = match kind {
@@ -117,24 +130,9 @@ impl Writer {
         let fd = file.clone_std()?;
         file.sync_all().await.map_err(creating)?;
         fs::sync_dir(fault(opts), dir).map_err(creating)?;
-        let direct = if opts.direct_writes() {
-            let opened = DirectWriteFile::open(&path, opts.fault_injector.clone()).and_then(|f| {
-                let own = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
-                Ok((f, own))
-            });
-            match opened {
-                // The header's block is on disk; the first group write rewrites it.
-                Ok((f, own)) => Some((DirectFile::new(f, DIRECT_ALIGN, opts.max_file_bytes), own)),
-                Err(e) => {
-                    tracing::info!(
-                        file = %path.display(),
-                        "O_DIRECT refused ({e}); writing this datafile buffered"
-                    );
-                    None
-                }
-            }
-        } else {
-            None
+        let direct = match opts.direct_writes() {
+            true => Self::open_direct(kind, &path, opts),
+            false => None,
         };
         let (vals, active_vals) = match &direct {
             Some(_) if opts.values_apart => match Self::create_vals(dir, kind, opts, id).await {
@@ -165,16 +163,46 @@ impl Writer {
             vals: active_vals,
         };
         let mut leads = Leads::none();
-        let own = direct.map(|(d, own)| {
+        let own = direct.map(|(d, (own, plain))| {
             leads.data = Some(d);
             let (v, own_vals) = vals.unzip();
             leads.vals = v;
             OwnFiles {
                 data: own,
+                data_plain: plain,
                 vals: own_vals,
             }
         });
         Ok((file, (leads, own), active))
+    }
+
+    /// The direct-IO writer's handles of the datafile at `path`, just created (see
+    /// [`OwnFiles`]); `None` where the file system refuses `O_DIRECT`.
+    fn open_direct(
+        kind: IoBackendKind,
+        path: &std::path::Path,
+        opts: &Options,
+    ) -> Option<(DirectFile, (IoFile, Option<IoFile>))> {
+        let fault = || opts.fault_injector.clone();
+        let opened = DirectWriteFile::open(path, fault()).and_then(|f| {
+            let own = IoFile::open_direct_write(kind, path, fault(), true)?;
+            let plain = match one_flush(opts) {
+                true => Some(IoFile::open_direct_write(kind, path, fault(), false)?),
+                false => None,
+            };
+            Ok((f, (own, plain)))
+        });
+        match opened {
+            // The header's block is on disk; the first group write rewrites it.
+            Ok((f, own)) => Some((DirectFile::new(f, DIRECT_ALIGN, opts.max_file_bytes), own)),
+            Err(e) => {
+                tracing::info!(
+                    file = %path.display(),
+                    "O_DIRECT refused ({e}); writing this datafile buffered"
+                );
+                None
+            }
+        }
     }
 
     /// Creates the value file of datafile `id` (its header block written and synced) and
@@ -196,7 +224,8 @@ impl Writer {
         file.sync_all().await?;
         fs::sync_dir(fault(opts), dir)?;
         let direct = DirectWriteFile::open(&path, opts.fault_injector.clone())?;
-        let own = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone())?;
+        let dsync = !one_flush(opts);
+        let own = IoFile::open_direct_write(kind, &path, opts.fault_injector.clone(), dsync)?;
         let d = DirectFile::new(direct, format::VALS_ALIGN, opts.max_file_bytes);
         Ok((
             (d, own),

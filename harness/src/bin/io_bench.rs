@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringcask::{Db, IoMode, Options, SyncPolicy};
+use ringcask::{Db, GroupFlush, IoMode, Options, SyncPolicy};
 
 const VALUE: usize = 4096;
 
@@ -71,6 +71,8 @@ struct Args {
     warm: bool,
     /// `Options::values_apart` (direct mode: how `cold` builds its store).
     apart: bool,
+    /// `Options::group_flush`.
+    flush: GroupFlush,
 }
 
 fn parse() -> Args {
@@ -92,6 +94,7 @@ fn parse() -> Args {
         pread: false,
         warm: false,
         apart: true,
+        flush: GroupFlush::Auto,
     };
     while let Some(flag) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -107,6 +110,14 @@ fn parse() -> Args {
             "--ring" => a.ring = v.parse().unwrap_or_else(|_| usage()),
             "--reaper" => a.tokio_reaper = v == "tokio",
             "--apart" => a.apart = v.parse().unwrap_or_else(|_| usage()),
+            "--group-flush" => {
+                a.flush = match v.as_str() {
+                    "auto" => GroupFlush::Auto,
+                    "each" => GroupFlush::EachWrite,
+                    "once" => GroupFlush::Once,
+                    _ => usage(),
+                }
+            }
             "--dir" => a.dir = Some(PathBuf::from(v)),
             "--cache" => a.cache = Some(v.parse().unwrap_or_else(|_| usage())),
             "--conc" => {
@@ -132,7 +143,8 @@ impl Args {
             .warm_value_cache(false)
             .caller_submits_reads(self.ring)
             .reap_on_tokio(self.tokio_reaper)
-            .values_apart(self.apart);
+            .values_apart(self.apart)
+            .group_flush(self.flush);
         if let Some(c) = self.cache {
             opts = opts.value_cache_bytes(c);
         }
@@ -148,7 +160,8 @@ fn usage() -> ! {
         "usage: io_bench cold [--gib G] [--conc 1,8,32,128] [--secs S] [--dir DIR]\n                     \
          [--inline true|false] [--warm true|false] [--readers N] [--io-mode buffered|direct]\n                     \
          [--cache BYTES] [--ring true|false] [--reaper thread|tokio] [--apart true|false]\n       \
-         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]"
+         io_bench durable [--conc 1,8,32,128] [--value BYTES] [--secs S] [--io-mode M] [--cache BYTES] [--backend uring|pread]\n                     \
+         [--apart true|false] [--group-flush auto|each|once]"
     );
     std::process::exit(2)
 }
@@ -465,7 +478,7 @@ fn floor(dir: &Path, c: usize, value: usize, secs: f64, overwrite: bool) -> f64 
 fn durable(a: &Args) {
     let rt = runtime();
     println!("durable puts of {} B values, {} s per run", a.value, a.secs);
-    println!("| C | puts/s | p50 µs | p99 µs | p99.9 µs | syncs | alloc floor | overwrite floor | vs alloc | vs overwrite |");
+    println!("| C | puts/s | p50 µs | p99 µs | p99.9 µs | syncs (one flush) | alloc floor | overwrite floor | vs alloc | vs overwrite |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &a.conc {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -478,13 +491,13 @@ fn durable(a: &Args) {
             let (db, v) = (db2.clone(), v.clone());
             async move { db.put(key(i), v).await.expect("put") }
         });
-        let syncs = db.stats().syncs;
+        let (syncs, once) = (db.stats().syncs, db.stats().syncs_one_flush);
         rt.block_on(db.close()).expect("close");
         let rate = lat.0.len() as f64 / secs;
         let alloc = floor(tmp.path(), c, value, a.secs, false);
         let over = floor(tmp.path(), c, value, a.secs, true);
         println!(
-            "| {c} | {rate:.0} | {} | {} | {} | {syncs} | {alloc:.0} | {over:.0} | {:.2}x | {:.2}x |",
+            "| {c} | {rate:.0} | {} | {} | {} | {syncs} ({once}) | {alloc:.0} | {over:.0} | {:.2}x | {:.2}x |",
             lat.quantile(0.5),
             lat.quantile(0.99),
             lat.quantile(0.999),

@@ -1,6 +1,10 @@
 //! Store configuration.
 
+mod group_flush;
+
 use std::sync::Arc;
+
+pub use group_flush::GroupFlush;
 
 use crate::fault::FaultInjector;
 use crate::format::{KEY_LEN_LIMIT, VALUE_LEN_LIMIT};
@@ -129,6 +133,7 @@ pub struct Options {
     pub(crate) reap_on_tokio: bool,
     pub(crate) values_apart: bool,
     pub(crate) warm_value_cache: bool,
+    pub(crate) group_flush: GroupFlush,
 }
 
 impl Default for Options {
@@ -140,7 +145,7 @@ impl Default for Options {
     /// `merge_trigger_bytes(1 GiB)`, `merge_file_ratio(0.4)`, `merge_check_interval_ms(10_000)`,
     /// `merge_bytes_per_sec(64 MiB)`, `inline_reads(true)`, `io_mode(IoMode::Buffered)`, `inline_writes(true)`, `value_cache_bytes` 0 (64 MiB under `IoMode::Direct`),
     /// `hint_spill_bytes(1 MiB)`, `keydir_snapshot(true)`, `values_apart(true)`,
-    /// `warm_value_cache(true)`.
+    /// `warm_value_cache(true)`, `group_flush(GroupFlush::Auto)`.
     fn default() -> Self {
         Options {
             sync: SyncPolicy::Always,
@@ -152,6 +157,7 @@ impl Default for Options {
             reap_on_tokio: false,
             values_apart: true,
             warm_value_cache: true,
+            group_flush: GroupFlush::Auto,
             recovery_threads: 0,
             io_backend: IoBackend::Auto,
             skip_damaged_records: false,
@@ -464,12 +470,12 @@ impl Options {
         self
     }
 
-    /// Checks every option against its allowed range.
     /// Whether datafiles are written by the direct-IO writer (see [`IoMode::Direct`]).
     pub(crate) fn direct_writes(&self) -> bool {
         self.io_mode == IoMode::Direct && self.sync == SyncPolicy::Always
     }
 
+    /// Checks every option against its allowed range.
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOptions(m));
         if !(MIN_FILE_BYTES..=MAX_FILE_BYTES_LIMIT).contains(&self.max_file_bytes) {
