@@ -9,6 +9,7 @@
 
 pub(crate) mod device;
 pub(crate) mod direct;
+mod direct_read;
 pub(crate) mod fixed;
 pub(crate) mod fs;
 pub(crate) mod lock;
@@ -187,65 +188,6 @@ impl IoFile {
         (Ok(()), buf)
     }
 
-    /// Reads exactly `len` bytes at `offset` of a file opened with [`IoFile::open_direct`]: one
-    /// read of the aligned blocks that hold them, into a registered buffer of `regs` when one
-    /// is free and large enough (else an aligned stretch of an allocation), then the bytes
-    /// copied out. Returns them and whether a registered buffer was used. A short file is
-    /// `UnexpectedEof`.
-    pub(crate) async fn read_direct(
-        &self,
-        len: usize,
-        offset: u64,
-        regs: Option<&Registered>,
-    ) -> io::Result<(Vec<u8>, bool)> {
-        use tokio_uring::buf::BoundedBuf;
-        read_point(self.fault.as_deref())?;
-        let first = offset / DIRECT_ALIGN * DIRECT_ALIGN;
-        let end = (offset + len as u64).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-        let span = (end - first) as usize;
-        let uring = matches!(self.handle, Handle::Uring(_));
-        let mut buf = match regs.filter(|_| uring).and_then(|r| r.take(span)) {
-            Some(b) => b,
-            None => {
-                // The read goes to the stretch that starts at an aligned address. Only the
-                // bytes before it are zeroed (the ring reads into capacity past `len`, and
-                // marks what it filled as initialised); `pread` reads into an initialised slice.
-                let mut v = Vec::<u8>::with_capacity(span + DIRECT_ALIGN as usize);
-                let at = v.as_ptr().align_offset(DIRECT_ALIGN as usize);
-                v.resize(if uring { at } else { at + span }, 0);
-                DirectBuf::Plain(v)
-            }
-        };
-        let at = buf.aligned_at();
-        let mut got = 0usize;
-        let want = (offset - first) as usize + len;
-        while got < want {
-            let (from, to, pos) = (at + got, at + span, first + got as u64);
-            let n = match (&self.handle, buf) {
-                (Handle::Uring(f), DirectBuf::Plain(v)) => {
-                    let (res, slice) = f.read_at(v.slice(from..to), pos).await;
-                    buf = DirectBuf::Plain(slice.into_inner());
-                    res?
-                }
-                (Handle::Uring(f), DirectBuf::Fixed(b)) => {
-                    let (res, slice) = f.read_fixed_at(b.slice(from..to), pos).await;
-                    buf = DirectBuf::Fixed(slice.into_inner());
-                    res?
-                }
-                (Handle::Pread(f), b) => {
-                    buf = b;
-                    f.read_at(&mut buf[from..to], pos)?
-                }
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            got += n;
-        }
-        let from = at + (offset - first) as usize;
-        Ok((buf[from..from + len].to_vec(), buf.is_fixed()))
-    }
-
     /// Opens an existing file for reading, with the readahead advice for `access`.
     pub(crate) fn open_read(
         kind: IoBackendKind,
@@ -316,6 +258,31 @@ impl IoFile {
     }
 
     /// Reads exactly `len` bytes at `offset`. A short file is `UnexpectedEof`.
+    /// [`IoFile::read_exact_at`] into `reuse`, whose allocation is kept from one read to the
+    /// next (a fresh one costs a page fault a page when it is large).
+    pub(crate) async fn read_exact_into(
+        &self,
+        mut reuse: Vec<u8>,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<Vec<u8>> {
+        use tokio_uring::buf::BoundedBuf;
+        read_point(self.fault.as_deref())?;
+        reuse.clear();
+        reuse.reserve(len);
+        match &self.handle {
+            Handle::Uring(f) => {
+                let (res, slice) = f.read_exact_at(reuse.slice(..len), offset).await;
+                res.map(|()| slice.into_inner())
+            }
+            Handle::Pread(f) => {
+                reuse.resize(len, 0);
+                f.read_exact_at(&mut reuse, offset)?;
+                Ok(reuse)
+            }
+        }
+    }
+
     pub(crate) async fn read_exact_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         read_point(self.fault.as_deref())?;
         let buf = vec![0u8; len];
