@@ -47,7 +47,10 @@ impl OwnFiles {
     /// it or wrote past the blocks written before (its metadata then needs committing).
     fn flush_once(&self, wrote_data: bool, vals_needs_own: bool) -> io::Result<()> {
         let (Some(data), Some(vals)) = (&self.data_plain, &self.vals) else {
-            return Ok(());
+            // Not reached: a one-flush group has both. Never acknowledge plain writes unsynced.
+            return Err(io::Error::other(
+                "a one-flush group without its plain descriptors",
+            ));
         };
         if wrote_data {
             data.sync_data_now()?;
