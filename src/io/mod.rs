@@ -257,7 +257,6 @@ impl IoFile {
             .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
     }
 
-    /// Reads exactly `len` bytes at `offset`. A short file is `UnexpectedEof`.
     /// [`IoFile::read_exact_at`] into `reuse`, whose allocation is kept from one read to the
     /// next (a fresh one costs a page fault a page when it is large).
     pub(crate) async fn read_exact_into(
@@ -283,20 +282,9 @@ impl IoFile {
         }
     }
 
+    /// Reads exactly `len` bytes at `offset`. A short file is `UnexpectedEof`.
     pub(crate) async fn read_exact_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        read_point(self.fault.as_deref())?;
-        let buf = vec![0u8; len];
-        match &self.handle {
-            Handle::Uring(f) => {
-                let (res, buf) = f.read_exact_at(buf, offset).await;
-                res.map(|()| buf)
-            }
-            Handle::Pread(f) => {
-                let mut buf = buf;
-                f.read_exact_at(&mut buf, offset)?;
-                Ok(buf)
-            }
-        }
+        self.read_exact_into(Vec::new(), len, offset).await
     }
 
     /// Counts a write at the fault seam: `Ok(true)` when it must be torn.
